@@ -1,0 +1,110 @@
+"""The exception tree of chatdaemon, and the exit status each one ends the CLI with.
+
+    ChatdaemonError                     anything chatdaemon raises on purpose
+    ├── ConfigError        exit 78      bad daemon config, bot definition, template, token source
+    │   └── BadToken       exit 78      Telegram answered 401/404 to the token
+    ├── Conflict           exit 75      another getUpdates poller holds the token
+    ├── WebhookActive      exit 76      a webhook is set, so getUpdates is refused
+    ├── TelegramError                   the Bot API answered ok=false (carries status, description)
+    │   └── RetryAfter                  429: carries retry_after seconds
+    ├── NetworkError                    no answer: connection refused/reset, timeout, DNS
+    ├── ShuttingDown                    a wait was cut short because the daemon is stopping
+    └── WaitTooLong                     listener.wait(timeout) saw no update in time
+
+Exceptions carry their data as attributes; nothing is classified by matching message text,
+except that Telegram's 409 description tells a webhook from another poller.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFLICT = 75
+EXIT_WEBHOOK = 76
+EXIT_CONFIG = 78
+
+
+class ChatdaemonError(Exception):
+    """Base of every error chatdaemon raises on purpose."""
+
+    exit_status = EXIT_FAILURE
+
+
+class ConfigError(ChatdaemonError):
+    """Something the user wrote (config, bot definition, token source) is wrong.
+
+    `where` is "file:line" when the error can be placed in a file.
+    """
+
+    exit_status = EXIT_CONFIG
+
+    def __init__(self, message: str, where: str | None = None):
+        self.message = message
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class BadToken(ConfigError):
+    """Telegram rejected the token (401 Unauthorized or 404 Not Found on getMe)."""
+
+
+class Conflict(ChatdaemonError):
+    """Another process is polling getUpdates with the same token."""
+
+    exit_status = EXIT_CONFLICT
+
+
+class WebhookActive(ChatdaemonError):
+    """A webhook is set for the bot, so Telegram refuses getUpdates."""
+
+    exit_status = EXIT_WEBHOOK
+
+
+class TelegramError(ChatdaemonError):
+    """The Bot API answered ok=false."""
+
+    def __init__(self, method: str, status: int, description: str, parameters: dict | None = None):
+        self.method = method
+        self.status = status
+        self.description = description
+        self.parameters = parameters or {}
+        super().__init__(f"{method}: {status} {description}")
+
+    @property
+    def migrate_to_chat_id(self) -> int | None:
+        return self.parameters.get("migrate_to_chat_id")
+
+
+class RetryAfter(TelegramError):
+    """429 Too Many Requests: wait `retry_after` seconds before the next call in that scope."""
+
+    @property
+    def retry_after(self) -> float:
+        return float(self.parameters.get("retry_after", 1))
+
+
+class NetworkError(ChatdaemonError):
+    """The Bot API could not be reached or did not answer in time.
+
+    `maybe_delivered` is true when the request was sent and the answer was lost, so a
+    send may have reached the chat.
+    """
+
+    def __init__(self, method: str, reason: str, maybe_delivered: bool = True):
+        self.method = method
+        self.reason = reason
+        self.maybe_delivered = maybe_delivered
+        super().__init__(f"{method}: {reason}")
+
+
+class ShuttingDown(ChatdaemonError):
+    """Raised inside a delegate when the daemon stops while it waits (for a send slot or an update)."""
+
+
+class WaitTooLong(ChatdaemonError):
+    """listener.wait(timeout=...) returned no update within the timeout (telepot's name)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        super().__init__(f"no update within {seconds} s")

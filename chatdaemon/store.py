@@ -1,0 +1,283 @@
+"""The SQLite store: one file holding the inbox of updates and every conversation's state.
+
+All access goes through one connection guarded by one lock. SQLite admits one writer at a
+time anyway; serialising in Python instead of in SQLite's busy handler keeps commits from
+sleeping in back-off under load, and keeps the connection out of two threads at once.
+
+Two durability levels share that connection:
+- the inbox batch commits with synchronous=FULL, because its return gates the
+  acknowledgement of those updates to Telegram;
+- conversation state + "done" commit with synchronous=NORMAL (WAL): after a power cut they
+  roll back together, the update replays, and the state still changes exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import ConfigError, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+# Done inbox rows are kept this long so re-deliveries are still recognised: Telegram keeps
+# an unconfirmed update for at most 24 hours.
+KEEP_DONE_SECONDS = 48 * 3600
+
+MIGRATIONS: list[str] = [
+    # 1: the inbox and the conversations
+    """
+    CREATE TABLE inbox (
+        update_id INTEGER PRIMARY KEY,
+        chat_id   INTEGER,
+        kind      TEXT NOT NULL,
+        payload   TEXT NOT NULL,
+        done      INTEGER NOT NULL DEFAULT 0,
+        received  REAL NOT NULL,
+        handled   REAL
+    );
+    CREATE INDEX inbox_pending ON inbox(chat_id, update_id) WHERE done = 0;
+    CREATE TABLE conversations (
+        chat_id INTEGER PRIMARY KEY,
+        state   TEXT,
+        vars    TEXT NOT NULL DEFAULT '{}',
+        updated REAL NOT NULL
+    );
+    """,
+    # 2: the context of each state's transition (the pipeline's state_context)
+    """
+    ALTER TABLE conversations ADD COLUMN state_context TEXT NOT NULL DEFAULT '{}';
+    """,
+]
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    update_id: int
+    chat_id: int | None
+    kind: str
+    payload: dict
+
+
+@dataclass
+class Conversation:
+    chat_id: int
+    state: str | None
+    vars: dict
+    state_context: dict = field(default_factory=dict)
+
+    def snapshot(self) -> str:
+        return json.dumps([self.state, self.vars, self.state_context])
+
+    def restore(self, snapshot: str) -> None:
+        self.state, self.vars, self.state_context = json.loads(snapshot)
+
+
+def create_private_file(path: str) -> None:
+    """Create `path` with mode 0600 if it does not exist, whatever the umask."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+class Store:
+    """The database: inbox rows and conversations, each change one transaction."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._closed = False
+        self._connection = self._connect(path)
+        self._migrate()
+
+    # -- set-up -------------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise ConfigError(f"database directory {parent} does not exist")
+            try:
+                create_private_file(path)
+            except OSError as exc:
+                raise ConfigError(f"cannot create database {path}: {exc.strerror}") from None
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.execute("PRAGMA journal_size_limit=67108864")
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"cannot open database {path}: {exc}") from None
+        return db
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, script.split(";")):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Checkpoint and close; any later call raises ShuttingDown."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError:
+                pass
+            self._connection.close()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise ShuttingDown("the store is closed")
+        return self._connection
+
+    # -- the inbox ----------------------------------------------------------------------
+
+    def add_updates(self, rows: Sequence[InboxRow], done: Iterable[int] = ()) -> list[InboxRow]:
+        """Store a getUpdates batch durably (fsync) and return the rows that were new.
+
+        Duplicates are recognised by their exact update_id, never by a high-water mark:
+        update ids may jump backwards after a quiet week. Rows whose id is in `done` are
+        stored already handled (updates no chat can handle).
+        """
+        done = set(done)
+        now = time.time()
+        new: list[InboxRow] = []
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for row in rows:
+                        is_done = row.update_id in done
+                        cur = self._db.execute(
+                            "INSERT OR IGNORE INTO inbox(update_id, chat_id, kind, payload, done,"
+                            " received, handled) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (row.update_id, row.chat_id, row.kind, json.dumps(row.payload),
+                             int(is_done), now, now if is_done else None),
+                        )
+                        if cur.rowcount:
+                            new.append(row)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        return new
+
+    def pending_chats(self) -> list[int]:
+        """Chats with unhandled updates, the chat with the oldest one first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
+                " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)"
+            ).fetchall()
+        return [chat_id for (chat_id,) in rows]
+
+    def pending(self, chat_id: int, limit: int = 20) -> list[InboxRow]:
+        """The chat's unhandled updates in update_id order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT update_id, kind, payload FROM inbox WHERE chat_id = ? AND done = 0"
+                " ORDER BY update_id LIMIT ?",
+                (chat_id, limit),
+            ).fetchall()
+        return [InboxRow(uid, chat_id, kind, json.loads(payload)) for uid, kind, payload in rows]
+
+    def is_done(self, update_id: int) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT done FROM inbox WHERE update_id = ?", (update_id,)).fetchone()
+        return bool(row and row[0])
+
+    def backlog(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone()
+        return count
+
+    def prune(self, keep_seconds: float = KEEP_DONE_SECONDS) -> int:
+        """Delete handled rows older than `keep_seconds`; unhandled rows are never pruned."""
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM inbox WHERE done = 1 AND handled < ?", (time.time() - keep_seconds,)
+            )
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return cur.rowcount
+
+    # -- conversations ------------------------------------------------------------------
+
+    def load_conversation(self, chat_id: int) -> Conversation:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state, vars, state_context FROM conversations WHERE chat_id = ?", (chat_id,)
+            ).fetchone()
+        if row is None:
+            return Conversation(chat_id, None, {})
+        return Conversation(chat_id, row[0], json.loads(row[1]), json.loads(row[2]))
+
+    def finish(self, update_id: int, conversation: Conversation | None) -> None:
+        """Mark an update done and save the conversation it changed, in one transaction.
+
+        This is the one place where an update's effect becomes permanent: state and the
+        done mark commit together, so a replayed update never changes state twice.
+        """
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if conversation is not None:
+                    self._db.execute(
+                        "INSERT INTO conversations(chat_id, state, vars, state_context, updated)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
+                        " state = excluded.state, vars = excluded.vars,"
+                        " state_context = excluded.state_context, updated = excluded.updated",
+                        (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
+                         json.dumps(conversation.state_context), now),
+                    )
+                self._db.execute(
+                    "UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?", (now, update_id)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def move_chat(self, old_chat_id: int, new_chat_id: int) -> None:
+        """A group became a supergroup: its conversation and pending updates follow the new id."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE OR IGNORE conversations SET chat_id = ? WHERE chat_id = ?",
+                    (new_chat_id, old_chat_id),
+                )
+                self._db.execute(
+                    "UPDATE inbox SET chat_id = ? WHERE chat_id = ? AND done = 0",
+                    (new_chat_id, old_chat_id),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def conversation_count(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()
+        return count
