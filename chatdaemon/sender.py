@@ -1,0 +1,115 @@
+"""The sender: the only way out to Telegram's send methods.
+
+Every outgoing call passes through `Sender.call`, which applies the proactive flood limits,
+obeys 429 `retry_after` for that scope, retries 5xx and network errors with capped
+back-off (a reply is never dropped because Telegram hiccuped), follows a group's
+migration to a supergroup, and splits text longer than 4096 UTF-16 units.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import NetworkError, RetryAfter, ShuttingDown, TelegramError
+from .ratelimit import RateLimiter
+from .telegram import BotAPI
+from .textsplit import split_text, utf16_len
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT = 4096
+MAX_BACKOFF = 30.0
+
+
+def is_flood_limited(method: str) -> bool:
+    """Methods that put a message into a chat count against Telegram's flood limits."""
+    if method == "sendChatAction":
+        return False
+    return method.startswith(("send", "forward", "copy", "editMessage"))
+
+
+class Sender:
+    """Sends Bot API calls politely and persistently; raises only for final answers."""
+
+    def __init__(self, api: BotAPI, limiter: RateLimiter, stop: threading.Event,
+                 on_migrate: Callable[[int, int], None] | None = None,
+                 max_backoff: float = MAX_BACKOFF):
+        self.api = api
+        self.limiter = limiter
+        self._stop = stop
+        self._on_migrate = on_migrate
+        self._max_backoff = max_backoff
+        self.stats = {"sent": 0, "retries": 0, "throttled_429": 0}
+
+    def call(self, method: str, params: dict | None = None) -> Any:
+        """Call `method`; a sendMessage too long for one message goes out in parts.
+
+        Returns Telegram's result (for split text, the last part's message).
+        """
+        params = dict(params or {})
+        text = params.get("text")
+        if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > MAX_TEXT:
+            parts = split_text(text, params.get("parse_mode"))
+            markup = params.pop("reply_markup", None)
+            for part in parts[:-1]:
+                self._call_until_answered(method, {**params, "text": part})
+            last = {**params, "text": parts[-1]}
+            if markup is not None:
+                last["reply_markup"] = markup  # the keyboard goes with the last part only
+            return self._call_until_answered(method, last)
+        return self._call_until_answered(method, params)
+
+    def _call_until_answered(self, method: str, params: dict) -> Any:
+        backoff = 0.5
+        limited = is_flood_limited(method)
+        while True:
+            chat_id = params.get("chat_id") if isinstance(params.get("chat_id"), int) else None
+            if limited:
+                time.sleep(self.limiter.reserve(chat_id))
+            try:
+                result = self.api.call(method, params)
+            except RetryAfter as exc:
+                self.stats["throttled_429"] += 1
+                log.warning("%s: Telegram asks to wait %.0f s (429)", method, exc.retry_after)
+                self.limiter.pause(chat_id, exc.retry_after)
+                if not limited:
+                    self._sleep(exc.retry_after)
+                self._give_up_if_stopping()
+                continue
+            except TelegramError as exc:
+                if exc.migrate_to_chat_id is not None and chat_id is not None:
+                    self._migrate(chat_id, exc.migrate_to_chat_id, params)
+                    continue
+                if exc.status < 500:
+                    raise
+                self._retry_later(method, exc, backoff)
+            except NetworkError as exc:
+                self._retry_later(method, exc, backoff)
+            else:
+                if limited:
+                    self.stats["sent"] += 1
+                return result
+            backoff = min(backoff * 2, self._max_backoff)
+
+    def _retry_later(self, method: str, exc: Exception, backoff: float) -> None:
+        self.stats["retries"] += 1
+        log.warning("%s failed (%s); retrying in %.1f s", method, exc, backoff)
+        self._sleep(backoff)
+
+    def _migrate(self, chat_id: int, new_chat_id: int, params: dict) -> None:
+        log.info("chat %s moved to supergroup %s", chat_id, new_chat_id)
+        params["chat_id"] = new_chat_id
+        if self._on_migrate is not None:
+            self._on_migrate(chat_id, new_chat_id)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise ShuttingDown()
+
+    def _give_up_if_stopping(self) -> None:
+        if self._stop.is_set():
+            raise ShuttingDown()
