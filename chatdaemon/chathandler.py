@@ -1,0 +1,173 @@
+"""The telepot-style programming model: `ChatHandler`, its `sender`, `listener` and `glance()`.
+
+A ChatHandler instance serves one chat from its delegate thread. It sees that chat's
+updates one at a time, in update_id order, and keeps what it must remember in `self.vars`
+and `self.state`: both are saved with the update's "done" mark when the handler returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .delegator import Delegate
+    from .sender import Sender
+    from .store import Conversation
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = (
+    "text", "animation", "audio", "document", "photo", "sticker", "story", "video",
+    "video_note", "voice", "contact", "dice", "game", "poll", "venue", "location",
+    "new_chat_members", "left_chat_member", "new_chat_title", "new_chat_photo",
+    "delete_chat_photo", "group_chat_created", "supergroup_chat_created",
+    "channel_chat_created", "migrate_to_chat_id", "migrate_from_chat_id", "pinned_message",
+    "invoice", "successful_payment", "users_shared", "chat_shared", "web_app_data",
+)
+
+# Positional parameters after chat_id, so `sender.sendPhoto(photo, caption=...)` reads as in telepot.
+_POSITIONAL = {
+    "sendMessage": ("text",), "sendPhoto": ("photo",), "sendAudio": ("audio",),
+    "sendDocument": ("document",), "sendVideo": ("video",), "sendAnimation": ("animation",),
+    "sendVoice": ("voice",), "sendVideoNote": ("video_note",), "sendSticker": ("sticker",),
+    "sendLocation": ("latitude", "longitude"), "sendContact": ("phone_number", "first_name"),
+    "sendChatAction": ("action",), "sendDice": (), "sendPoll": ("question", "options"),
+    "forwardMessage": ("from_chat_id", "message_id"), "copyMessage": ("from_chat_id", "message_id"),
+    "editMessageText": ("message_id", "text"), "editMessageReplyMarkup": ("message_id",),
+    "deleteMessage": ("message_id",), "pinChatMessage": ("message_id",),
+}
+
+
+# Methods that take no chat_id: the sender must not add one.
+_NO_CHAT_ID = {"answerCallbackQuery", "answerInlineQuery", "getMe", "getFile"}
+
+
+def glance(msg: dict, flavor: str | None = None) -> tuple:
+    """telepot's glance: the few fields a handler looks at first.
+
+    - a chat message → (content_type, chat_type, chat_id)
+    - a callback query → (query_id, from_id, data)
+    """
+    flavor = flavor or ("callback_query" if "data" in msg and "chat_instance" in msg else "chat")
+    if flavor == "callback_query":
+        return msg["id"], msg["from"]["id"], msg.get("data")
+    content_type = next((t for t in CONTENT_TYPES if t in msg), None)
+    chat = msg.get("chat", {})
+    return content_type, chat.get("type"), chat.get("id")
+
+
+class BotSender:
+    """Any Bot API method, by name: `bot.sendMessage(chat_id=…, text=…)`, through the sender."""
+
+    def __init__(self, sender: Sender):
+        self._sender = sender
+
+    def call(self, method: str, **params: Any) -> Any:
+        return self._sender.call(method, params)
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda **params: self._sender.call(method, params)
+
+
+class ChatSender:
+    """telepot's Sender: the send methods with this chat's id filled in."""
+
+    def __init__(self, sender: Sender, chat_id: int, delegate: Delegate | None = None):
+        self._sender = sender
+        self._chat_id = chat_id
+        self._delegate = delegate
+
+    def sendMessage(self, text: str, **params: Any) -> Any:  # noqa: N802 - Bot API name
+        return self.call("sendMessage", text=text, **params)
+
+    def call(self, method: str, *args: Any, **params: Any) -> Any:
+        names = _POSITIONAL.get(method, ())
+        if len(args) > len(names):
+            raise TypeError(f"{method} takes at most {len(names)} positional arguments")
+        params.update(zip(names, args, strict=False))
+        if method not in _NO_CHAT_ID:
+            params.setdefault("chat_id", self._chat_id)
+        if self._delegate is not None and method == "answerCallbackQuery":
+            self._delegate.callback_answered(params.get("callback_query_id"))
+        return self._sender.call(method, params)
+
+    def __getattr__(self, method: str):
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **params: self.call(method, *args, **params)
+
+
+class Listener:
+    """Lets a handler written in telepot's blocking style wait for the chat's next update."""
+
+    def __init__(self, delegate: Delegate):
+        self._delegate = delegate
+
+    def wait(self, timeout: float | None = None) -> dict:
+        """Return the next message (or callback query, …) of this chat.
+
+        Everything the handler did so far commits first, with the update it was handling;
+        keep in `self.vars` what must survive a restart while waiting. Raises WaitTooLong
+        after `timeout` seconds without an update.
+        """
+        return self._delegate.next_payload(timeout)
+
+
+class ChatHandler:
+    """Base class of a chat's handler; subclass it and define the `on_…` methods you need."""
+
+    def __init__(self, delegate: Delegate, conversation: Conversation, sender: Sender):
+        self.chat_id: int = conversation.chat_id
+        self._conversation = conversation
+        self.sender = ChatSender(sender, conversation.chat_id, delegate)
+        self.bot = BotSender(sender)
+        self.listener = Listener(delegate)
+        self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
+
+    @property
+    def vars(self) -> dict:
+        """What this conversation remembers; saved with each update's done mark."""
+        return self._conversation.vars
+
+    @vars.setter
+    def vars(self, value: dict) -> None:
+        self._conversation.vars = dict(value)
+
+    @property
+    def state(self) -> str | None:
+        """The conversation's state name; saved with each update's done mark."""
+        return self._conversation.state
+
+    @state.setter
+    def state(self, value: str | None) -> None:
+        self._conversation.state = value
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        """Route one update to the method for its kind."""
+        if kind == "message":
+            self.on_chat_message(payload)
+        elif kind == "edited_message":
+            self.on_edited_chat_message(payload)
+        elif kind == "callback_query":
+            self.on_callback_query(payload)
+        else:
+            self.on_other(kind, payload)
+
+    def on_chat_message(self, msg: dict) -> None:
+        """A new message in this chat."""
+
+    def on_edited_chat_message(self, msg: dict) -> None:
+        """A message of this chat was edited."""
+
+    def on_callback_query(self, query: dict) -> None:
+        """An inline button was pressed; answered automatically if you do not answer it."""
+
+    def on_other(self, kind: str, payload: dict) -> None:
+        """An update of another kind (my_chat_member, channel_post, …): ignored by default."""
+        log.info("chat %s: no handler for a %s update; marked done", self.chat_id, kind)
+
+    def on_close(self, reason: str) -> None:
+        """The delegate is going away: 'idle' (timeout) or 'evicted' (its slot went to another chat)."""
