@@ -1,0 +1,182 @@
+"""The `chatdaemon` command: parse arguments, call the library, turn errors into exit statuses.
+
+Heavy modules are imported inside the commands so that `chatdaemon --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ChatdaemonError, ConfigError
+
+DESCRIPTION = """\
+chatdaemon: a Telegram chat-bot daemon that never loses a message.
+
+Examples:
+  chatdaemon chat --handlers handlers/counter        talk to a bot in the terminal
+  CHATDAEMON_TOKEN=123:abc chatdaemon run --handlers handlers/guess --db guess.sqlite3
+  chatdaemon check --handlers handlers/guess         validate a bot and say what it does
+"""
+
+EXIT_STATUSES = """\
+exit statuses: 0 stopped cleanly, 1 unexpected error, 2 usage,
+  75 another process polls with this token, 76 a webhook is set, 78 bad token or config
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatdaemon", description=DESCRIPTION, epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run the bot in the foreground", epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the bot. The token comes from the TOKEN argument, --token-file, "
+                    "$CHATDAEMON_TOKEN, or the systemd credential $CREDENTIALS_DIRECTORY/token "
+                    "(prefer the last three: arguments are visible in `ps`).")
+    run.add_argument("token", nargs="?", metavar="TOKEN", help="the bot token from @BotFather")
+    run.add_argument("--token-file", metavar="FILE", help="read the token from FILE")
+    _add_bot_options(run)
+    run.add_argument("--api-url", metavar="URL",
+                     help="Bot API base URL (default https://api.telegram.org)")
+    run.add_argument("--rate-limits", choices=("on", "off"),
+                     help="proactive sending limits (off only for a local Bot API server)")
+    run.add_argument("--delete-webhook", action="store_true",
+                     help="remove a webhook set for this bot (pending updates are kept)")
+    run.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+
+    check = commands.add_parser("check", help="validate config and handlers, say what the bot does")
+    _add_bot_options(check, db=False)
+
+    chat = commands.add_parser(
+        "chat", help="talk to the bot in the terminal (no token, no network)",
+        description="Talk to the bot in the terminal; lines may be piped in: "
+                    "printf '/start\\nhello\\n' | chatdaemon chat --handlers handlers/counter")
+    _add_bot_options(chat)
+    chat.add_argument("--log-level", metavar="LEVEL", default=None)
+    return parser
+
+
+def _add_bot_options(parser: argparse.ArgumentParser, db: bool = True) -> None:
+    parser.add_argument("--config", metavar="FILE", help="daemon config (YAML)")
+    parser.add_argument("--handlers", metavar="DIR", help="directory with the bot definition")
+    if db:
+        parser.add_argument("--db", metavar="FILE", help="SQLite database file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat}[args.command](args)
+    except ChatdaemonError as exc:
+        print(f"chatdaemon: {_redacted(str(exc))}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _redacted(text: str) -> str:
+    from .logs import redact
+    return redact(text)
+
+
+def _load(args: argparse.Namespace, **overrides: Any):
+    from .bots import load_bot
+    from .config import load_config
+    config = load_config(args.config).replace(
+        handlers=args.handlers, database=getattr(args, "db", None), **overrides)
+    return config, load_bot(config.handlers, config.error_text)
+
+
+def read_token(args: argparse.Namespace) -> str:
+    """The token from the first source that has one; never echoed anywhere."""
+    if args.token:
+        token = args.token
+    elif args.token_file:
+        token = _read_secret(args.token_file, "--token-file")
+    elif os.environ.get("CHATDAEMON_TOKEN"):
+        token = os.environ["CHATDAEMON_TOKEN"]
+    elif os.environ.get("CREDENTIALS_DIRECTORY"):
+        token = _read_secret(os.path.join(os.environ["CREDENTIALS_DIRECTORY"], "token"),
+                             "the systemd credential")
+    else:
+        raise ConfigError("no bot token: pass TOKEN, --token-file FILE, set $CHATDAEMON_TOKEN, "
+                          "or use a systemd credential named `token` (try `chatdaemon chat` "
+                          "to talk to the bot without one)")
+    from .telegram import looks_like_token
+    token = token.strip()
+    if not looks_like_token(token):
+        raise ConfigError("that does not look like a bot token (expected digits, a colon, "
+                          "then letters, digits, - or _, as @BotFather gives it)")
+    return token
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token from {what} ({path}): {exc.strerror}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    os.umask(0o077)
+    token = read_token(args)
+    from .logs import configure
+    limits_override = None
+    config, bot = _load(args, api_url=args.api_url, log_level=args.log_level)
+    if args.rate_limits is not None:
+        import dataclasses
+        limits_override = dataclasses.replace(config.limits, enabled=args.rate_limits == "on")
+        config = config.replace(limits=limits_override)
+    configure(config.log_level, secrets=(token,))
+    from .app import App
+    from .telegram import TelegramClient
+    api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+    App(config, bot, api, delete_webhook=args.delete_webhook).run()
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, bot = _load(args)
+    for line in bot.describe():
+        print(line)
+    for warning in bot.warnings:
+        print(f"warning: {warning}")
+    print(f"database: {config.database}; delegates: at most {config.max_delegates}, "
+          f"idle after {config.idle_timeout:.0f} s; rate limits "
+          f"{'on' if config.limits.enabled else 'off'}")
+    return EXIT_OK
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    import dataclasses
+    import tempfile
+
+    from .logs import configure
+    from .terminal import chat
+    configure(args.log_level or "WARNING")
+    with tempfile.TemporaryDirectory(prefix="chatdaemon-") as scratch:
+        config, bot = _load(args)
+        database = args.db or os.path.join(scratch, "chat.sqlite3")
+        limits = dataclasses.replace(config.limits, enabled=False)
+        config = config.replace(database=database, limits=limits, poll_timeout=1)
+        chat(config, bot, sys.stdin, sys.stdout)
+    return EXIT_OK
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        sys.exit(main())
+    except BrokenPipeError:
+        sys.exit(EXIT_FAILURE)

@@ -1,0 +1,157 @@
+"""Living as a service: systemd's notify protocol, and `--daemon` mode with a kernel-locked pidfile.
+
+sd_notify is spoken directly over $NOTIFY_SOCKET (a datagram socket): READY=1 once the
+database is open and the first getUpdates has returned, STATUS= with a short summary,
+WATCHDOG=1 only while getUpdates keeps returning (a wedged poller is restarted by systemd),
+STOPPING=1 on shutdown.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """Sends sd_notify messages when $NOTIFY_SOCKET is set; does nothing otherwise."""
+
+    def __init__(self, environ: dict[str, str] | None = None):
+        environ = os.environ if environ is None else environ
+        address = environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = environ.get("WATCHDOG_USEC", "")
+        self.watchdog_interval = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
+        self._ready_sent = False
+        self._last_status = ""
+        self._last_watchdog = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+    def send(self, *fields: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto("\n".join(fields).encode(), self.address)
+        except OSError as exc:
+            log.debug("sd_notify failed: %s", exc)
+
+    def tick(self, app: App) -> None:
+        """Called about once a second by the daemon's supervising loop."""
+        poller = app.poller
+        if poller is None:
+            return
+        if not self._ready_sent and poller.polls > 0:
+            self._ready_sent = True
+            self.send("READY=1", f"STATUS={status_line(app)}")
+        self._send_status(app)
+        self._feed_watchdog(poller.last_poll)
+
+    def _send_status(self, app: App) -> None:
+        line = status_line(app)
+        if line != self._last_status:
+            self._last_status = line
+            self.send(f"STATUS={line}")
+
+    def _feed_watchdog(self, last_poll: float) -> None:
+        """WATCHDOG=1 only when a getUpdates answered within the last watchdog interval."""
+        if self.watchdog_interval is None or not last_poll:
+            return
+        now = time.monotonic()
+        if now - last_poll > self.watchdog_interval:
+            return  # the poller is stuck or the network is down: let systemd see it
+        if now - self._last_watchdog >= self.watchdog_interval / 3:
+            self._last_watchdog = now
+            self.send("WATCHDOG=1")
+
+    def stopping(self, app: App) -> None:
+        self.send("STOPPING=1", "STATUS=stopping")
+
+
+def status_line(app: App) -> str:
+    status = app.status()
+    age = status["last_poll_age"]
+    poll = "waiting for the first poll" if age is None else f"last poll {age:.0f} s ago"
+    line = (f"polling; {status['delegates']} chat(s) active, {status['waiting_chats']} waiting, "
+            f"backlog {status['backlog']}; {poll}")
+    if status["last_error"]:
+        line += f"; last error: {status['last_error']}"
+    return line
+
+
+class PidFile:
+    """A pidfile held with flock: refused while a live process holds it, free after kill -9.
+
+    Usable as python-daemon's `pidfile` (a context manager entered after detaching).
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self._fd: int | None = None
+
+    def check_free(self) -> None:
+        """Fail now, in the foreground, if another process holds the pidfile."""
+        self.acquire()
+        self.release(remove=False)
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"cannot open pidfile {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise ConfigError(f"already running: pidfile {self.path} is held by pid {holder}") \
+                    from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self, remove: bool = True) -> None:
+        if self._fd is None:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> PidFile:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def detach(pidfile: PidFile, log_path: str, working_directory: str):
+    """Return python-daemon's DaemonContext: umask 077, stderr to `log_path`, our pidfile."""
+    import daemon  # python-daemon; imported here so the foreground path never needs it
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_file = os.fdopen(fd, "a", buffering=1)
+    return daemon.DaemonContext(
+        umask=0o077, working_directory=working_directory, pidfile=pidfile,
+        stdout=log_file, stderr=log_file, detach_process=True,
+    )

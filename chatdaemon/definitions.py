@@ -1,0 +1,330 @@
+"""Bot definitions: the YAML `env`, `handlers` and `fallback` keys, checked and compiled at load.
+
+Everything a message needs at run time — regexes, templates, request specs — is compiled
+here once; a mistake is a ConfigError naming file:line, and suspicious things are warnings.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import yamlfile
+from .errors import ConfigError
+from .templates import Template, Templates
+from .yamlfile import check_keys
+
+HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", "request",
+                "response", "on_error", "save", "handoff"}
+RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
+                 "one_time_keyboard", "disable_web_page_preview"}
+REQUEST_KEYS = {"method", "url", "params", "headers", "json", "data", "timeout"}
+METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
+MAX_TIMEOUT = 60.0
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class Button:
+    text: Template
+    data: Template | None = None
+    url: Template | None = None
+
+
+@dataclass
+class Response:
+    text: Template
+    parse_mode: str | None = None
+    keyboard: list[list[Template]] | None = None
+    buttons: list[list[Button]] | None = None
+    remove_keyboard: bool = False
+    one_time_keyboard: bool = False
+    disable_web_page_preview: bool = False
+    where: str = "?"
+
+
+@dataclass
+class Request:
+    method: str
+    url: Template
+    params: dict[str, Template] = field(default_factory=dict)
+    headers: dict[str, Template] = field(default_factory=dict)
+    json: Any = None           # the structure with Templates in place of strings
+    data: Any = None
+    timeout: float = 10.0
+    where: str = "?"
+
+
+@dataclass
+class Handler:
+    name: str
+    where: str
+    pattern: re.Pattern | None
+    source_states: tuple[str, ...] | None
+    target_state: str | None
+    priority: int
+    order: int
+    response: Response | None
+    request: Request | None = None
+    on_error: Response | None = None
+    save: dict[str, Template] = field(default_factory=dict)
+
+    def accepts(self, state: str | None) -> bool:
+        return self.source_states is None or state in self.source_states
+
+
+@dataclass
+class Definitions:
+    env: dict[str, str] = field(default_factory=dict)
+    handlers: list[Handler] = field(default_factory=list)
+    fallback: Response | None = None
+    missing_env: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Compiler:
+    """Turns the YAML of a handlers directory into Definitions."""
+
+    def __init__(self, templates: Templates, environ: dict[str, str] | None = None):
+        self.templates = templates
+        self.environ = os.environ if environ is None else environ
+        self.result = Definitions()
+        self._names: dict[str, str] = {}
+
+    # -- env -------------------------------------------------------------------------------
+
+    def add_env(self, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError("env must be a mapping of names to values", yamlfile.where_of(data))
+        for name, value in data.items():
+            where = data.key_where.get(name, "?") if isinstance(data, yamlfile.Mapping) else "?"
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f"env name {name!r} must be an identifier", where)
+            if name in self.result.env:
+                raise ConfigError(f"env {name} is defined twice", where)
+            self.result.env[name] = self._expand(str(value), name, where)
+
+    def _expand(self, value: str, name: str, where: str) -> str:
+        def lookup(match: re.Match) -> str:
+            variable, default = match.group(1), match.group(2)
+            if variable in self.environ:
+                return self.environ[variable]
+            if default is None:
+                self.result.missing_env.append(f"{variable} (env.{name}, {where})")
+                return ""
+            return default
+        return _ENV_REFERENCE.sub(lookup, value)
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def add_handlers(self, items: Any) -> None:
+        if not isinstance(items, list):
+            raise ConfigError("handlers must be a list", yamlfile.where_of(items))
+        for index, item in enumerate(items):
+            where = items.item_where[index] if isinstance(items, yamlfile.Sequence) else "?"
+            self.result.handlers.append(self._handler(item, where, len(self.result.handlers)))
+
+    def _handler(self, item: Any, where: str, order: int) -> Handler:
+        check_keys(item, HANDLER_KEYS, "a handler")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("every handler needs a name", where)
+        if name in self._names:
+            raise ConfigError(f"duplicate handler name {name!r} (also at {self._names[name]})", where)
+        self._names[name] = where
+        if "response" not in item and "handoff" not in item:
+            raise ConfigError(f"handler {name} has no response", where)
+        if "handoff" in item:
+            raise ConfigError(f"handler {name}: handoff is not supported yet", _at(item, "handoff"))
+        return Handler(
+            name=name, where=where,
+            pattern=self._pattern(item, name),
+            source_states=self._states(item, name),
+            target_state=self._state_name(item, "target_state"),
+            priority=self._priority(item),
+            order=order,
+            response=self.response(item["response"], _at(item, "response")),
+            request=self._request(item["request"], _at(item, "request")) if "request" in item else None,
+            on_error=self.response(item["on_error"], _at(item, "on_error")) if "on_error" in item else None,
+            save=self._save(item),
+        )
+
+    def _pattern(self, item: dict, name: str) -> re.Pattern | None:
+        if "pattern" not in item:
+            return None
+        source = item["pattern"]
+        where = _at(item, "pattern")
+        if not isinstance(source, str):
+            raise ConfigError(f"handler {name}: pattern must be a string", where)
+        try:
+            return re.compile(source)
+        except re.error as exc:
+            raise ConfigError(f"handler {name}: pattern does not compile: {exc}", where) from None
+
+    def _states(self, item: dict, name: str) -> tuple[str, ...] | None:
+        if "source_states" not in item:
+            return None
+        states = item["source_states"]
+        if isinstance(states, str):
+            states = [states]
+        if not isinstance(states, list) or not all(isinstance(s, str) and s for s in states):
+            raise ConfigError(f"handler {name}: source_states must be a list of state names",
+                              _at(item, "source_states"))
+        return tuple(states)
+
+    def _state_name(self, item: dict, key: str) -> str | None:
+        value = item.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{key} must be a state name", _at(item, key))
+        return value
+
+    def _priority(self, item: dict) -> int:
+        value = item.get("priority", 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError("priority must be an integer", _at(item, "priority"))
+        return value
+
+    def _save(self, item: dict) -> dict[str, Template]:
+        save = item.get("save") or {}
+        where = _at(item, "save")
+        if not isinstance(save, dict):
+            raise ConfigError("save must map variable names to templates", where)
+        for name in save:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ConfigError(f"save: {name!r} is not a variable name", where)
+        return {name: self.templates.compile(value, _at(save, name, where))
+                for name, value in save.items()}
+
+    # -- responses and requests ------------------------------------------------------------
+
+    def response(self, data: Any, where: str) -> Response:
+        if isinstance(data, str):
+            data = {"text": data}
+        check_keys(data, RESPONSE_KEYS, "a response")
+        if "text" not in data:
+            raise ConfigError("a response needs text", where)
+        mode = data.get("parse_mode")
+        self.templates.mode_of(mode, _at(data, "parse_mode", where))
+        return Response(
+            text=self.templates.compile(data["text"], _at(data, "text", where), mode),
+            parse_mode=None if mode in (None, "none") else str(mode),
+            keyboard=self._keyboard(data.get("keyboard"), _at(data, "keyboard", where)),
+            buttons=self._buttons(data.get("buttons"), _at(data, "buttons", where)),
+            remove_keyboard=bool(data.get("remove_keyboard", False)),
+            one_time_keyboard=bool(data.get("one_time_keyboard", False)),
+            disable_web_page_preview=bool(data.get("disable_web_page_preview", False)),
+            where=where,
+        )
+
+    def _rows(self, rows: Any, where: str, what: str) -> list[list[Any]]:
+        if not isinstance(rows, list) or not rows:
+            raise ConfigError(f"{what} must be a list of rows", where)
+        return [row if isinstance(row, list) else [row] for row in rows]
+
+    def _keyboard(self, rows: Any, where: str) -> list[list[Template]] | None:
+        if rows is None:
+            return None
+        return [[self.templates.compile(label, where) for label in row]
+                for row in self._rows(rows, where, "keyboard")]
+
+    def _buttons(self, rows: Any, where: str) -> list[list[Button]] | None:
+        if rows is None:
+            return None
+        result = []
+        for row in self._rows(rows, where, "buttons"):
+            result.append([self._button(button, where) for button in row])
+        return result
+
+    def _button(self, button: Any, where: str) -> Button:
+        if isinstance(button, str):
+            button = {"text": button, "data": button}
+        check_keys(button, {"text", "data", "url"}, "an inline button")
+        if "text" not in button:
+            raise ConfigError("an inline button needs text", where)
+        where = yamlfile.where_of(button, where)
+        data = button.get("data")
+        if data is None and "url" not in button:
+            data = button["text"]
+        if isinstance(data, str) and "{" not in data and len(data.encode()) > 64:
+            raise ConfigError("button data is longer than Telegram's 64 bytes", where)
+        return Button(
+            text=self.templates.compile(button["text"], where),
+            data=self.templates.compile(data, where) if data is not None else None,
+            url=self.templates.compile(button["url"], where) if "url" in button else None,
+        )
+
+    def _request(self, data: Any, where: str) -> Request:
+        check_keys(data, REQUEST_KEYS, "a request")
+        method = str(data.get("method", "GET")).upper()
+        if method not in METHODS:
+            raise ConfigError(f"request method {method} is not one of {', '.join(sorted(METHODS))}",
+                              _at(data, "method", where))
+        if "url" not in data:
+            raise ConfigError("a request needs a url", where)
+        if "json" in data and "data" in data:
+            raise ConfigError("a request has either json or data, not both", where)
+        url = self.templates.compile(data["url"], _at(data, "url", where), url=True)
+        if not re.match(r"(https?://|\{\{)", url.source):
+            raise ConfigError("request url must start with http:// or https:// (or an env value)",
+                              _at(data, "url", where))
+        timeout = data.get("timeout", 10)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not 0 < timeout <= MAX_TIMEOUT:
+            raise ConfigError(f"request timeout must be a number of seconds, at most {MAX_TIMEOUT:.0f}",
+                              _at(data, "timeout", where))
+        return Request(
+            method=method, url=url,
+            params=self._template_map(data.get("params"), _at(data, "params", where), "params"),
+            headers=self._template_map(data.get("headers"), _at(data, "headers", where), "headers"),
+            json=self._template_tree(data["json"], _at(data, "json", where)) if "json" in data else None,
+            data=self._template_tree(data["data"], _at(data, "data", where)) if "data" in data else None,
+            timeout=float(timeout), where=where,
+        )
+
+    def _template_map(self, mapping: Any, where: str, what: str) -> dict[str, Template]:
+        if mapping is None:
+            return {}
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{what} must be a mapping", where)
+        return {str(k): self.templates.compile(v, _at(mapping, k, where)) for k, v in mapping.items()}
+
+    def _template_tree(self, value: Any, where: str) -> Any:
+        if isinstance(value, str):
+            return self.templates.compile(value, where)
+        if isinstance(value, dict):
+            return {k: self._template_tree(v, _at(value, k, where)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._template_tree(v, where) for v in value]
+        return value
+
+    # -- the whole bot ---------------------------------------------------------------------
+
+    def finish(self) -> Definitions:
+        self._check_states()
+        self.result.handlers.sort(key=lambda h: (-h.priority, h.order))
+        return self.result
+
+    def _check_states(self) -> None:
+        handlers = self.result.handlers
+        targets = {h.target_state for h in handlers if h.target_state}
+        for handler in handlers:
+            for state in handler.source_states or ():
+                if state not in targets:
+                    raise ConfigError(f"handler {handler.name}: no handler has target_state "
+                                      f"{state!r}, so this handler can never run", handler.where)
+        catch_all = any(h.source_states is None for h in handlers)
+        sources = {s for h in handlers for s in (h.source_states or ())}
+        for handler in handlers:
+            state = handler.target_state
+            if state and state not in sources and not catch_all:
+                self.result.warnings.append(
+                    f"{handler.where}: state {state!r} (entered by {handler.name}) has no handler; "
+                    "only the fallback answers there")
+
+
+def _at(mapping: Any, key: Any, default: str = "?") -> str:
+    if isinstance(mapping, yamlfile.Mapping):
+        return mapping.key_where.get(key, mapping.where)
+    return default

@@ -1,0 +1,67 @@
+"""Logging set-up for the CLI: stderr, journald-friendly, and never the token.
+
+Only the CLI configures handlers; library modules just use `logging.getLogger(__name__)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+_TOKEN_IN_URL = re.compile(r"bot\d+:[A-Za-z0-9_-]+")
+_BARE_TOKEN = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}")
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                    logging.ERROR: 3, logging.CRITICAL: 2}
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Replace bot tokens (as in API URLs, bare, or the known ones) with a marker."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    text = _TOKEN_IN_URL.sub("bot<redacted>", text)
+    return _BARE_TOKEN.sub("<redacted>", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, then removes any token from the finished line (tracebacks too)."""
+
+    def __init__(self, fmt: str, secrets: tuple[str, ...], journald: bool):
+        super().__init__(fmt)
+        self.secrets = secrets
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = redact(super().format(record), self.secrets)
+        if self.journald:
+            prefix = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+            line = "\n".join(prefix + part for part in line.split("\n"))
+        return line
+
+
+def under_journald() -> bool:
+    """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    if not stream:
+        return False
+    try:
+        device, inode = (int(x) for x in stream.split(":"))
+        info = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+def configure(level: str = "INFO", secrets: tuple[str, ...] = (), stream=None) -> None:
+    """Log to stderr: with <N> priority prefixes and no time under journald, else with time."""
+    journald = under_journald()
+    fmt = "%(name)s: %(message)s" if journald else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(RedactingFormatter(fmt, tuple(secrets), journald))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -1,0 +1,196 @@
+"""The pipeline: match a handler (state, pattern, priority) → optional HTTP request → render → reply.
+
+A handler's target state, saved variables and state context change only when every step
+succeeded; a failing request or template answers with the handler's `on_error` (or the
+bot's error text), logs the cause with the handler's name and file:line, and leaves the
+conversation as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from .chathandler import ChatHandler
+from .definitions import Definitions, Handler, Response
+from .httpcall import RequestFailed, Trusted, perform
+from .templates import EMOJI, TemplateError
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT_TEXT = 16 * 1024  # a response kept in state_context is dropped past this size
+
+
+@dataclass
+class Pipeline:
+    """What every chat of a YAML bot shares: compiled definitions and an HTTP session."""
+
+    definitions: Definitions
+    error_text: str
+
+    def __post_init__(self) -> None:
+        self.session = requests.Session()
+        self.env = {name: Trusted(value) for name, value in self.definitions.env.items()}
+
+    def match(self, text: str, state: str | None) -> tuple[Handler | None, re.Match | None]:
+        """The first handler (highest priority, then file order) whose state and pattern fit."""
+        for handler in self.definitions.handlers:
+            if not handler.accepts(state):
+                continue
+            if handler.pattern is None:
+                return handler, None
+            found = handler.pattern.search(text)
+            if found:
+                return handler, found
+        return None, None
+
+
+class PipelineHandler(ChatHandler):
+    """A chat's handler for a bot written as YAML."""
+
+    def __init__(self, delegate: Any, conversation: Any, sender: Any, pipeline: Pipeline):
+        super().__init__(delegate, conversation, sender)
+        self.pipeline = pipeline
+
+    def on_chat_message(self, msg: dict) -> None:
+        text = msg.get("text") or msg.get("caption") or ""
+        self._answer(text, msg, msg, callback=None)
+
+    def on_callback_query(self, query: dict) -> None:
+        self.sender.answerCallbackQuery(callback_query_id=query["id"])
+        message = query.get("message") or {"chat": {"id": self.chat_id}}
+        self._answer(str(query.get("data") or ""), message, query, callback=query)
+
+    # -- one update through the pipeline ---------------------------------------------------
+
+    def _answer(self, text: str, message: dict, source: dict, callback: dict | None) -> None:
+        handler, found = self.pipeline.match(text, self.state)
+        context = self._context(message, source, found, callback)
+        if handler is None:
+            self._reply_fallback(context)
+            return
+        try:
+            if handler.request is not None:
+                context["response"] = perform(handler.request, context, self.pipeline.session)
+            reply = render_reply(handler.response, context)
+            saved = {name: template.render(context) for name, template in handler.save.items()}
+        except (RequestFailed, TemplateError) as exc:
+            self._reply_error(handler, exc, context)
+            return
+        self.sender.sendMessage(**reply)
+        self._transition(handler, context, saved)
+
+    def _context(self, message: dict, source: dict, found: re.Match | None,
+                 callback: dict | None) -> dict:
+        pattern: dict[Any, Any] = {}
+        if found is not None:
+            pattern = {i: g for i, g in enumerate(found.groups(), start=1)}
+            pattern.update({k: v for k, v in found.groupdict().items()})
+            pattern[0] = found.group(0)
+        return {
+            "message": message,
+            "chat": message.get("chat") or {"id": self.chat_id},
+            "user": source.get("from") or message.get("from") or {},
+            "callback": callback or {},
+            "pattern": pattern,
+            "state": self.state,
+            "state_context": self._conversation.state_context,
+            "vars": dict(self.vars),
+            "env": self.pipeline.env,
+            "emoji": EMOJI,
+            "response": {},
+        }
+
+    def _transition(self, handler: Handler, context: dict, saved: dict) -> None:
+        self.vars.update(saved)
+        if handler.target_state is None:
+            return
+        self.state = handler.target_state
+        self._conversation.state_context[handler.target_state] = _kept_context(context)
+
+    def _reply_fallback(self, context: dict) -> None:
+        fallback = self.pipeline.definitions.fallback
+        if fallback is None:
+            log.info("chat %s: no handler matched and the bot has no fallback", self.chat_id)
+            return
+        try:
+            self.sender.sendMessage(**render_reply(fallback, context))
+        except TemplateError as exc:
+            log.error("fallback: %s", exc)
+            self._send_error_text()
+
+    def _reply_error(self, handler: Handler, exc: Exception, context: dict) -> None:
+        log.error("handler %s (%s) failed: %s", handler.name, handler.where, exc)
+        if isinstance(exc, RequestFailed):
+            context["response"] = exc.response
+        if handler.on_error is not None:
+            try:
+                self.sender.sendMessage(**render_reply(handler.on_error, context))
+                return
+            except TemplateError as second:
+                log.error("handler %s: on_error failed too: %s", handler.name, second)
+        self._send_error_text()
+
+    def _send_error_text(self) -> None:
+        if self.pipeline.error_text:
+            self.sender.sendMessage(self.pipeline.error_text)
+
+
+def render_reply(response: Response, context: dict) -> dict:
+    """sendMessage parameters for a response: text, parse mode and keyboard."""
+    text = response.text.render(context)
+    if not text.strip():
+        raise TemplateError(response.where, "the rendered text is empty")
+    reply: dict[str, Any] = {"text": text}
+    if response.parse_mode:
+        reply["parse_mode"] = response.parse_mode
+    if response.disable_web_page_preview:
+        reply["link_preview_options"] = {"is_disabled": True}
+    markup = _markup(response, context)
+    if markup:
+        reply["reply_markup"] = markup
+    return reply
+
+
+def _markup(response: Response, context: dict) -> dict | None:
+    if response.buttons:
+        rows = []
+        for row in response.buttons:
+            rendered = []
+            for button in row:
+                item = {"text": button.text.render(context)}
+                if button.url is not None:
+                    item["url"] = button.url.render(context)
+                else:
+                    item["callback_data"] = button.data.render(context)
+                    if len(item["callback_data"].encode()) > 64:
+                        raise TemplateError(response.where, "button data is longer than 64 bytes")
+                rendered.append(item)
+            rows.append(rendered)
+        return {"inline_keyboard": rows}
+    if response.keyboard:
+        rows = [[{"text": label.render(context)} for label in row] for row in response.keyboard]
+        return {"keyboard": rows, "resize_keyboard": True,
+                "one_time_keyboard": response.one_time_keyboard}
+    if response.remove_keyboard:
+        return {"remove_keyboard": True}
+    return None
+
+
+def _kept_context(context: dict) -> dict:
+    """What state_context remembers of the transition into a state."""
+    kept = {
+        "pattern": {str(k): v for k, v in context["pattern"].items()},
+        "message": {"text": context["message"].get("text"),
+                    "message_id": context["message"].get("message_id")},
+    }
+    response = context.get("response") or {}
+    if response:
+        data = response.get("data")
+        if len(repr(data)) <= MAX_CONTEXT_TEXT:
+            kept["response"] = {"status": response.get("status"), "data": data}
+    return kept
