@@ -52,12 +52,11 @@ def _cut(text: str, budget: int, html: bool, parse_mode: str | None) -> int:
     if budget < 1:
         raise ValueError("the text's markup leaves no room to split it within the limit")
     end, units = 0, 0
-    for end, char in enumerate(text):
-        units += 2 if ord(char) > 0xFFFF else 1
+    while end < len(text):
+        units += 2 if ord(text[end]) > 0xFFFF else 1
         if units > budget:
             break
-    else:
-        end = len(text)
+        end += 1
     window = text[:end]
     cut = max(window.rfind("\n\n"), -1)
     if cut <= 0:

@@ -1,0 +1,119 @@
+"""Fixtures: the Bot API test double, and the real daemon run as a process against it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_telegram import FakeTelegram
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = ROOT / "handlers"
+TEST_HANDLERS = Path(__file__).resolve().parent / "handlers"
+TOKEN = "123456:TEST-token_abcdefghijklmnopqrstuvwxyz"
+TOKEN_SECRET = TOKEN.split(":")[1]
+
+
+@pytest.fixture
+def telegram():
+    with FakeTelegram(TOKEN) as fake:
+        yield fake
+
+
+class Daemon:
+    """`chatdaemon run` as a subprocess, its stderr kept in a file."""
+
+    def __init__(self, tmp_path: Path, api_url: str, handlers: Path, db: Path,
+                 config: dict, args: list[str], env: dict[str, str], token: str | None):
+        self.tmp_path = tmp_path
+        self.db = db
+        n = len(list(tmp_path.glob("daemon-*.log")))
+        self.log_path = tmp_path / f"daemon-{n}.log"
+        config_path = tmp_path / f"config-{n}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(handlers),
+                   "--db", str(db), "--api-url", api_url, "--config", str(config_path), *args]
+        full_env = {**os.environ, **env}
+        full_env.pop("CREDENTIALS_DIRECTORY", None)
+        if token is not None:
+            full_env["CHATDAEMON_TOKEN"] = token
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env=full_env, cwd=str(tmp_path))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def threads(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+        return 0
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+
+@pytest.fixture
+def start_daemon(tmp_path, telegram):
+    """Start the daemon; every daemon's whole output is checked for the token at the end."""
+    daemons: list[Daemon] = []
+
+    def start(handlers: Path | str = HANDLERS / "counter", *, db: Path | None = None,
+              config: dict | None = None, args: list[str] = (), env: dict | None = None,
+              token: str | None = TOKEN, rate_limits: str = "off") -> Daemon:
+        settings = {"polling": {"timeout": 1}, "delegates": {"idle_timeout": 30},
+                    "stop_timeout": 10}
+        for key, value in (config or {}).items():
+            if isinstance(value, dict):
+                settings.setdefault(key, {}).update(value)
+            else:
+                settings[key] = value
+        daemon = Daemon(tmp_path, telegram.url, Path(handlers), db or tmp_path / "bot.sqlite3",
+                        settings, ["--rate-limits", rate_limits, *args], env or {}, token)
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.close()
+    for daemon in daemons:
+        output = daemon.log()
+        assert TOKEN_SECRET not in output, f"the token leaked into {daemon.log_path}"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,154 @@
+"""Unit tests of the pieces the daemon is built from: store, inbox rows, limits, config, logs."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from chatdaemon import glance
+from chatdaemon.config import load_config
+from chatdaemon.errors import ConfigError
+from chatdaemon.inbox import chat_of, to_row
+from chatdaemon.logs import redact
+from chatdaemon.ratelimit import Limits, RateLimiter
+from chatdaemon.store import Conversation, Store
+
+
+@pytest.fixture
+def fresh_db(tmp_path):
+    store = Store(str(tmp_path / "t.sqlite3"))
+    yield store
+    store.close()
+
+
+def message_update(update_id, chat_id, text="hi"):
+    return {"update_id": update_id,
+            "message": {"message_id": 1, "chat": {"id": chat_id, "type": "private"}, "text": text}}
+
+
+def test_inbox_ignores_exact_duplicates_only(fresh_db):
+    rows = [to_row(message_update(i, 1)) for i in (10, 11)]
+    assert [r.update_id for r in fresh_db.add_updates(rows)] == [10, 11]
+    again = [to_row(message_update(i, 1)) for i in (11, 5)]
+    assert [r.update_id for r in fresh_db.add_updates(again)] == [5]  # 5 < 11 is still new
+    assert [r.update_id for r in fresh_db.pending(1)] == [5, 10, 11]
+
+
+def test_finish_commits_state_and_done_together(fresh_db):
+    fresh_db.add_updates([to_row(message_update(1, 42))])
+    fresh_db.finish(1, Conversation(42, "menu", {"count": 3}))
+    assert fresh_db.pending(42) == []
+    loaded = fresh_db.load_conversation(42)
+    assert (loaded.state, loaded.vars) == ("menu", {"count": 3})
+    assert fresh_db.is_done(1)
+
+
+def test_database_file_is_created_0600_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        Store(str(tmp_path / "open.sqlite3")).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "open.sqlite3").st_mode) == 0o600
+
+
+def test_pending_chats_oldest_first_and_move_chat(fresh_db):
+    fresh_db.add_updates([to_row(message_update(1, -5)), to_row(message_update(2, 7))])
+    assert fresh_db.pending_chats() == [-5, 7]
+    fresh_db.move_chat(-5, -1005)
+    assert [r.update_id for r in fresh_db.pending(-1005)] == [1]
+
+
+def test_store_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Store(str(tmp_path / "nope" / "x.sqlite3"))
+
+
+def test_chat_of_each_kind():
+    assert chat_of(message_update(1, 3)) == 3
+    assert chat_of({"update_id": 1, "callback_query": {"id": "q", "from": {"id": 4},
+                                                       "message": {"chat": {"id": 5}}}}) == 5
+    assert chat_of({"update_id": 1, "callback_query": {"id": "q", "from": {"id": 4}}}) == 4
+    assert chat_of({"update_id": 1, "inline_query": {"id": "q", "from": {"id": 4}}}) is None
+    assert chat_of({"update_id": 1, "message": "garbage"}) is None
+    assert to_row({"message": {}}) is None
+    assert to_row({"update_id": True}) is None
+
+
+def test_glance_like_telepot():
+    msg = message_update(1, 3)["message"]
+    assert glance(msg) == ("text", "private", 3)
+    query = {"id": "q1", "from": {"id": 9}, "chat_instance": "c", "data": "yes"}
+    assert glance(query) == ("q1", 9, "yes")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_per_chat_limit_allows_a_burst_then_one_per_second():
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(per_chat_per_second=1, per_chat_burst=3), clock)
+    waits = [limiter.reserve(1) for _ in range(5)]
+    assert waits[:3] == [0, 0, 0]
+    assert waits[3] == pytest.approx(1.0)
+    assert waits[4] == pytest.approx(2.0)
+
+
+def test_global_and_group_limits():
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(per_second=30), clock)
+    waits = [limiter.reserve(chat) for chat in range(1, 62)]
+    assert max(waits) == pytest.approx(1.0, abs=0.05)  # 61 sends: 30 now, 30 in a second
+    group = RateLimiter(Limits(per_group_per_minute=20), clock)
+    assert [round(group.reserve(-100), 2) for _ in range(3)] == [0, 3.0, 6.0]
+
+
+def test_pause_after_429_applies_even_with_limits_off():
+    clock = FakeClock()
+    limiter = RateLimiter(Limits(enabled=False), clock)
+    assert limiter.reserve(5) == 0
+    limiter.pause(5, 7)
+    assert limiter.reserve(5) == pytest.approx(7)
+    assert limiter.reserve(6) == 0
+
+
+def test_config_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("database: x.sqlite3\ndelegates:\n  max: many\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert f"{path}:3" in str(info.value)
+    path.write_text("databse: x\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'databse'.*|.*:1"):
+        load_config(str(path))
+    path.write_text("delegates: [\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(str(path))
+
+
+def test_config_values_and_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rate_limits: {enabled: false}\ndelegates: {max: 8, idle_timeout: 2}\n")
+    config = load_config(str(path))
+    assert (config.limits.enabled, config.max_delegates, config.idle_timeout) == (False, 8, 2.0)
+    assert config.poll_timeout == 25
+
+
+def test_shipped_config_loads():
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "config", "chatdaemon.yaml"))
+    assert config.limits.enabled and config.max_delegates == 64
+
+
+def test_redact_removes_tokens_everywhere():
+    token = "123456789:AAEabcdefghijklmnopqrstuvwxyz012345"
+    line = f"GET https://api.telegram.org/bot{token}/getMe failed; token={token}"
+    assert token not in redact(line)
+    assert "bot<redacted>" in redact(line)
+    assert redact("short", ("short",)) == "<redacted>"
