@@ -1,0 +1,189 @@
+"""`chatdaemon check` and bot loading: every mistake named with its file and line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import HANDLERS, ROOT
+
+from chatdaemon.bots import load_bot
+from chatdaemon.errors import ConfigError
+
+EXAMPLES = ["counter", "guess", "diceyclock", "signup", "orders"]
+
+
+def bot_dir(tmp_path, **files):
+    directory = tmp_path / "bot"
+    directory.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (directory / f"{name}.yaml").write_text(textwrap.dedent(text))
+    return directory
+
+
+def load_error(tmp_path, text, **more) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_bot(str(bot_dir(tmp_path, a=text, **more)))
+    return str(info.value)
+
+
+def run_check(directory, env=None):
+    return subprocess.run([sys.executable, "-m", "chatdaemon", "check", "--handlers", str(directory)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_every_shipped_example_passes_check(name):
+    result = run_check(HANDLERS / name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"handlers/{name}" in result.stdout
+
+
+def test_check_summarises_handlers_by_state_and_missing_env(tmp_path):
+    result = run_check(HANDLERS / "orders", env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0
+    assert "in menu:" in result.stdout and "order:" in result.stdout
+    assert "+ request" in result.stdout
+    assert "env: shop_api" in result.stdout
+
+
+def test_missing_env_variable_without_default_is_reported(tmp_path):
+    directory = bot_dir(tmp_path, a="""
+        env: {api: "${NO_SUCH_VARIABLE_SET}"}
+        handlers:
+          - {name: a, response: {text: "x"}}
+    """)
+    result = run_check(directory)
+    assert result.returncode == 0
+    assert "missing environment variable: NO_SUCH_VARIABLE_SET" in result.stdout
+
+
+def test_duplicate_handler_names_across_files(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - {name: start, pattern: '^/start$', response: {text: "a"}}
+    """, b="""
+        handlers:
+          - {name: start, response: {text: "b"}}
+    """)
+    assert "duplicate handler name 'start'" in message
+    assert "b.yaml:3" in message and "a.yaml:3" in message
+
+
+def test_unknown_key_names_file_and_line(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - name: start
+            patern: '^/start$'
+            response: {text: "a"}
+    """)
+    assert "unknown key 'patern'" in message and "a.yaml:4" in message
+
+
+def test_regex_that_does_not_compile(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - name: start
+            pattern: '^(unclosed'
+            response: {text: "a"}
+    """)
+    assert "pattern does not compile" in message and "a.yaml:4" in message
+
+
+def test_template_that_does_not_parse(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - name: start
+            response:
+              text: "Hi {{ user.first_name "
+    """)
+    assert "template error" in message and "a.yaml:5" in message
+
+
+def test_template_with_an_unknown_name(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - name: start
+            response: {text: "Hi {{ usr.first_name }}"}
+    """)
+    assert "unknown name(s): usr" in message and "a.yaml:4" in message
+
+
+def test_source_state_that_nothing_enters(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - name: start
+            pattern: '^/start$'
+            response: {text: "a"}
+            target_state: menu
+          - name: order
+            source_states: [ordering]
+            response: {text: "b"}
+    """)
+    assert "no handler has target_state 'ordering'" in message and "a.yaml:7" in message
+
+
+def test_state_without_handlers_is_a_warning(tmp_path):
+    directory = bot_dir(tmp_path, a="""
+        handlers:
+          - name: start
+            source_states: [menu]
+            response: {text: "a"}
+            target_state: menu
+          - name: leave
+            source_states: [menu]
+            pattern: '^bye$'
+            response: {text: "b"}
+            target_state: gone
+    """)
+    result = run_check(directory)
+    assert result.returncode == 0
+    assert "warning:" in result.stdout and "'gone'" in result.stdout
+
+
+def test_yaml_syntax_error_and_bad_request(tmp_path):
+    assert "YAML syntax error" in load_error(tmp_path, "handlers: [\n")
+    message = load_error(tmp_path, """
+        handlers:
+          - name: r
+            request: {url: "ftp://x/", timeout: 5}
+            response: {text: "a"}
+    """)
+    assert "http:// or https://" in message
+
+
+def test_python_and_yaml_handlers_together_are_refused(tmp_path):
+    message = load_error(tmp_path, """
+        python: x:Y
+        handlers:
+          - {name: a, response: {text: "x"}}
+    """)
+    assert "not both" in message
+
+
+def test_check_exits_non_zero_with_file_line(tmp_path):
+    directory = bot_dir(tmp_path, a="handlers:\n  - {name: a, response: {text: '{{ oops'}}\n")
+    result = run_check(directory)
+    assert result.returncode == 78
+    assert "a.yaml:2" in result.stderr
+
+
+def test_run_refuses_to_start_on_errors(tmp_path):
+    directory = bot_dir(tmp_path, a="handlers:\n  - {name: a, response: {text: '{{ oops'}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(directory),
+         "--db", str(tmp_path / "x.sqlite3"), "--api-url", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+        env={"CHATDAEMON_TOKEN": "123456:abcdefghijklmnop", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 78
+    assert "a.yaml:2" in result.stderr
+
+
+def test_python_handler_import_error_names_the_line(tmp_path):
+    directory = bot_dir(tmp_path, a="python: mod:Handler\n")
+    (directory / "mod.py").write_text("import os\n\nraise ValueError('broken module')\n")
+    with pytest.raises(ConfigError) as info:
+        load_bot(str(directory))
+    assert "mod.py:3" in str(info.value) and "broken module" in str(info.value)
