@@ -1,0 +1,219 @@
+"""Benchmark: the daemon as a process against the Bot API test double, numbers printed.
+
+    python bench/bench.py [--only NAME ...] [--repeat N]
+
+Workloads (rate limits off, as for a local Bot API server; durability on):
+  throughput  20,000 messages over 1,000 chats, all injected at once → messages/s
+  latency     a steady 500 msg/s over 200 chats for 10 s → reply latency p50/p99
+  footprint   10,000 chats sending one message each → peak threads, peak RSS
+  faults      2,000 messages while 1% each of sendMessage calls fail with 500, with 429
+              (retry_after 1) and with the connection dropped after acceptance → missing/duplicate
+  pipeline    the YAML `signup` bot over 1,000 chats (3 messages each) vs the counter on the same shape
+  help        `chatdaemon --help` wall time
+Speeds are medians over --repeat runs; the machine is shared, so compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fake_telegram import FakeTelegram  # noqa: E402
+
+TOKEN = "123456:BENCH-token_abcdefghijklmnopqrstuvwxyz"
+
+
+class Run:
+    """One daemon process with a fresh database against a fresh test double."""
+
+    def __init__(self, handlers: str, config: str = "") -> None:
+        self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-")
+        self.telegram = FakeTelegram(TOKEN).start()
+        config_path = Path(self.scratch.name) / "config.yaml"
+        config_path.write_text("polling: {timeout: 5}\n" + config)
+        self.log = open(Path(self.scratch.name) / "daemon.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(ROOT / "handlers" / handlers),
+             "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--api-url", self.telegram.url,
+             "--rate-limits", "off", "--config", str(config_path), "--log-level", "WARNING"],
+            env={**os.environ, "CHATDAEMON_TOKEN": TOKEN}, stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=str(ROOT))
+        ok = self.telegram.wait_for(
+            lambda: any(c["method"] == "getUpdates" for c in self.telegram.calls), 30)
+        if not ok:
+            raise RuntimeError("the daemon did not start polling")
+
+    def sample(self) -> tuple[int, int]:
+        """(threads, RSS in KiB) of the daemon process now."""
+        threads = rss = 0
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    threads = int(line.split()[1])
+                elif line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+        return threads, rss
+
+    def close(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.telegram.stop()
+        self.log.close()
+        self.scratch.cleanup()
+
+
+def throughput(messages: int = 20000, chats: int = 1000) -> dict:
+    run = Run("counter")
+    try:
+        batch = [(1_000_000 + i % chats, "m") for i in range(messages)]
+        began = time.monotonic()
+        run.telegram.push_many(batch)
+        if not run.telegram.wait_for_sent(messages, timeout=600):
+            raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        elapsed = time.monotonic() - began
+        return {"msgs_per_s": messages / elapsed, "seconds": elapsed}
+    finally:
+        run.close()
+
+
+def latency(rate: int = 500, chats: int = 200, seconds: float = 10.0) -> dict:
+    run = Run("counter")
+    try:
+        pushed: dict[int, list[float]] = {}
+        total = int(rate * seconds)
+        began = time.monotonic()
+        for i in range(total):
+            due = began + i / rate
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            chat = 2_000_000 + i % chats
+            pushed.setdefault(chat, []).append(time.monotonic())
+            run.telegram.push_message(chat, "m")
+        if not run.telegram.wait_for_sent(total, timeout=120):
+            raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        seen: dict[int, int] = {}
+        delays = []
+        for record in list(run.telegram.sent):
+            k = seen.get(record["chat_id"], 0)
+            seen[record["chat_id"]] = k + 1
+            delays.append(record["time"] - pushed[record["chat_id"]][k])
+        delays.sort()
+        return {"p50_ms": 1000 * delays[len(delays) // 2],
+                "p99_ms": 1000 * delays[int(len(delays) * 0.99)],
+                "achieved_rate": total / (time.monotonic() - began)}
+    finally:
+        run.close()
+
+
+def footprint(chats: int = 10000) -> dict:
+    run = Run("counter")
+    try:
+        peak_threads, peak_rss = run.sample()
+        stop = threading.Event()
+
+        def watch():
+            nonlocal peak_threads, peak_rss
+            while not stop.is_set():
+                threads, rss = run.sample()
+                peak_threads, peak_rss = max(peak_threads, threads), max(peak_rss, rss)
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        run.telegram.push_many([(3_000_000 + i, "m") for i in range(chats)])
+        done = run.telegram.wait_for_sent(chats, timeout=600)
+        stop.set()
+        watcher.join()
+        if not done:
+            raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        return {"peak_threads": peak_threads, "peak_rss_mb": peak_rss / 1024}
+    finally:
+        run.close()
+
+
+def faults(messages: int = 2000, chats: int = 200) -> dict:
+    run = Run("counter")
+    try:
+        run.telegram.set_faults("sendMessage", p500=0.01, p429=0.01, pdrop=0.01, retry_after=1,
+                                seed=7)
+        per_chat = messages // chats
+        run.telegram.push_many([(4_000_000 + c, "m") for _ in range(per_chat) for c in range(chats)])
+        expected = list(range(1, per_chat + 1))
+        done = run.telegram.wait_for(
+            lambda: all(run.telegram.sent_to(4_000_000 + c)[-1:] == [str(per_chat)]
+                        for c in range(chats)), timeout=300)
+        time.sleep(1.0)
+        missing = duplicates = 0
+        for c in range(chats):
+            replies = [int(t) for t in run.telegram.sent_to(4_000_000 + c)]
+            missing += len(set(expected) - set(replies))
+            duplicates += len(replies) - len(set(replies))
+        return {"finished": done, "missing": missing, "duplicates": duplicates,
+                "faults": dict(run.telegram.faults_injected)}
+    finally:
+        run.close()
+
+
+def pipeline(chats: int = 1000) -> dict:
+    """The signup bot's three-step conversation vs the counter on the same messages."""
+    def rate(handlers: str) -> float:
+        run = Run(handlers)
+        try:
+            began = time.monotonic()
+            for text in ("/start", "Ann", "ann@example.org"):
+                run.telegram.push_many([(5_000_000 + c, text) for c in range(chats)])
+            if not run.telegram.wait_for_sent(3 * chats, timeout=600):
+                raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+            return 3 * chats / (time.monotonic() - began)
+        finally:
+            run.close()
+    counter, signup = rate("counter"), rate("signup")
+    return {"signup_msgs_per_s": signup, "counter_msgs_per_s": counter, "ratio": signup / counter}
+
+
+def help_time(runs: int = 7) -> dict:
+    times = []
+    for _ in range(runs):
+        began = time.monotonic()
+        subprocess.run([sys.executable, "-m", "chatdaemon", "--help"], capture_output=True, check=True,
+                       cwd=str(ROOT))
+        times.append(time.monotonic() - began)
+    return {"median_s": statistics.median(times)}
+
+
+WORKLOADS = {"throughput": throughput, "latency": latency, "footprint": footprint,
+             "faults": faults, "pipeline": pipeline, "help": help_time}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    for name in args.only:
+        results = [WORKLOADS[name]() for _ in range(args.repeat)]
+        merged = {}
+        for key in results[0]:
+            values = [r[key] for r in results]
+            merged[key] = statistics.median(values) if isinstance(values[0], float) else values[-1]
+        shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in merged.items())
+        print(f"{name:11s} {shown}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
