@@ -1,18 +1,26 @@
 """The Bot API client: one HTTP call to Telegram, its answer or a typed error.
 
-The token is part of every request URL, so no exception or log record from here may carry
-the URL: `requests` errors are caught and re-raised with the method name only.
+It speaks HTTP/1.1 over a small pool of keep-alive connections with the standard library's
+http.client: on a Pi every reply costs one such call, and `requests` spent more CPU per
+call than the rest of the daemon together (proxy settings are read once at start instead
+of per call). The pipeline's own HTTP requests still use `requests`.
+
+The token is part of every request path, so no exception or log record from here may carry
+the path: connection errors are re-raised with the method name only.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import queue
 import re
+import socket
+import ssl
+import urllib.parse
+import urllib.request
 from typing import Any, Protocol
-
-import requests
-from requests.adapters import HTTPAdapter
 
 from .errors import NetworkError, RetryAfter, TelegramError
 
@@ -20,9 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.telegram.org"
 TOKEN_PATTERN = re.compile(r"\d{3,}:[A-Za-z0-9_-]{10,}")
-
-for _name in ("urllib3", "requests"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
+USER_AGENT = "chatdaemon"
 
 
 class BotAPI(Protocol):
@@ -36,56 +42,131 @@ def looks_like_token(token: str) -> bool:
     return bool(TOKEN_PATTERN.fullmatch(token))
 
 
+class _NotSent(Exception):
+    """The connection failed before the request could have reached the server."""
+
+
 class TelegramClient:
-    """Calls the Bot API at `api_url` over a pooled keep-alive session."""
+    """Calls the Bot API at `api_url` over pooled keep-alive connections."""
 
     def __init__(self, token: str, api_url: str = DEFAULT_API_URL, *,
                  connect_timeout: float = 10.0, read_timeout: float = 30.0, pool_size: int = 64):
-        self._base = f"{api_url.rstrip('/')}/bot{token}/"
+        parts = urllib.parse.urlsplit(api_url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the Bot API URL must be http:// or https:// with a host")
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._prefix = f"{parts.path}/bot{token}/"
+        self._proxy = _proxy_for(api_url)
+        self._context = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._pool: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(pool_size)
 
     def __repr__(self) -> str:
-        return "TelegramClient(<redacted>)"
+        return f"TelegramClient({self._scheme}://{self._host}:{self._port}, <token redacted>)"
 
     def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> Any:
         """POST `params` as JSON to `method`; return `result` or raise a typed error.
 
         `timeout` is the read timeout; a long poll passes its poll timeout plus a margin.
         """
+        body = json.dumps(params or {}, ensure_ascii=False).encode()
         read = self.read_timeout if timeout is None else timeout
         try:
-            response = self._session.post(
-                self._base + method, json=params or {}, timeout=(self.connect_timeout, read)
-            )
-        except requests.exceptions.ConnectTimeout:
-            raise NetworkError(method, "connection timed out", maybe_delivered=False) from None
-        except requests.exceptions.ReadTimeout:
-            raise NetworkError(method, "no answer in time") from None
-        except requests.exceptions.ConnectionError as exc:
-            raise NetworkError(method, _connection_reason(exc), _maybe_delivered(exc)) from None
-        except requests.exceptions.RequestException as exc:
-            raise NetworkError(method, type(exc).__name__) from None
-        return _result_of(method, response)
+            status, data = self._exchange(method, body, read, reuse=True)
+        except _NotSent as exc:
+            raise NetworkError(method, str(exc), maybe_delivered=False) from None
+        return _result_of(method, status, data)
+
+    def _exchange(self, method: str, body: bytes, read: float, reuse: bool) -> tuple[int, bytes]:
+        conn, reused = self._connection(reuse)
+        try:
+            conn.sock.settimeout(read)
+            conn.request("POST", self._target(method), body, {
+                "Content-Type": "application/json", "User-Agent": USER_AGENT})
+            response = conn.getresponse()
+            data = response.read()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            conn.close()
+            if reused:  # a keep-alive connection the server had closed: try a fresh one once
+                return self._exchange(method, body, read, reuse=False)
+            raise NetworkError(method, _reason(exc)) from None
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise NetworkError(method, _reason(exc)) from None
+        if response.will_close:
+            conn.close()
+        else:
+            self._give_back(conn)
+        return response.status, data
+
+    def _target(self, method: str) -> str:
+        if self._proxy and self._scheme == "http":
+            return f"http://{self._host}:{self._port}{self._prefix}{method}"
+        return self._prefix + method
+
+    def _connection(self, reuse: bool) -> tuple[http.client.HTTPConnection, bool]:
+        if reuse:
+            try:
+                return self._pool.get_nowait(), True
+            except queue.Empty:
+                pass
+        host, port = self._proxy or (self._host, self._port)
+        if self._scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, port, timeout=self.connect_timeout, context=self._context)
+            if self._proxy:
+                conn.set_tunnel(self._host, self._port)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        try:
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise _NotSent(_reason(exc)) from None
+        return conn, False
+
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        try:
+            self._pool.put_nowait(conn)
+        except queue.Full:
+            conn.close()
 
     def close(self) -> None:
-        self._session.close()
+        while True:
+            try:
+                self._pool.get_nowait().close()
+            except queue.Empty:
+                return
 
 
-def _result_of(method: str, response: requests.Response) -> Any:
+def _proxy_for(api_url: str) -> tuple[str, int] | None:
+    """The proxy from the environment (HTTPS_PROXY, …) for the API URL, read once."""
+    host = urllib.parse.urlsplit(api_url).hostname or ""
+    if urllib.request.proxy_bypass(host):
+        return None
+    scheme = urllib.parse.urlsplit(api_url).scheme
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy:
+        return None
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return (parts.hostname, parts.port or 8080) if parts.hostname else None
+
+
+def _result_of(method: str, status: int, data: bytes) -> Any:
     try:
-        answer = response.json()
-    except (ValueError, json.JSONDecodeError):
-        raise TelegramError(method, response.status_code, "answer is not JSON") from None
+        answer = json.loads(data)
+    except ValueError:
+        raise TelegramError(method, status, "answer is not JSON") from None
     if not isinstance(answer, dict):
-        raise TelegramError(method, response.status_code, "answer is not a JSON object")
+        raise TelegramError(method, status, "answer is not a JSON object")
     if answer.get("ok") is True:
         return answer.get("result")
-    status = int(answer.get("error_code") or response.status_code)
+    code = answer.get("error_code")
+    status = code if isinstance(code, int) else status
     description = str(answer.get("description", ""))
     parameters = answer.get("parameters") if isinstance(answer.get("parameters"), dict) else {}
     if status == 429:
@@ -93,19 +174,16 @@ def _result_of(method: str, response: requests.Response) -> Any:
     raise TelegramError(method, status, description, parameters)
 
 
-def _connection_reason(exc: requests.exceptions.ConnectionError) -> str:
-    text = str(exc)
-    for reason in ("Connection refused", "Connection reset", "Name or service not known",
-                   "Temporary failure in name resolution", "Network is unreachable",
-                   "Connection aborted", "RemoteDisconnected"):
-        if reason in text:
-            return reason.lower()
-    return "connection failed"
-
-
-def _maybe_delivered(exc: requests.exceptions.ConnectionError) -> bool:
-    """False only when the connection was never made, so the request cannot have arrived."""
-    text = str(exc)
-    return not any(s in text for s in ("NewConnectionError", "Connection refused",
-                                       "Name or service not known", "Network is unreachable",
-                                       "Temporary failure in name resolution"))
+def _reason(exc: BaseException) -> str:
+    """A short cause without anything that could contain the request path."""
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error ({exc.reason or type(exc).__name__})"
+    if isinstance(exc, socket.gaierror):
+        return "name resolution failed"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed without an answer"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
