@@ -6,7 +6,7 @@ import sqlite3
 import textwrap
 
 import pytest
-from conftest import HANDLERS
+from conftest import HANDLERS, wait_until
 from shop_server import ShopServer
 
 
@@ -74,9 +74,10 @@ def test_orders_bot_transcript(telegram, start_daemon, shop, tmp_path):
         "I couldn't find order 999 right now. Check the number and try again."]
     assert text_of(ann.say("7")) == ["Order 7: packing"]
     db = sqlite3.connect(tmp_path / "bot.sqlite3")
-    state, last = db.execute("SELECT state, json_extract(vars, '$.last_order') FROM conversations"
-                             " WHERE chat_id = 101").fetchone()
-    assert (state, last) == ("menu", "7")
+    query = "SELECT state, json_extract(vars, '$.last_order') FROM conversations WHERE chat_id = 101"
+    # the reply goes out just before the commit that records it
+    assert wait_until(lambda: db.execute(query).fetchone() == ("menu", "7"), timeout=5), \
+        db.execute(query).fetchone()
 
 
 def test_signup_bot_transcript(telegram, start_daemon):
