@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .pipeline import Pipeline, PipelineHandler
 from .templates import Templates
 
-DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "fallback"}
+DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "fallback", "schedules", "hooks"}
 
 
 @dataclass
@@ -31,6 +31,11 @@ class Bot:
     error_text: str = DEFAULT_ERROR_TEXT
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    definitions: Definitions = field(default_factory=Definitions)
+
+    @property
+    def hooks(self) -> dict:
+        return self.definitions.hooks
 
     def create_handler(self, delegate: Any, conversation: Any, sender: Any) -> ChatHandler:
         if self.pipeline is not None:
@@ -44,7 +49,15 @@ class Bot:
             cls = self.handler_class
             lines.append(f"  python handler: {cls.__module__}:{cls.__qualname__}")
         if self.pipeline is not None:
-            lines += describe_definitions(self.pipeline.definitions)
+            lines += describe_definitions(self.definitions)
+        for schedule in self.definitions.schedules.values():
+            lines.append(f"  schedule {schedule.name} ({schedule.where})")
+        for hook in self.definitions.hooks.values():
+            recipients = ", ".join(str(c) for c in hook.recipients)
+            lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {recipients} "
+                         f"(at most {hook.rate_limit}/min)")
+        for missing in self.definitions.missing_env:
+            lines.append(f"  missing environment variable: {missing}")
         return lines
 
 
@@ -67,8 +80,6 @@ def describe_definitions(definitions: Definitions) -> list[str]:
     lines.append(f"  fallback: {fallback}")
     if definitions.env:
         lines.append(f"  env: {', '.join(sorted(definitions.env))}")
-    for missing in definitions.missing_env:
-        lines.append(f"  missing environment variable: {missing}")
     return lines
 
 
@@ -107,6 +118,10 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
         if "handlers" in data:
             compiler.add_handlers(data["handlers"])
             yaml_where = yaml_where or where["handlers"]
+        if "schedules" in data:
+            compiler.add_schedules(data["schedules"])
+        if "hooks" in data:
+            compiler.add_hooks(data["hooks"])
         if "fallback" in data:
             if fallback_where is not None:
                 raise ConfigError(f"fallback is already set in {fallback_where}", where["fallback"])
@@ -116,7 +131,8 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
     if python_ref is not None and yaml_where is not None:
         raise ConfigError(f"a bot is either `python` ({python_ref[1]}) or YAML handlers, not both",
                           yaml_where)
-    bot = Bot(directory, error_text=error_text, files=files, warnings=definitions.warnings)
+    bot = Bot(directory, error_text=error_text, files=files, warnings=definitions.warnings,
+              definitions=definitions)
     if python_ref is not None:
         bot.handler_class = import_handler(directory, *python_ref)
     elif definitions.handlers:

@@ -39,6 +39,8 @@ _POSITIONAL = {
 }
 
 
+MIN_SCHEDULE_SECONDS = 5
+
 # Methods that take no chat_id: the sender must not add one.
 _NO_CHAT_ID = {"answerCallbackQuery", "answerInlineQuery", "getMe", "getFile"}
 
@@ -145,6 +147,28 @@ class ChatHandler:
     def state(self, value: str | None) -> None:
         self._conversation.state = value
 
+    def start_schedule(self, name: str, every: float) -> None:
+        """Tick `on_schedule` every `every` seconds for this chat, across restarts, until stopped.
+
+        Takes effect with this update's commit. Ticks missed while the daemon was down are
+        coalesced into one.
+        """
+        if every < MIN_SCHEDULE_SECONDS:
+            raise ValueError(f"a schedule ticks at most every {MIN_SCHEDULE_SECONDS} seconds")
+        self._conversation.schedules[name] = {"every": float(every)}
+
+    def stop_schedule(self, name: str | None = None) -> None:
+        """Stop one schedule, or all of this chat's schedules."""
+        if name is None:
+            self._conversation.schedules.clear()
+        else:
+            self._conversation.schedules.pop(name, None)
+
+    @property
+    def schedules(self) -> dict:
+        """This chat's running schedules: name → {"every": seconds}."""
+        return dict(self._conversation.schedules)
+
     def on_update(self, kind: str, payload: dict) -> None:
         """Route one update to the method for its kind."""
         if kind == "message":
@@ -153,6 +177,11 @@ class ChatHandler:
             self.on_edited_chat_message(payload)
         elif kind == "callback_query":
             self.on_callback_query(payload)
+        elif kind == "hook":
+            self.on_hook(payload)
+        elif kind == "schedule":
+            if payload.get("name") in self._conversation.schedules:
+                self.on_schedule(payload)  # a tick queued before its schedule was stopped is dropped
         else:
             self.on_other(kind, payload)
 
@@ -164,6 +193,13 @@ class ChatHandler:
 
     def on_callback_query(self, query: dict) -> None:
         """An inline button was pressed; answered automatically if you do not answer it."""
+
+    def on_hook(self, notification: dict) -> None:
+        """A notification hook's message for this chat: sent as rendered when it was posted."""
+        self.sender.sendMessage(**notification["message"])
+
+    def on_schedule(self, tick: dict) -> None:
+        """A tick of a schedule this chat started (`tick["name"]`): nothing by default."""
 
     def on_other(self, kind: str, payload: dict) -> None:
         """An update of another kind (my_chat_member, channel_post, …): ignored by default."""

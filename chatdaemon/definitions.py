@@ -17,7 +17,11 @@ from .templates import Template, Templates
 from .yamlfile import check_keys
 
 HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", "request",
-                "response", "on_error", "save", "handoff"}
+                "response", "on_error", "save", "handoff", "schedule"}
+SCHEDULE_KEYS = {"name", "request", "response", "on_error"}
+HOOK_KEYS = {"name", "key", "recipients", "response", "rate_limit"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
                  "one_time_keyboard", "disable_web_page_preview"}
 REQUEST_KEYS = {"method", "url", "params", "headers", "json", "data", "timeout"}
@@ -58,6 +62,32 @@ class Request:
 
 
 @dataclass
+class ScheduleAction:
+    action: str               # "start" or "stop"
+    name: str                 # a schedule's name, or "all" with stop
+    every: float = 0.0
+
+
+@dataclass
+class Schedule:
+    name: str
+    where: str
+    response: Response
+    request: Request | None = None
+    on_error: Response | None = None
+
+
+@dataclass
+class Hook:
+    name: str
+    where: str
+    key: str
+    recipients: tuple[int, ...]
+    response: Response
+    rate_limit: int = 600     # accepted POSTs per minute
+
+
+@dataclass
 class Handler:
     name: str
     where: str
@@ -70,6 +100,7 @@ class Handler:
     request: Request | None = None
     on_error: Response | None = None
     save: dict[str, Template] = field(default_factory=dict)
+    schedule: ScheduleAction | None = None
 
     def accepts(self, state: str | None) -> bool:
         return self.source_states is None or state in self.source_states
@@ -80,6 +111,8 @@ class Definitions:
     env: dict[str, str] = field(default_factory=dict)
     handlers: list[Handler] = field(default_factory=list)
     fallback: Response | None = None
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    hooks: dict[str, Hook] = field(default_factory=dict)
     missing_env: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -149,7 +182,19 @@ class Compiler:
             request=self._request(item["request"], _at(item, "request")) if "request" in item else None,
             on_error=self.response(item["on_error"], _at(item, "on_error")) if "on_error" in item else None,
             save=self._save(item),
+            schedule=self._schedule_action(item["schedule"], _at(item, "schedule"))
+            if "schedule" in item else None,
         )
+
+    def _schedule_action(self, data: Any, where: str) -> ScheduleAction:
+        check_keys(data, {"start", "stop", "every"}, "a handler's schedule")
+        if ("start" in data) == ("stop" in data):
+            raise ConfigError("schedule needs either start: NAME (with every) or stop: NAME|all", where)
+        if "stop" in data:
+            return ScheduleAction("stop", str(data["stop"]))
+        if "every" not in data:
+            raise ConfigError("schedule start needs every (like 60, 30s, 5m, 1h)", where)
+        return ScheduleAction("start", str(data["start"]), parse_duration(data["every"], where))
 
     def _pattern(self, item: dict, name: str) -> re.Pattern | None:
         if "pattern" not in item:
@@ -299,12 +344,77 @@ class Compiler:
             return [self._template_tree(v, where) for v in value]
         return value
 
+    # -- schedules and hooks -----------------------------------------------------------------
+
+    def add_schedules(self, items: Any) -> None:
+        for item, where in self._items(items, "schedules"):
+            check_keys(item, SCHEDULE_KEYS, "a schedule")
+            name = item.get("name")
+            if not isinstance(name, str) or not name or name == "all":
+                raise ConfigError("every schedule needs a name (not 'all')", where)
+            if name in self.result.schedules:
+                raise ConfigError(f"duplicate schedule name {name!r}", where)
+            if "response" not in item:
+                raise ConfigError(f"schedule {name} has no response", where)
+            self.result.schedules[name] = Schedule(
+                name, where, self.response(item["response"], _at(item, "response")),
+                self._request(item["request"], _at(item, "request")) if "request" in item else None,
+                self.response(item["on_error"], _at(item, "on_error")) if "on_error" in item else None)
+
+    def add_hooks(self, items: Any) -> None:
+        for item, where in self._items(items, "hooks"):
+            check_keys(item, HOOK_KEYS, "a hook")
+            name = item.get("name")
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ConfigError("a hook needs a name of letters, digits, - and _", where)
+            if name in self.result.hooks:
+                raise ConfigError(f"duplicate hook name {name!r}", where)
+            key = self._expand(str(item.get("key") or ""), f"hooks.{name}.key", where)
+            if not key:
+                raise ConfigError(f"hook {name} needs a key (the secret a sender must present)", where)
+            if len(key) < 16:
+                self.result.warnings.append(f"{where}: hook {name}'s key is short; use 16+ characters")
+            recipients = item.get("recipients")
+            if not isinstance(recipients, list) or not recipients:
+                raise ConfigError(f"hook {name} needs recipients: a list of chat ids", where)
+            chats = []
+            for chat in recipients:
+                chat = self._expand(str(chat), f"hooks.{name}.recipients", where)
+                if not re.fullmatch(r"-?\d+", chat.strip()):
+                    raise ConfigError(f"hook {name}: recipient {chat!r} is not a chat id", where)
+                chats.append(int(chat))
+            if "response" not in item:
+                raise ConfigError(f"hook {name} has no response", where)
+            rate = item.get("rate_limit", 600)
+            if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+                raise ConfigError(f"hook {name}: rate_limit is POSTs per minute, a positive integer",
+                                  where)
+            self.result.hooks[name] = Hook(name, where, key, tuple(chats),
+                                           self.response(item["response"], _at(item, "response")),
+                                           rate)
+
+    def _items(self, items: Any, what: str):
+        if not isinstance(items, list):
+            raise ConfigError(f"{what} must be a list", yamlfile.where_of(items))
+        for index, item in enumerate(items):
+            yield item, items.item_where[index] if isinstance(items, yamlfile.Sequence) else "?"
+
     # -- the whole bot ---------------------------------------------------------------------
 
     def finish(self) -> Definitions:
         self._check_states()
+        self._check_schedules()
         self.result.handlers.sort(key=lambda h: (-h.priority, h.order))
         return self.result
+
+    def _check_schedules(self) -> None:
+        for handler in self.result.handlers:
+            action = handler.schedule
+            if action is None or (action.action == "stop" and action.name == "all"):
+                continue
+            if action.name not in self.result.schedules:
+                raise ConfigError(f"handler {handler.name}: no schedule named {action.name!r} "
+                                  "under schedules:", handler.where)
 
     def _check_states(self) -> None:
         handlers = self.result.handlers
@@ -322,6 +432,17 @@ class Compiler:
                 self.result.warnings.append(
                     f"{handler.where}: state {state!r} (entered by {handler.name}) has no handler; "
                     "only the fallback answers there")
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from 60, "30s", "5m", "1h" or "1d"; at least 5 seconds."""
+    found = _DURATION.match(str(value)) if not isinstance(value, bool) else None
+    if not found:
+        raise ConfigError(f"{value!r} is not a duration (like 60, 30s, 5m, 1h)", where)
+    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds < 5:
+        raise ConfigError("a schedule ticks at most every 5 seconds", where)
+    return seconds
 
 
 def _at(mapping: Any, key: Any, default: str = "?") -> str:

@@ -107,10 +107,37 @@ class PipelineHandler(ChatHandler):
 
     def _transition(self, handler: Handler, context: dict, saved: dict) -> None:
         self.vars.update(saved)
+        action = handler.schedule
+        if action is not None and action.action == "start":
+            self.start_schedule(action.name, action.every)
+        elif action is not None:
+            self.stop_schedule(None if action.name == "all" else action.name)
         if handler.target_state is None:
             return
         self.state = handler.target_state
         self._conversation.state_context[handler.target_state] = _kept_context(context)
+
+    def on_schedule(self, tick: dict) -> None:
+        schedule = self.pipeline.definitions.schedules.get(tick.get("name"))
+        if schedule is None:
+            log.info("chat %s: schedule %r is no longer defined; stopping it", self.chat_id,
+                     tick.get("name"))
+            self.stop_schedule(tick.get("name"))
+            return
+        context = self._context({"chat": {"id": self.chat_id}}, {}, None, None)
+        context["tick"] = tick
+        try:
+            if schedule.request is not None:
+                context["response"] = perform(schedule.request, context, self.pipeline.session)
+            reply = render_reply(schedule.response, context)
+        except (RequestFailed, TemplateError) as exc:
+            log.error("schedule %s (%s) failed: %s", schedule.name, schedule.where, exc)
+            if isinstance(exc, RequestFailed):
+                context["response"] = exc.response
+            if schedule.on_error is not None:
+                self.sender.sendMessage(**render_reply(schedule.on_error, context))
+            return
+        self.sender.sendMessage(**reply)
 
     def _reply_fallback(self, context: dict) -> None:
         fallback = self.pipeline.definitions.fallback

@@ -26,6 +26,10 @@ from .errors import ConfigError, ShuttingDown
 
 log = logging.getLogger(__name__)
 
+# Rows the daemon makes itself (hook notifications, schedule ticks) take ids from here up,
+# far above Telegram's update ids, so they share the inbox's order and guarantees.
+LOCAL_BASE = 1 << 40
+
 # Done inbox rows are kept this long so re-deliveries are still recognised: Telegram keeps
 # an unconfirmed update for at most 24 hours.
 KEEP_DONE_SECONDS = 48 * 3600
@@ -54,6 +58,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE conversations ADD COLUMN state_context TEXT NOT NULL DEFAULT '{}';
     """,
+    # 3: per-chat schedules; the conversation holds them, this table indexes when they are due
+    """
+    ALTER TABLE conversations ADD COLUMN schedules TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE schedules (
+        chat_id INTEGER NOT NULL,
+        name    TEXT NOT NULL,
+        every   REAL NOT NULL,
+        next_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, name)
+    );
+    CREATE INDEX schedules_due ON schedules(next_at);
+    """,
 ]
 
 
@@ -71,12 +87,13 @@ class Conversation:
     state: str | None
     vars: dict
     state_context: dict = field(default_factory=dict)
+    schedules: dict = field(default_factory=dict)   # name -> {"every": seconds}
 
     def snapshot(self) -> str:
-        return json.dumps([self.state, self.vars, self.state_context])
+        return json.dumps([self.state, self.vars, self.state_context, self.schedules])
 
     def restore(self, snapshot: str) -> None:
-        self.state, self.vars, self.state_context = json.loads(snapshot)
+        self.state, self.vars, self.state_context, self.schedules = json.loads(snapshot)
 
 
 def create_private_file(path: str) -> None:
@@ -183,6 +200,37 @@ class Store:
                 self._db.execute("PRAGMA synchronous=NORMAL")
         return new
 
+    def add_local(self, items: Sequence[tuple[int, str, dict]]) -> list[int]:
+        """Durably queue (chat_id, kind, payload) rows the daemon made; return their ids.
+
+        Committed with fsync before returning, like a getUpdates batch: a hook POST is
+        answered only once its notifications are on disk.
+        """
+        now = time.time()
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    (top,) = self._db.execute(
+                        "SELECT MAX(update_id) FROM inbox WHERE update_id >= ?", (LOCAL_BASE,)
+                    ).fetchone()
+                    first = LOCAL_BASE if top is None else top + 1
+                    ids = list(range(first, first + len(items)))
+                    self._db.executemany(
+                        "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+                        " VALUES (?, ?, ?, ?, 0, ?)",
+                        [(uid, chat_id, kind, json.dumps({kind: payload}), now)
+                         for uid, (chat_id, kind, payload) in zip(ids, items, strict=True)],
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+        return ids
+
     def pending_chats(self) -> list[int]:
         """Chats with unhandled updates, the chat with the oldest one first."""
         with self._lock:
@@ -226,11 +274,12 @@ class Store:
     def load_conversation(self, chat_id: int) -> Conversation:
         with self._lock:
             row = self._db.execute(
-                "SELECT state, vars, state_context FROM conversations WHERE chat_id = ?", (chat_id,)
+                "SELECT state, vars, state_context, schedules FROM conversations WHERE chat_id = ?",
+                (chat_id,),
             ).fetchone()
         if row is None:
             return Conversation(chat_id, None, {})
-        return Conversation(chat_id, row[0], json.loads(row[1]), json.loads(row[2]))
+        return Conversation(chat_id, row[0], *(json.loads(value) for value in row[1:]))
 
     def finish(self, update_id: int, conversation: Conversation | None) -> None:
         """Mark an update done and save the conversation it changed, in one transaction.
@@ -244,13 +293,16 @@ class Store:
             try:
                 if conversation is not None:
                     self._db.execute(
-                        "INSERT INTO conversations(chat_id, state, vars, state_context, updated)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
+                        "INSERT INTO conversations(chat_id, state, vars, state_context, schedules,"
+                        " updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
                         " state = excluded.state, vars = excluded.vars,"
-                        " state_context = excluded.state_context, updated = excluded.updated",
+                        " state_context = excluded.state_context, schedules = excluded.schedules,"
+                        " updated = excluded.updated",
                         (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
-                         json.dumps(conversation.state_context), now),
+                         json.dumps(conversation.state_context), json.dumps(conversation.schedules),
+                         now),
                     )
+                    self._index_schedules(conversation, now)
                 self._db.execute(
                     "UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?", (now, update_id)
                 )
@@ -258,6 +310,65 @@ class Store:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _index_schedules(self, conversation: Conversation, now: float) -> None:
+        """Keep the due-index in step with the conversation's schedules (same transaction)."""
+        kept = {name: (every, next_at) for name, every, next_at in self._db.execute(
+            "SELECT name, every, next_at FROM schedules WHERE chat_id = ?", (conversation.chat_id,))}
+        self._db.execute("DELETE FROM schedules WHERE chat_id = ?", (conversation.chat_id,))
+        for name, spec in conversation.schedules.items():
+            every = float(spec["every"])
+            old_every, next_at = kept.get(name, (None, None))
+            if old_every != every:
+                next_at = None  # a new schedule, or a new interval: first tick one interval from now
+            self._db.execute(
+                "INSERT INTO schedules(chat_id, name, every, next_at) VALUES (?, ?, ?, ?)",
+                (conversation.chat_id, name, every, next_at if next_at is not None else now + every),
+            )
+
+    def queue_due_ticks(self, now: float) -> list[int]:
+        """Queue one tick for every due schedule and re-arm it; return the chats to wake.
+
+        Missed ticks are coalesced: however long the daemon was down, a schedule gets one
+        catch-up tick and its next one an interval from now. A schedule whose next tick lies
+        more than one interval ahead (the clock jumped back) is re-armed from now.
+        """
+        chats: list[int] = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE schedules SET next_at = ? + every WHERE next_at > ? + every",
+                                 (now, now))
+                due = self._db.execute(
+                    "SELECT chat_id, name, every FROM schedules WHERE next_at <= ?", (now,)
+                ).fetchall()
+                if due:
+                    (top,) = self._db.execute(
+                        "SELECT MAX(update_id) FROM inbox WHERE update_id >= ?", (LOCAL_BASE,)
+                    ).fetchone()
+                    next_id = LOCAL_BASE if top is None else top + 1
+                for chat_id, name, every in due:
+                    self._db.execute(
+                        "UPDATE schedules SET next_at = ? WHERE chat_id = ? AND name = ?",
+                        (now + every, chat_id, name))
+                    waiting = self._db.execute(
+                        "SELECT 1 FROM inbox WHERE chat_id = ? AND kind = 'schedule' AND done = 0"
+                        " AND json_extract(payload, '$.schedule.name') = ?", (chat_id, name)
+                    ).fetchone()
+                    if waiting:
+                        continue  # the last tick is still queued: don't pile up more
+                    self._db.execute(
+                        "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+                        " VALUES (?, ?, 'schedule', ?, 0, ?)",
+                        (next_id, chat_id, json.dumps({"schedule": {"name": name, "at": now}}),
+                         time.time()))
+                    next_id += 1
+                    chats.append(chat_id)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return chats
 
     def move_chat(self, old_chat_id: int, new_chat_id: int) -> None:
         """A group became a supergroup: its conversation and pending updates follow the new id."""

@@ -24,7 +24,7 @@ _MARKDOWN_V2_RESERVED = re.compile(r"([_*\[\]()~`>#+\-=|{}.!\\])")
 
 # The names a template may use (`check` rejects any other top-level name).
 CONTEXT_NAMES = frozenset({"message", "chat", "user", "pattern", "state", "state_context", "vars",
-                           "env", "emoji", "response", "now", "data", "callback"})
+                           "env", "emoji", "response", "now", "data", "callback", "tick"})
 
 EMOJI = {
     "wave": "👋", "smile": "😄", "grin": "😁", "wink": "😉", "thumbsup": "👍", "thumbsdown": "👎",
