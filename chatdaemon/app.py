@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from .bots import Bot
 from .config import Config
 from .delegator import STACK_SIZE, Delegator
-from .errors import BadToken, ChatdaemonError, NetworkError, RetryAfter, ShuttingDown, TelegramError
+from .errors import (
+    BadToken,
+    ChatdaemonError,
+    ConfigError,
+    NetworkError,
+    RetryAfter,
+    ShuttingDown,
+    TelegramError,
+)
 from .poller import Poller
 from .ratelimit import RateLimiter
 from .sender import Sender
@@ -45,6 +53,7 @@ class App:
     api: BotAPI
     events: Events = field(default_factory=Events)
     delete_webhook: bool = False
+    loader: Callable[[], tuple[Config, Bot]] | None = None   # re-reads config and bot on SIGHUP
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -52,7 +61,10 @@ class App:
         self.store: Store | None = None
         self.delegator: Delegator | None = None
         self.poller: Poller | None = None
+        self.sender: Sender | None = None
+        self.hook_server = None
         self.me: dict = {}
+        self._reload_requested = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -78,8 +90,11 @@ class App:
         def on_signal(signum, frame):
             log.info("received %s; stopping", signal.Signals(signum).name)
             self.stop()
+        def on_hangup(signum, frame):
+            self._reload_requested = True
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
 
     def _start(self) -> None:
         config = self.config
@@ -87,8 +102,8 @@ class App:
         if self.delete_webhook:
             self._call_until_done("deleteWebhook", {"drop_pending_updates": False})
             log.info("webhook removed; pending updates kept")
-        sender = Sender(self.api, RateLimiter(config.limits), self.stop_event,
-                        on_migrate=self.store.move_chat)
+        self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.stop_event,
+                                      on_migrate=self.store.move_chat)
         self.delegator = Delegator(self.store, self.bot, sender,
                                    max_delegates=config.max_delegates,
                                    idle_timeout=config.idle_timeout)
@@ -100,6 +115,7 @@ class App:
                              poll_timeout=config.poll_timeout,
                              allowed_updates=config.allowed_updates,
                              conflict_grace=config.conflict_grace)
+        self._start_hook_server()
         threading.Thread(target=self._poll, name="poller", daemon=True).start()
         log.info("@%s is running (handlers: %s, database: %s)",
                  self.me.get("username", "?"), self.bot.directory, self.config.database)
@@ -143,9 +159,45 @@ class App:
             self.failure = exc
             self.stop()
 
+    def _start_hook_server(self) -> None:
+        if not self.config.hook_port:
+            if self.bot.hooks:
+                log.warning("the bot defines hooks but the hook server is off (hooks.port: 0)")
+            return
+        from .hookserver import HookServer
+        try:
+            self.hook_server = HookServer(self, (self.config.hook_bind, self.config.hook_port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.config.hook_bind}:{self.config.hook_port} "
+                              f"for hooks and /healthz: {exc.strerror}") from None
+        self.hook_server.start()
+
+    # -- side doors into the inbox ---------------------------------------------------------
+
+    def env_values(self) -> dict:
+        from .httpcall import Trusted
+        return {name: Trusted(value) for name, value in self.bot.definitions.env.items()}
+
+    def queue_notifications(self, chat_ids, payload: dict) -> None:
+        """Store one notification per chat durably, then wake the chats' delegates."""
+        chats = list(chat_ids)
+        self.store.add_local([(chat_id, "hook", payload) for chat_id in chats])
+        self.delegator.notify(chats)
+
+    def _queue_schedule_ticks(self) -> None:
+        chats = self.store.queue_due_ticks(time.time())
+        if chats:
+            self.delegator.notify(list(dict.fromkeys(chats)))
+
+    # -- the supervising loop ----------------------------------------------------------------
+
     def _supervise(self) -> None:
         last_prune = time.monotonic()
         while not self.stop_event.wait(1.0):
+            self._queue_schedule_ticks()
+            if self._reload_requested:
+                self._reload_requested = False
+                self._reload()
             self.events.tick(self)
             if time.monotonic() - last_prune > PRUNE_EVERY:
                 last_prune = time.monotonic()
@@ -153,9 +205,33 @@ class App:
                 if pruned:
                     log.info("pruned %d handled update(s) older than 48 h", pruned)
 
+    def _reload(self) -> None:
+        """SIGHUP: load config and bot again; on any error keep the running bot and say why."""
+        if self.loader is None:
+            return
+        try:
+            config, bot = self.loader()
+        except ChatdaemonError as exc:
+            log.error("reload failed; the running bot stays as it was: %s", exc)
+            return
+        for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout"):
+            if getattr(config, name) != getattr(self.config, name):
+                log.warning("reload: %s changed; that takes effect only after a restart", name)
+                config = config.replace(**{name: getattr(self.config, name)})
+        self.config, self.bot = config, bot
+        self.delegator.bot = bot
+        self.delegator.max_delegates = config.max_delegates
+        self.delegator.idle_timeout = config.idle_timeout
+        self.sender.limiter = RateLimiter(config.limits)
+        log.info("reloaded: %s (chats already open keep their handler until they go idle)",
+                 bot.directory)
+
     def _shut_down(self) -> None:
         self.stop_event.set()
         self.events.stopping(self)
+        if self.hook_server is not None:
+            self.hook_server.shutdown()
+            self.hook_server.server_close()
         if self.delegator is not None:
             if not self.delegator.stop(self.config.stop_timeout):
                 log.warning("some chats were still busy after %.0f s; their updates will be "

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--delete-webhook", action="store_true",
                      help="remove a webhook set for this bot (pending updates are kept)")
     run.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument("--daemon", action="store_true",
+                     help="detach into the background (for systems without systemd); needs --pidfile")
+    run.add_argument("--pidfile", metavar="FILE", help="with --daemon: the pidfile, held with a lock")
+    run.add_argument("--log-file", metavar="FILE",
+                     help="with --daemon: where logs go (default: chatdaemon.log beside the database)")
 
     check = commands.add_parser("check", help="validate config and handlers, say what the bot does")
     _add_bot_options(check, db=False)
@@ -130,20 +135,48 @@ def _read_secret(path: str, what: str) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     os.umask(0o077)
+    if args.daemon and not args.pidfile:
+        raise ConfigError("--daemon needs --pidfile FILE")
     token = read_token(args)
+    config, bot = _load_for_run(args)
+    from .app import App, Events
+    from .daemon import Notifier, PidFile, detach
     from .logs import configure
-    limits_override = None
+    from .store import Store
+    from .telegram import TelegramClient
+
+    if not args.daemon:
+        configure(config.log_level, secrets=(token,))
+        notifier = Notifier()
+        events = Events(tick=notifier.tick, stopping=notifier.stopping)
+        api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+        App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args)).run()
+        return EXIT_OK
+    # Everything that can fail is checked while the terminal is still attached.
+    pidfile = PidFile(args.pidfile)
+    pidfile.check_free()
+    config = config.replace(database=os.path.abspath(config.database),
+                            handlers=os.path.abspath(config.handlers))
+    Store(config.database).close()
+    log_path = os.path.abspath(args.log_file or os.path.join(os.path.dirname(config.database),
+                                                             "chatdaemon.log"))
+    args.handlers, args.db = config.handlers, config.database
+    if args.config:
+        args.config = os.path.abspath(args.config)
+    with detach(pidfile, log_path, os.path.dirname(config.database)):
+        configure(config.log_level, secrets=(token,))
+        api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+        App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args)).run()
+    return EXIT_OK
+
+
+def _load_for_run(args: argparse.Namespace):
     config, bot = _load(args, api_url=args.api_url, log_level=args.log_level)
     if args.rate_limits is not None:
         import dataclasses
-        limits_override = dataclasses.replace(config.limits, enabled=args.rate_limits == "on")
-        config = config.replace(limits=limits_override)
-    configure(config.log_level, secrets=(token,))
-    from .app import App
-    from .telegram import TelegramClient
-    api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
-    App(config, bot, api, delete_webhook=args.delete_webhook).run()
-    return EXIT_OK
+        config = config.replace(
+            limits=dataclasses.replace(config.limits, enabled=args.rate_limits == "on"))
+    return config, bot
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -169,7 +202,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         config, bot = _load(args)
         database = args.db or os.path.join(scratch, "chat.sqlite3")
         limits = dataclasses.replace(config.limits, enabled=False)
-        config = config.replace(database=database, limits=limits, poll_timeout=1)
+        config = config.replace(database=database, limits=limits, poll_timeout=1, hook_port=0)
         chat(config, bot, sys.stdin, sys.stdout)
     return EXIT_OK
 

@@ -30,7 +30,7 @@ class Config:
     allowed_updates: tuple[str, ...] = DEFAULT_ALLOWED_UPDATES
     limits: Limits = field(default_factory=Limits)
     hook_bind: str = "127.0.0.1"
-    hook_port: int = 0
+    hook_port: int = 8787                 # hooks, /healthz, /metrics; 0 turns the server off
     operators: tuple[int, ...] = ()
     log_level: str = "INFO"
     error_text: str = DEFAULT_ERROR_TEXT

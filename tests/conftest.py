@@ -90,7 +90,7 @@ def start_daemon(tmp_path, telegram):
               config: dict | None = None, args: list[str] = (), env: dict | None = None,
               token: str | None = TOKEN, rate_limits: str = "off") -> Daemon:
         settings = {"polling": {"timeout": 1}, "delegates": {"idle_timeout": 30},
-                    "stop_timeout": 10}
+                    "stop_timeout": 10, "hooks": {"port": 0}}
         for key, value in (config or {}).items():
             if isinstance(value, dict):
                 settings.setdefault(key, {}).update(value)
