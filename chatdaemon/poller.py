@@ -20,7 +20,8 @@ from .telegram import BotAPI
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 30.0          # Telegram answering errors: give it room
+MAX_NETWORK_BACKOFF = 5.0   # no network: keep trying often enough to resume within seconds
 
 
 class Poller:
@@ -64,7 +65,7 @@ class Poller:
                 continue
             except NetworkError as exc:
                 self._note(str(exc))
-                self.stop.wait(backoff)
+                self.stop.wait(min(backoff, MAX_NETWORK_BACKOFF))
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff, conflict_since = 1.0, None

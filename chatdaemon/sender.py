@@ -22,7 +22,8 @@ from .textsplit import split_text, utf16_len
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 4096
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 30.0          # Telegram answering 5xx
+MAX_NETWORK_BACKOFF = 5.0   # no answer at all: retry often enough to resume within seconds
 
 
 def is_flood_limited(method: str) -> bool:
@@ -88,7 +89,7 @@ class Sender:
                     raise
                 self._retry_later(method, exc, backoff)
             except NetworkError as exc:
-                self._retry_later(method, exc, backoff)
+                self._retry_later(method, exc, min(backoff, MAX_NETWORK_BACKOFF))
             else:
                 if limited:
                     self.stats["sent"] += 1
