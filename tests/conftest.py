@@ -39,8 +39,9 @@ class Daemon:
         config_path.write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(handlers),
                    "--db", str(db), "--api-url", api_url, "--config", str(config_path), *args]
-        full_env = {**os.environ, **env}
-        full_env.pop("CREDENTIALS_DIRECTORY", None)
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("CREDENTIALS_DIRECTORY", "CHATDAEMON_TOKEN", "NOTIFY_SOCKET")}
+        full_env.update(env)
         if token is not None:
             full_env["CHATDAEMON_TOKEN"] = token
         self._log = open(self.log_path, "wb")

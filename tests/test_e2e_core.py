@@ -289,3 +289,37 @@ def test_token_given_as_argument_is_not_logged(telegram, start_daemon):
     assert daemon.wait(20) == 78  # no token at all: a clear message
     assert "no bot token" in daemon.log()
     assert TOKEN_SECRET not in daemon.log()
+
+
+def test_on_close_after_idle_and_edits_reach_their_handler(telegram, start_daemon):
+    start_daemon(TEST_HANDLERS / "closer", config={"delegates": {"idle_timeout": 0.5}})
+    telegram.push_message(90, "hello")
+    assert telegram.wait_for(lambda: telegram.sent_to(90) == ["hi", "closed: idle"], timeout=10)
+    telegram.push_update({"edited_message": {"message_id": 1, "date": 0, "text": "new",
+                                             "chat": {"id": 90, "type": "private"}}})
+    assert telegram.wait_for(lambda: len(telegram.sent_to(90)) >= 4, timeout=10)
+    assert telegram.sent_to(90)[2] == "edited to new in state greeted"
+
+
+def test_token_from_file_and_from_a_systemd_credential(telegram, start_daemon, tmp_path):
+    from conftest import TOKEN
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "token").write_text(TOKEN + "\n")
+    daemon = start_daemon(token=None, env={"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+    telegram.push_message(91, "x")
+    assert telegram.wait_for_sent(1, timeout=10)
+    assert daemon.stop() == 0
+    start_daemon(token=None, args=["--token-file", str(tmp_path / "creds" / "token")])
+    telegram.push_message(91, "y")
+    assert telegram.wait_for_sent(2, timeout=10)
+    assert counts(telegram, 91) == [1, 2]
+
+
+def test_allowed_updates_sent_on_the_first_poll_only(telegram, start_daemon):
+    start_daemon()
+    telegram.push_message(92, "x")
+    assert telegram.wait_for_sent(1, timeout=10)
+    polls = [c["params"] for c in telegram.calls if c["method"] == "getUpdates"]
+    assert polls[0]["allowed_updates"] == ["message", "edited_message", "callback_query",
+                                           "my_chat_member"]
+    assert all("allowed_updates" not in p for p in polls[1:])

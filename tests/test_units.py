@@ -152,3 +152,72 @@ def test_redact_removes_tokens_everywhere():
     assert token not in redact(line)
     assert "bot<redacted>" in redact(line)
     assert redact("short", ("short",)) == "<redacted>"
+
+
+def test_schedule_ticks_coalesce_and_survive_clock_jumps(fresh_db):
+    fresh_db.add_updates([to_row(message_update(1, 42))])
+    fresh_db.finish(1, Conversation(42, None, {}, {}, {"report": {"every": 60.0}}))
+    (created,) = fresh_db._db.execute("SELECT next_at FROM schedules").fetchone()
+    assert fresh_db.queue_due_ticks(created - 1) == []
+    assert fresh_db.queue_due_ticks(created) == [42]
+    # a tick still queued is not piled on, however many intervals pass
+    assert fresh_db.queue_due_ticks(created + 600) == []
+    [tick] = fresh_db.pending(42)
+    assert tick.kind == "schedule" and tick.payload["schedule"]["name"] == "report"
+    fresh_db.finish(tick.update_id, None)
+    # down for a day: one catch-up tick, then the next an interval later
+    later = created + 86400
+    assert fresh_db.queue_due_ticks(later) == [42]
+    (next_at,) = fresh_db._db.execute("SELECT next_at FROM schedules").fetchone()
+    assert next_at == later + 60
+    fresh_db.finish(fresh_db.pending(42)[0].update_id, None)
+    # the clock jumps back a year (a Pi without RTC before NTP): re-armed from the new now
+    earlier = created - 365 * 86400
+    assert fresh_db.queue_due_ticks(earlier) == []
+    (next_at,) = fresh_db._db.execute("SELECT next_at FROM schedules").fetchone()
+    assert next_at == earlier + 60
+    assert fresh_db.queue_due_ticks(earlier + 60) == [42]
+
+
+def test_stopping_a_schedule_removes_it_from_the_index(fresh_db):
+    fresh_db.add_updates([to_row(message_update(1, 7)), to_row(message_update(2, 7))])
+    fresh_db.finish(1, Conversation(7, None, {}, {}, {"a": {"every": 5.0}}))
+    fresh_db.finish(2, Conversation(7, None, {}, {}, {}))
+    assert fresh_db._db.execute("SELECT COUNT(*) FROM schedules").fetchone() == (0,)
+
+
+def test_local_rows_sort_after_telegram_updates_in_order(fresh_db):
+    fresh_db.add_updates([to_row(message_update(5, 9))])
+    ids = fresh_db.add_local([(9, "hook", {"message": {"text": "a"}}),
+                              (9, "hook", {"message": {"text": "b"}})])
+    assert ids[1] == ids[0] + 1 and ids[0] > 5
+    assert [r.kind for r in fresh_db.pending(9)] == ["message", "hook", "hook"]
+    assert [r.payload["hook"]["message"]["text"] for r in fresh_db.pending(9)[1:]] == ["a", "b"]
+
+
+def test_templates_escape_for_their_parse_mode():
+    from chatdaemon.templates import TemplateError, Templates
+    templates = Templates()
+    context = {"pattern": {"x": "a_b*c [d](e) <i>&"}}
+    markdown = templates.compile("*{{ pattern.x }}*", "f:1", "MarkdownV2")
+    assert markdown.render(context) == r"*a\_b\*c \[d\]\(e\) <i\>&*"
+    html = templates.compile("<b>{{ pattern.x }}</b>", "f:1", "HTML")
+    assert html.render(context) == "<b>a_b*c [d](e) &lt;i&gt;&amp;</b>"
+    plain = templates.compile("{{ pattern.x }}", "f:1")
+    assert plain.render(context) == "a_b*c [d](e) <i>&"
+    sneaky = templates.compile("{{ pattern.__class__.__mro__ }}", "f:7")
+    with pytest.raises(TemplateError, match="f:7"):
+        sneaky.render(context)
+    with pytest.raises(ConfigError, match="Markdown is legacy"):
+        templates.compile("x", "f:1", "Markdown")
+
+
+def test_request_urls_encode_user_values_and_keep_the_authored_host():
+    from chatdaemon.httpcall import RequestFailed, Trusted, render_url
+    from chatdaemon.templates import Templates
+    url = Templates().compile("{{ env.api }}/items/{{ pattern.id }}", "f:1", url=True)
+    context = {"env": {"api": Trusted("http://10.0.0.5:8080/v1")}, "pattern": {"id": "a/../b?c"}}
+    assert render_url(url, context) == "http://10.0.0.5:8080/v1/items/a%2F..%2Fb%3Fc"
+    host = Templates().compile("http://{{ pattern.id }}.example.org/", "f:1", url=True)
+    with pytest.raises(RequestFailed, match="changed the request's host"):
+        render_url(host, {"env": {}, "pattern": {"id": "evil"}})
