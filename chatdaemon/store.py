@@ -13,13 +13,14 @@ Two durability levels share that connection:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .errors import ConfigError, ShuttingDown
@@ -137,15 +138,10 @@ class Store:
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as db:
                 for statement in filter(str.strip, script.split(";")):
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={number}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version={number}")
 
     def close(self) -> None:
         """Checkpoint and close; any later call raises ShuttingDown."""
@@ -165,6 +161,31 @@ class Store:
             raise ShuttingDown("the store is closed")
         return self._connection
 
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; `durable` fsyncs its commit (synchronous=FULL)."""
+        with self._lock:
+            db = self._db
+            if durable:
+                db.execute("PRAGMA synchronous=FULL")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            finally:
+                if durable:
+                    db.execute("PRAGMA synchronous=NORMAL")
+
+    @staticmethod
+    def _next_local_id(db: sqlite3.Connection) -> int:
+        (top,) = db.execute("SELECT MAX(update_id) FROM inbox WHERE update_id >= ?",
+                            (LOCAL_BASE,)).fetchone()
+        return LOCAL_BASE if top is None else top + 1
+
     # -- the inbox ----------------------------------------------------------------------
 
     def add_updates(self, rows: Sequence[InboxRow], done: Iterable[int] = ()) -> list[InboxRow]:
@@ -177,27 +198,17 @@ class Store:
         done = set(done)
         now = time.time()
         new: list[InboxRow] = []
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=FULL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for row in rows:
-                        is_done = row.update_id in done
-                        cur = self._db.execute(
-                            "INSERT OR IGNORE INTO inbox(update_id, chat_id, kind, payload, done,"
-                            " received, handled) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (row.update_id, row.chat_id, row.kind, json.dumps(row.payload),
-                             int(is_done), now, now if is_done else None),
-                        )
-                        if cur.rowcount:
-                            new.append(row)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._transaction(durable=True) as db:
+            for row in rows:
+                is_done = row.update_id in done
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO inbox(update_id, chat_id, kind, payload, done,"
+                    " received, handled) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (row.update_id, row.chat_id, row.kind, json.dumps(row.payload),
+                     int(is_done), now, now if is_done else None),
+                )
+                if cur.rowcount:
+                    new.append(row)
         return new
 
     def add_local(self, items: Sequence[tuple[int, str, dict]]) -> list[int]:
@@ -207,28 +218,15 @@ class Store:
         answered only once its notifications are on disk.
         """
         now = time.time()
-        with self._lock:
-            self._db.execute("PRAGMA synchronous=FULL")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    (top,) = self._db.execute(
-                        "SELECT MAX(update_id) FROM inbox WHERE update_id >= ?", (LOCAL_BASE,)
-                    ).fetchone()
-                    first = LOCAL_BASE if top is None else top + 1
-                    ids = list(range(first, first + len(items)))
-                    self._db.executemany(
-                        "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
-                        " VALUES (?, ?, ?, ?, 0, ?)",
-                        [(uid, chat_id, kind, json.dumps({kind: payload}), now)
-                         for uid, (chat_id, kind, payload) in zip(ids, items, strict=True)],
-                    )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._transaction(durable=True) as db:
+            first = self._next_local_id(db)
+            ids = list(range(first, first + len(items)))
+            db.executemany(
+                "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+                " VALUES (?, ?, ?, ?, 0, ?)",
+                [(uid, chat_id, kind, json.dumps({kind: payload}), now)
+                 for uid, (chat_id, kind, payload) in zip(ids, items, strict=True)],
+            )
         return ids
 
     def pending_chats(self) -> list[int]:
@@ -288,40 +286,33 @@ class Store:
         done mark commit together, so a replayed update never changes state twice.
         """
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if conversation is not None:
-                    self._db.execute(
-                        "INSERT INTO conversations(chat_id, state, vars, state_context, schedules,"
-                        " updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
-                        " state = excluded.state, vars = excluded.vars,"
-                        " state_context = excluded.state_context, schedules = excluded.schedules,"
-                        " updated = excluded.updated",
-                        (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
-                         json.dumps(conversation.state_context), json.dumps(conversation.schedules),
-                         now),
-                    )
-                    self._index_schedules(conversation, now)
-                self._db.execute(
-                    "UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?", (now, update_id)
+        with self._transaction() as db:
+            if conversation is not None:
+                db.execute(
+                    "INSERT INTO conversations(chat_id, state, vars, state_context, schedules,"
+                    " updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
+                    " state = excluded.state, vars = excluded.vars,"
+                    " state_context = excluded.state_context, schedules = excluded.schedules,"
+                    " updated = excluded.updated",
+                    (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
+                     json.dumps(conversation.state_context), json.dumps(conversation.schedules),
+                     now),
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._index_schedules(db, conversation, now)
+            db.execute("UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?", (now, update_id))
 
-    def _index_schedules(self, conversation: Conversation, now: float) -> None:
+    @staticmethod
+    def _index_schedules(db: sqlite3.Connection, conversation: Conversation, now: float) -> None:
         """Keep the due-index in step with the conversation's schedules (same transaction)."""
-        kept = {name: (every, next_at) for name, every, next_at in self._db.execute(
+        kept = {name: (every, next_at) for name, every, next_at in db.execute(
             "SELECT name, every, next_at FROM schedules WHERE chat_id = ?", (conversation.chat_id,))}
-        self._db.execute("DELETE FROM schedules WHERE chat_id = ?", (conversation.chat_id,))
+        db.execute("DELETE FROM schedules WHERE chat_id = ?", (conversation.chat_id,))
         for name, spec in conversation.schedules.items():
             every = float(spec["every"])
             old_every, next_at = kept.get(name, (None, None))
             if old_every != every:
                 next_at = None  # a new schedule, or a new interval: first tick one interval from now
-            self._db.execute(
+            db.execute(
                 "INSERT INTO schedules(chat_id, name, every, next_at) VALUES (?, ?, ?, ?)",
                 (conversation.chat_id, name, every, next_at if next_at is not None else now + every),
             )
@@ -333,60 +324,41 @@ class Store:
         catch-up tick and its next one an interval from now. A schedule whose next tick lies
         more than one interval ahead (the clock jumped back) is re-armed from now.
         """
-        chats: list[int] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("UPDATE schedules SET next_at = ? + every WHERE next_at > ? + every",
-                                 (now, now))
-                due = self._db.execute(
-                    "SELECT chat_id, name, every FROM schedules WHERE next_at <= ?", (now,)
-                ).fetchall()
-                if due:
-                    (top,) = self._db.execute(
-                        "SELECT MAX(update_id) FROM inbox WHERE update_id >= ?", (LOCAL_BASE,)
-                    ).fetchone()
-                    next_id = LOCAL_BASE if top is None else top + 1
-                for chat_id, name, every in due:
-                    self._db.execute(
-                        "UPDATE schedules SET next_at = ? WHERE chat_id = ? AND name = ?",
-                        (now + every, chat_id, name))
-                    waiting = self._db.execute(
-                        "SELECT 1 FROM inbox WHERE chat_id = ? AND kind = 'schedule' AND done = 0"
-                        " AND json_extract(payload, '$.schedule.name') = ?", (chat_id, name)
-                    ).fetchone()
-                    if waiting:
-                        continue  # the last tick is still queued: don't pile up more
-                    self._db.execute(
-                        "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
-                        " VALUES (?, ?, 'schedule', ?, 0, ?)",
-                        (next_id, chat_id, json.dumps({"schedule": {"name": name, "at": now}}),
-                         time.time()))
-                    next_id += 1
-                    chats.append(chat_id)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            if self._db.execute("SELECT 1 FROM schedules WHERE next_at <= ? OR next_at > ? + every"
+                                " LIMIT 1", (now, now)).fetchone() is None:
+                return []  # nothing to do: no write transaction every second on an SD card
+        chats: list[int] = []
+        with self._transaction() as db:
+            db.execute("UPDATE schedules SET next_at = ? + every WHERE next_at > ? + every", (now, now))
+            due = db.execute("SELECT chat_id, name, every FROM schedules WHERE next_at <= ?",
+                             (now,)).fetchall()
+            next_id = self._next_local_id(db)
+            for chat_id, name, every in due:
+                db.execute("UPDATE schedules SET next_at = ? WHERE chat_id = ? AND name = ?",
+                           (now + every, chat_id, name))
+                waiting = db.execute(
+                    "SELECT 1 FROM inbox WHERE chat_id = ? AND kind = 'schedule' AND done = 0"
+                    " AND json_extract(payload, '$.schedule.name') = ?", (chat_id, name)
+                ).fetchone()
+                if waiting:
+                    continue  # the last tick is still queued: don't pile up more
+                db.execute(
+                    "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+                    " VALUES (?, ?, 'schedule', ?, 0, ?)",
+                    (next_id, chat_id, json.dumps({"schedule": {"name": name, "at": now}}),
+                     time.time()))
+                next_id += 1
+                chats.append(chat_id)
         return chats
 
     def move_chat(self, old_chat_id: int, new_chat_id: int) -> None:
         """A group became a supergroup: its conversation and pending updates follow the new id."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "UPDATE OR IGNORE conversations SET chat_id = ? WHERE chat_id = ?",
-                    (new_chat_id, old_chat_id),
-                )
-                self._db.execute(
-                    "UPDATE inbox SET chat_id = ? WHERE chat_id = ? AND done = 0",
-                    (new_chat_id, old_chat_id),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute("UPDATE OR IGNORE conversations SET chat_id = ? WHERE chat_id = ?",
+                       (new_chat_id, old_chat_id))
+            db.execute("UPDATE inbox SET chat_id = ? WHERE chat_id = ? AND done = 0",
+                       (new_chat_id, old_chat_id))
 
     def conversation_count(self) -> int:
         with self._lock:
