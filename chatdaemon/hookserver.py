@@ -111,10 +111,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         parts = urllib.parse.urlsplit(self.path)
         if not parts.path.startswith("/hooks/"):
+            self.close_connection = True
             return self._json(404, {"ok": False, "error": "not found"})
         name = parts.path[len("/hooks/"):]
         hook = self.server.app.bot.hooks.get(name)
         if hook is None or not _key_matches(self._given_key(parts.query), hook.key):
+            self.close_connection = True  # its body is never read: the connection can't go on
             return self._json(401, {"ok": False, "error": "unauthorized"})
         body = self._body()
         if body is None:
@@ -146,11 +148,16 @@ class _Handler(BaseHTTPRequestHandler):
         return values[0] if values else None
 
     def _body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._json(411, {"ok": False, "error": "send the body with a Content-Length"})
+            return None
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0:
+            self.close_connection = True
             self._json(400, {"ok": False, "error": "bad Content-Length"})
             return None
         if length > MAX_BODY:
@@ -169,6 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
