@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     token = read_token(args)
     config, bot = _load_for_run(args)
     from .app import App, Events
-    from .daemon import Notifier, PidFile, detach
+    from .daemon import Notifier, PidFile, run_detached
     from .logs import configure
     from .store import Store
     from .telegram import TelegramClient
@@ -158,16 +158,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = config.replace(database=os.path.abspath(config.database),
                             handlers=os.path.abspath(config.handlers))
     Store(config.database).close()
+    _check_token_now(token, config.api_url)
     log_path = os.path.abspath(args.log_file or os.path.join(os.path.dirname(config.database),
                                                              "chatdaemon.log"))
     args.handlers, args.db = config.handlers, config.database
     if args.config:
         args.config = os.path.abspath(args.config)
-    with detach(pidfile, log_path, os.path.dirname(config.database)):
+
+    def serve() -> None:
         configure(config.log_level, secrets=(token,))
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
         App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args)).run()
+
+    run_detached(pidfile, log_path, os.path.dirname(config.database), serve)
     return EXIT_OK
+
+
+def _check_token_now(token: str, api_url: str) -> None:
+    """Before detaching: one getMe, so a rejected token is reported on the terminal.
+
+    Without network (a Pi at boot) the daemon detaches anyway and keeps trying.
+    """
+    from .errors import BadToken, NetworkError, TelegramError
+    from .telegram import TelegramClient
+    client = TelegramClient(token, api_url, connect_timeout=5, read_timeout=10, pool_size=1)
+    try:
+        client.call("getMe")
+    except NetworkError:
+        pass
+    except TelegramError as exc:
+        if exc.status in (401, 404):
+            raise BadToken(f"Telegram rejected the bot token ({exc.status} {exc.description})") \
+                from None
+    finally:
+        client.close()
 
 
 def _load_for_run(args: argparse.Namespace):

@@ -12,11 +12,15 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
+import sys
 import time
+import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from .errors import ChatdaemonError, ConfigError
 
 if TYPE_CHECKING:
     from .app import App
@@ -104,11 +108,16 @@ class PidFile:
         self._fd: int | None = None
 
     def check_free(self) -> None:
-        """Fail now, in the foreground, if another process holds the pidfile."""
-        self.acquire()
-        self.release(remove=False)
+        """Fail now, in the foreground, if another process holds the pidfile (writes nothing)."""
+        os.close(self._lock())
 
     def acquire(self) -> None:
+        fd = self._lock()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def _lock(self) -> int:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -122,9 +131,7 @@ class PidFile:
                 raise ConfigError(f"already running: pidfile {self.path} is held by pid {holder}") \
                     from None
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        return fd
 
     def release(self, remove: bool = True) -> None:
         if self._fd is None:
@@ -145,13 +152,48 @@ class PidFile:
         self.release()
 
 
-def detach(pidfile: PidFile, log_path: str, working_directory: str):
-    """Return python-daemon's DaemonContext: umask 077, stderr to `log_path`, our pidfile."""
+def run_detached(pidfile: PidFile, log_path: str, working_directory: str,
+                 main: Callable[[], None]) -> None:
+    """Run `main` as a daemon; return in the foreground once the daemon holds its pidfile.
+
+    The foreground process forks; the child detaches with python-daemon's DaemonContext
+    (umask 077, stdout and stderr to `log_path`, our flock pidfile) and reports over a pipe
+    when it is ready, so whoever started it finds the right pid in the pidfile.
+    """
     import daemon  # python-daemon; imported here so the foreground path never needs it
 
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    log_file = os.fdopen(fd, "a", buffering=1)
-    return daemon.DaemonContext(
-        umask=0o077, working_directory=working_directory, pidfile=pidfile,
-        stdout=log_file, stderr=log_file, detach_process=True,
-    )
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(write_end)
+        ready = _read_within(read_end, 30.0)
+        os.close(read_end)
+        os.waitpid(child, 0)  # python-daemon's first fork: it exits as soon as it forked again
+        if ready != b"ready":
+            raise ChatdaemonError(f"the daemon did not start; see {log_path}")
+        return
+    os.close(read_end)
+    status = 1
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_file = os.fdopen(fd, "a", buffering=1)
+        context = daemon.DaemonContext(
+            umask=0o077, working_directory=working_directory, pidfile=pidfile,
+            stdout=log_file, stderr=log_file, detach_process=True, files_preserve=[write_end])
+        with context:
+            os.write(write_end, b"ready")
+            os.close(write_end)
+            main()
+        status = 0
+    except ChatdaemonError as exc:
+        print(f"chatdaemon: {exc}", file=sys.stderr, flush=True)
+        status = exc.exit_status
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def _read_within(fd: int, seconds: float) -> bytes:
+    readable, _, _ = select.select([fd], [], [], seconds)
+    return os.read(fd, 16) if readable else b""
