@@ -41,7 +41,7 @@ class Run:
         self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-")
         self.telegram = FakeTelegram(TOKEN).start()
         config_path = Path(self.scratch.name) / "config.yaml"
-        config_path.write_text("polling: {timeout: 5}\n" + config)
+        config_path.write_text("polling: {timeout: 5}\nhooks: {port: 0}\n" + config)
         self.log = open(Path(self.scratch.name) / "daemon.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(ROOT / "handlers" / handlers),
