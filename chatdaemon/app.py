@@ -30,7 +30,7 @@ from .poller import Poller
 from .ratelimit import RateLimiter
 from .sender import Sender
 from .store import Store
-from .telegram import BotAPI
+from .telegram import NOT_JSON, BotAPI
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class App:
             self._call_until_done("deleteWebhook", {"drop_pending_updates": False})
             log.info("webhook removed; pending updates kept")
         self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.stop_event,
-                                      on_migrate=self.store.move_chat)
+                                      on_migrate=lambda old, new: self.delegator.chat_migrated(old, new))
         self.delegator = Delegator(self.store, self.bot, sender,
                                    max_delegates=config.max_delegates,
                                    idle_timeout=config.idle_timeout)
@@ -124,6 +124,9 @@ class App:
         try:
             return self._call_until_done("getMe", {})
         except TelegramError as exc:
+            if exc.description == NOT_JSON:
+                raise ConfigError(f"{self.config.api_url} is not a Bot API: it answered {exc.status}"
+                                  " without a Bot API answer (check --api-url / api_url)") from None
             if exc.status in (401, 404):
                 raise BadToken(f"Telegram rejected the bot token ({exc.status} {exc.description})") \
                     from None
@@ -227,6 +230,8 @@ class App:
                  bot.directory)
 
     def _shut_down(self) -> None:
+        if self.delegator is not None:
+            self.delegator.begin_stop()  # before the stop event, so no delegate picks up more
         self.stop_event.set()
         self.events.stopping(self)
         if self.hook_server is not None:

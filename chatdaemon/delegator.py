@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STACK_SIZE = 512 * 1024  # 256 KiB let a deep template recursion crash the process
+LOCAL_KINDS = ("hook", "schedule")  # rows the daemon itself queued for a chat
 
 
 class Delegator:
@@ -64,10 +65,11 @@ class Delegator:
                 delegate = self._live.get(chat_id)
                 if delegate is not None:
                     delegate.poke()
+                elif self._threads < self.max_delegates:
+                    self._waiting.pop(chat_id, None)
+                    self._start(chat_id)
                 elif chat_id in self._waiting:
                     continue
-                elif self._threads < self.max_delegates:
-                    self._start(chat_id)
                 else:
                     self._waiting[chat_id] = None
                     self._wake_one_idle()
@@ -103,7 +105,23 @@ class Delegator:
     def _thread_gone(self) -> None:
         with self._lock:
             self._threads -= 1
+            while self._waiting and not self.stopping and self._threads < self.max_delegates:
+                chat_id, _ = self._waiting.popitem(last=False)
+                if chat_id not in self._live:
+                    self._start(chat_id)
             self._all_gone.notify_all()
+
+    def chat_migrated(self, old_chat_id: int, new_chat_id: int) -> None:
+        """Telegram says a group became a supergroup (the sender follows it on its own).
+
+        The new chat starts from the group's conversation as it stands once the update in
+        flight commits, so that update's change travels along.
+        """
+        current = threading.current_thread()
+        if isinstance(current, Delegate) and current.chat_id == old_chat_id:
+            current.migrated_to = new_chat_id
+        else:
+            self.store.copy_chat(old_chat_id, new_chat_id)
 
     # -- status and stopping --------------------------------------------------------------
 
@@ -111,14 +129,32 @@ class Delegator:
         with self._lock:
             return {"delegates": self._threads, "waiting_chats": len(self._waiting)}
 
-    def stop(self, timeout: float) -> bool:
-        """Stop taking updates, let in-flight ones finish; True when every delegate ended in time."""
+    def begin_stop(self) -> None:
+        """Take no more updates: delegates finish what they are doing and exit."""
         with self._lock:
             self.stopping = True
             self._waiting.clear()
             for delegate in self._live.values():
                 delegate.cond.notify()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop and let in-flight updates finish; True when every delegate ended in time."""
+        self.begin_stop()
+        with self._lock:
             return self._all_gone.wait_for(lambda: self._threads == 0, timeout)
+
+
+class _Broken:
+    """Stands in for a handler whose creation failed: every update fails with that error."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        raise RuntimeError(f"the bot's handler could not be created: {self.error}")
+
+    def on_close(self, reason: str) -> None:
+        pass
 
 
 class Delegate(threading.Thread):
@@ -136,6 +172,8 @@ class Delegate(threading.Thread):
         self._before = ""
         self._moved_on = False
         self._answered: set[str] = set()
+        self._handler: ChatHandler | None = None
+        self.migrated_to: int | None = None
 
     def poke(self) -> None:
         """Called under the delegator's lock: updates for this chat were committed."""
@@ -150,18 +188,25 @@ class Delegate(threading.Thread):
                 self.name = f"chat-{chat_id}"
                 self._serve()
                 chat_id = self.delegator._next_chat(self)
+        except ShuttingDown:
+            self._leave_unfinished()
         except Exception:
             log.exception("delegate for chat %s failed; its updates stay in the inbox", self.chat_id)
-            with self.delegator._lock:
-                self.delegator._live.pop(self.chat_id, None)
+            self._leave_unfinished()
         finally:
             self.delegator._thread_gone()
+
+    def _leave_unfinished(self) -> None:
+        with self.delegator._lock:
+            if self.delegator._live.get(self.chat_id) is self:
+                del self.delegator._live[self.chat_id]
 
     # -- serving one chat -----------------------------------------------------------------
 
     def _serve(self) -> None:
         self._conversation = self.store.load_conversation(self.chat_id)
-        handler = self.delegator.bot.create_handler(self, self._conversation, self.delegator.sender)
+        handler = self._open_handler()
+        self._handler = handler
         while True:
             rows = self.store.pending(self.chat_id)
             if not rows:
@@ -177,21 +222,33 @@ class Delegate(threading.Thread):
                 if self._moved_on:
                     break
 
+    def _open_handler(self) -> ChatHandler:
+        """The bot's handler for this chat; if it cannot be made, one that fails each update."""
+        try:
+            return self.delegator.bot.create_handler(self, self._conversation, self.delegator.sender)
+        except Exception as exc:
+            log.exception("chat %s: the bot's handler could not be created", self.chat_id)
+            return _Broken(exc)
+
     def _handle(self, handler: ChatHandler, row: InboxRow) -> bool:
         """Run the handler on one update and commit; False when the daemon is stopping."""
         self._begin(row)
         try:
             handler.on_update(row.kind, payload_of(row))
-            self._answer_callback_if_needed(row)
+            self._check_saveable()
         except ShuttingDown:
             self._rollback()
             return False
+        except WaitTooLong as exc:  # telepot style: a handler that stops waiting just ends
+            log.info("chat %s: the handler stopped waiting (%s)", self.chat_id, exc)
+            self._rollback()
         except Exception as exc:  # one bad update must not stop the chat
             self._rollback()
             self.delegator.stats["failed"] += 1
             log.error("chat %s: handler failed on update %s: %s", self.chat_id,
                       self._current.update_id, exc, exc_info=not isinstance(exc, TelegramError))
             self._tell_user_it_failed(self._current)
+        self._answer_callback_if_needed(self._current)
         self._commit()
         self.delegator.stats["handled"] += 1
         return True
@@ -201,11 +258,22 @@ class Delegate(threading.Thread):
         self._moved_on = False
         self._before = self._conversation.snapshot()
 
+    def _check_saveable(self) -> None:
+        """vars must be JSON: a set or an object there fails this update, not the delegate."""
+        try:
+            self._conversation.snapshot()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"self.vars can hold only JSON values: {exc}") from None
+
     def _commit(self) -> None:
         """The update's effect and its done mark, in one transaction."""
         conversation = self._conversation
-        changed = conversation.snapshot() != self._before
-        self.store.finish(self._current.update_id, conversation if changed else None)
+        after = conversation.snapshot()
+        self.store.finish(self._current.update_id, conversation if after != self._before else None)
+        self._before = after
+        if self.migrated_to is not None:
+            self.store.copy_chat(self.chat_id, self.migrated_to)
+            self.migrated_to = None
 
     def _rollback(self) -> None:
         self._conversation.restore(self._before)
@@ -232,7 +300,8 @@ class Delegate(threading.Thread):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return "idle"
-                delegator._idle.add(self)
+                if may_yield:  # only a delegate that can hand its slot over counts as idle
+                    delegator._idle.add(self)
                 try:
                     self.cond.wait(remaining)
                 finally:
@@ -241,12 +310,20 @@ class Delegate(threading.Thread):
     # -- listener.wait() ------------------------------------------------------------------
 
     def next_payload(self, timeout: float | None) -> dict:
-        """Commit the current update, then return the chat's next one (telepot's listener.wait)."""
+        """Commit the current update, then return the chat's next one (telepot's listener.wait).
+
+        Hook notifications and schedule ticks that arrive meanwhile are handled on the way
+        (sent and committed); only Telegram's updates are handed to the waiting handler.
+        """
+        self._check_saveable()
         self._commit()
         self.delegator.stats["handled"] += 1
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             rows = self.store.pending(self.chat_id, limit=1)
+            if rows and rows[0].kind in LOCAL_KINDS:
+                self._handle_local(rows[0])
+                continue
             if rows:
                 self._begin(rows[0])
                 self._moved_on = True
@@ -257,6 +334,19 @@ class Delegate(threading.Thread):
                 raise ShuttingDown()
             if reason == "idle":
                 raise WaitTooLong(timeout or 0.0)
+
+    def _handle_local(self, row: InboxRow) -> None:
+        self._begin(row)
+        try:
+            self._handler.on_update(row.kind, payload_of(row))
+        except ShuttingDown:
+            self._rollback()
+            raise
+        except Exception as exc:
+            self._rollback()
+            log.error("chat %s: %s %s failed: %s", self.chat_id, row.kind, row.update_id, exc)
+        self._commit()
+        self._moved_on = True
 
     # -- replies the delegate owes the user ---------------------------------------------
 
@@ -270,9 +360,9 @@ class Delegate(threading.Thread):
             return
         query_id = payload_of(row).get("id")
         if query_id and query_id not in self._answered:
-            try:
+            try:  # best effort: the update itself is done either way
                 self.delegator.sender.call("answerCallbackQuery", {"callback_query_id": query_id})
-            except TelegramError as exc:
+            except (TelegramError, ShuttingDown) as exc:
                 log.info("chat %s: could not answer callback query: %s", self.chat_id, exc)
         self._answered.clear()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +69,9 @@ class Sender:
         while True:
             chat_id = params.get("chat_id") if isinstance(params.get("chat_id"), int) else None
             if limited:
-                time.sleep(self.limiter.reserve(chat_id))
+                # Stopping while waiting for a slot leaves the update undone: it replays,
+                # and since nothing was sent yet, nothing is sent twice.
+                self._sleep(self.limiter.reserve(chat_id))
             try:
                 result = self.api.call(method, params)
             except RetryAfter as exc:
@@ -108,7 +109,7 @@ class Sender:
             self._on_migrate(chat_id, new_chat_id)
 
     def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
+        if seconds > 0 and self._stop.wait(seconds):
             raise ShuttingDown()
 
     def _give_up_if_stopping(self) -> None:

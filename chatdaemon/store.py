@@ -352,13 +352,18 @@ class Store:
                 chats.append(chat_id)
         return chats
 
-    def move_chat(self, old_chat_id: int, new_chat_id: int) -> None:
-        """A group became a supergroup: its conversation and pending updates follow the new id."""
+    def copy_chat(self, old_chat_id: int, new_chat_id: int) -> None:
+        """A group became a supergroup: the new chat starts from the group's conversation.
+
+        The old chat's pending updates stay with it (its delegate may be handling one right
+        now; its sends are redirected to the new id by the sender). A new chat that already
+        has a conversation keeps it.
+        """
         with self._transaction() as db:
-            db.execute("UPDATE OR IGNORE conversations SET chat_id = ? WHERE chat_id = ?",
-                       (new_chat_id, old_chat_id))
-            db.execute("UPDATE inbox SET chat_id = ? WHERE chat_id = ? AND done = 0",
-                       (new_chat_id, old_chat_id))
+            db.execute(
+                "INSERT OR IGNORE INTO conversations(chat_id, state, vars, state_context, schedules,"
+                " updated) SELECT ?, state, vars, state_context, '{}', updated FROM conversations"
+                " WHERE chat_id = ?", (new_chat_id, old_chat_id))
 
     def conversation_count(self) -> int:
         with self._lock:

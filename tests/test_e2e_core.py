@@ -323,3 +323,57 @@ def test_allowed_updates_sent_on_the_first_poll_only(telegram, start_daemon):
     assert polls[0]["allowed_updates"] == ["message", "edited_message", "callback_query",
                                            "my_chat_member"]
     assert all("allowed_updates" not in p for p in polls[1:])
+
+
+def test_vars_that_are_not_json_fail_that_update_only(telegram, start_daemon):
+    start_daemon(TEST_HANDLERS / "faulty")
+    for text in ("a", "set", "b"):
+        telegram.push_message(41, text)
+    assert telegram.wait_for_sent(4, timeout=15)
+    # "set" replied before its vars turned out unsaveable: the reply stands, the count rolls back
+    assert telegram.sent_to(41) == ["1", "2", "Oops, that broke.", "2"]
+
+
+def test_a_handler_that_stops_waiting_keeps_what_it_committed(telegram, start_daemon):
+    start_daemon(TEST_HANDLERS / "waithook")
+    telegram.push_message(121, "x")
+    assert telegram.wait_for_sent(1, timeout=10)
+    time.sleep(0.6)  # listener.wait(timeout=0.3) gives up: no error text, no rollback
+    telegram.push_message(121, "y")
+    assert telegram.wait_for_sent(2, timeout=10)
+    assert telegram.sent_to(121) == ["1", "2"]
+
+
+def test_hook_notifications_reach_a_chat_whose_handler_is_waiting(telegram, start_daemon, tmp_path):
+    import http.client
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start_daemon(TEST_HANDLERS / "waithook", config={"hooks": {"port": port}})
+    telegram.push_message(120, "ask")
+    assert telegram.wait_for_sent(1, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", "/hooks/note", body=b'{"text": "meanwhile"}',
+                 headers={"Authorization": "Bearer note-key-0123456789abcdef"})
+    assert conn.getresponse().status == 202
+    conn.close()
+    assert telegram.wait_for_sent(2, timeout=10)
+    telegram.push_message(120, "A")
+    assert telegram.wait_for_sent(3, timeout=10)
+    telegram.push_message(120, "B")
+    assert telegram.wait_for_sent(4, timeout=10)
+    assert telegram.sent_to(120) == ["first?", "Note: meanwhile", "second?", "A+B"]
+
+
+def test_a_group_that_became_a_supergroup_keeps_its_conversation(telegram, start_daemon, tmp_path):
+    start_daemon()
+    telegram.push_message(-55, "a", chat_type="group", user_id=5)
+    assert telegram.wait_for_sent(1, timeout=10)
+    telegram.fail_next("sendMessage", "migrate", migrate_to_chat_id=-10055)
+    telegram.push_message(-55, "b", chat_type="group", user_id=5)
+    assert telegram.wait_for_sent(2, timeout=10)
+    assert telegram.sent_to(-10055) == ["2"]  # the reply followed the group to its new id
+    telegram.push_message(-10055, "c", chat_type="supergroup", user_id=5)
+    assert telegram.wait_for_sent(3, timeout=10)
+    assert telegram.sent_to(-10055) == ["2", "3"]  # and the count went with it

@@ -54,11 +54,16 @@ def test_database_file_is_created_0600_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "open.sqlite3").st_mode) == 0o600
 
 
-def test_pending_chats_oldest_first_and_move_chat(fresh_db):
+def test_pending_chats_oldest_first_and_copy_chat_on_migration(fresh_db):
     fresh_db.add_updates([to_row(message_update(1, -5)), to_row(message_update(2, 7))])
     assert fresh_db.pending_chats() == [-5, 7]
-    fresh_db.move_chat(-5, -1005)
-    assert [r.update_id for r in fresh_db.pending(-1005)] == [1]
+    fresh_db.add_updates([to_row(message_update(3, -5))])
+    fresh_db.finish(3, Conversation(-5, "menu", {"n": 1}))
+    fresh_db.copy_chat(-5, -1005)
+    copied = fresh_db.load_conversation(-1005)
+    assert (copied.state, copied.vars) == ("menu", {"n": 1})
+    # the group's pending update stays with its delegate; the sender redirects its replies
+    assert [r.update_id for r in fresh_db.pending(-5)] == [1]
 
 
 def test_store_refuses_a_missing_directory(tmp_path):

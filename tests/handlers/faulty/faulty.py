@@ -8,4 +8,6 @@ class Faulty(ChatHandler):
         self.vars["count"] = self.vars.get("count", 0) + 1
         if msg.get("text") == "boom":
             raise RuntimeError("boom on purpose")
+        if msg.get("text") == "set":
+            self.vars["tags"] = {"not", "json"}
         self.sender.sendMessage(str(self.vars["count"]))
