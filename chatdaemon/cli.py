@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ChatdaemonError, ConfigError
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ChatdaemonError, ConfigError, ShuttingDown
 
 DESCRIPTION = """\
 chatdaemon: a Telegram chat-bot daemon that never loses a message.
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat}[args.command](args)
+    except ShuttingDown:
+        return EXIT_OK  # stopped (SIGTERM) before it was fully up
     except ChatdaemonError as exc:
         print(f"chatdaemon: {_redacted(str(exc))}", file=sys.stderr)
         return exc.exit_status
@@ -96,9 +98,10 @@ def _redacted(text: str) -> str:
 
 def _load(args: argparse.Namespace, **overrides: Any):
     from .bots import load_bot
-    from .config import load_config
+    from .config import check_api_url, load_config
     config = load_config(args.config).replace(
         handlers=args.handlers, database=getattr(args, "db", None), **overrides)
+    check_api_url(config)
     return config, load_bot(config.handlers, config.error_text)
 
 

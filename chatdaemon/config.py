@@ -114,8 +114,16 @@ def _name(kind: type) -> str:
             list: "a list", tuple: "a list"}[kind]
 
 
+def check_api_url(config: Config, where: str | None = None) -> None:
+    from .telegram import api_url_problem
+    problem = api_url_problem(config.api_url)
+    if problem:
+        raise ConfigError(problem, where)
+
+
 def _validate(config: Config, data: dict) -> None:
     where = data.key_where if isinstance(data, yamlfile.Mapping) else {}
+    check_api_url(config, where.get("api_url"))
     if config.max_delegates < 1:
         raise ConfigError("delegates.max must be at least 1", where.get("delegates"))
     if config.idle_timeout <= 0:

@@ -189,7 +189,8 @@ def run_detached(pidfile: PidFile, log_path: str, working_directory: str,
         print(f"chatdaemon: {exc}", file=sys.stderr, flush=True)
         status = exc.exit_status
     except BaseException:
-        traceback.print_exc()
+        from .logs import redact
+        print(redact(traceback.format_exc()), file=sys.stderr, flush=True)
     finally:
         os._exit(status)
 

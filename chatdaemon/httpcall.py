@@ -13,6 +13,8 @@ What keeps it safe:
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.parse
 from typing import Any
@@ -113,9 +115,18 @@ def perform(request: Request, context: dict, session: requests.Session) -> dict:
         kwargs["json"] = render_tree(request.json, context)
     elif request.data is not None:
         kwargs["data"] = render_tree(request.data, context)
+    deadline = time.monotonic() + request.timeout
     try:
         with session.request(request.method, url, **kwargs) as answer:
-            body = _read_capped(answer, time.monotonic() + request.timeout)
+            timer = _cut_off_at(answer, deadline)
+            try:
+                body = _read_capped(answer, deadline)
+            except (requests.exceptions.RequestException, OSError):
+                if time.monotonic() >= deadline:
+                    raise requests.exceptions.Timeout() from None
+                raise
+            finally:
+                timer.cancel()
             response = {"status": answer.status_code, "headers": dict(answer.headers),
                         "data": _decode(body, answer.headers.get("Content-Type", ""))}
     except requests.exceptions.Timeout:
@@ -131,6 +142,33 @@ def _no_answer(error: str) -> dict:
     return {"status": None, "data": None, "headers": {}, "error": error}
 
 
+def _cut_off_at(answer: requests.Response, deadline: float) -> threading.Timer:
+    """Shut the connection down at the deadline: a server trickling a byte at a time must
+    not hold the chat's delegate past the request's timeout (the read timeout is per read)."""
+    sock = _socket_of(answer)
+
+    def cut() -> None:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _socket_of(answer: requests.Response) -> socket.socket | None:
+    """The socket under a streamed answer (urllib3 keeps it inside http.client's reader)."""
+    sock = getattr(getattr(answer.raw, "connection", None), "sock", None)
+    if sock is None:
+        reader = getattr(getattr(answer.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def _read_capped(answer: requests.Response, deadline: float) -> bytes:
     chunks, size = [], 0
     for chunk in answer.iter_content(16384):
@@ -140,6 +178,8 @@ def _read_capped(answer: requests.Response, deadline: float) -> bytes:
         if time.monotonic() > deadline:
             raise requests.exceptions.Timeout()
         chunks.append(chunk)
+    if time.monotonic() > deadline:
+        raise requests.exceptions.Timeout()
     return b"".join(chunks)
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 _TOKEN_IN_URL = re.compile(r"bot\d+:[A-Za-z0-9_-]+")
 _BARE_TOKEN = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}")
@@ -65,3 +66,22 @@ def configure(level: str = "INFO", secrets: tuple[str, ...] = (), stream=None) -
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    _route_uncaught_exceptions()
+
+
+def _route_uncaught_exceptions() -> None:
+    """Uncaught exceptions go through logging too, so the redaction covers their tracebacks."""
+    crash_log = logging.getLogger("chatdaemon.crash")
+
+    def on_main(kind, value, tb):
+        crash_log.critical("uncaught exception", exc_info=(kind, value, tb))
+
+    def on_thread(args):
+        if args.exc_type is SystemExit:
+            return
+        crash_log.critical("uncaught exception in thread %s",
+                           args.thread.name if args.thread else "?",
+                           exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    sys.excepthook = on_main
+    threading.excepthook = on_thread

@@ -27,6 +27,8 @@ from .errors import NetworkError, RetryAfter, TelegramError
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.telegram.org"
+NOT_JSON = "the answer is not a Bot API answer (no JSON with `ok`)"
+_METHOD_NAME = re.compile(r"[A-Za-z]{1,64}")
 TOKEN_PATTERN = re.compile(r"\d{3,}:[A-Za-z0-9_-]{10,}")
 USER_AGENT = "chatdaemon"
 
@@ -40,6 +42,18 @@ class BotAPI(Protocol):
 
 def looks_like_token(token: str) -> bool:
     return bool(TOKEN_PATTERN.fullmatch(token))
+
+
+def api_url_problem(api_url: str) -> str | None:
+    """Why `api_url` cannot be a Bot API base URL, or None when it can."""
+    parts = urllib.parse.urlsplit(api_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"the Bot API URL must look like https://host[:port], not {api_url!r}"
+    try:
+        _ = parts.port
+    except ValueError:
+        return f"the Bot API URL has a bad port: {api_url!r}"
+    return None
 
 
 class _NotSent(Exception):
@@ -72,6 +86,8 @@ class TelegramClient:
 
         `timeout` is the read timeout; a long poll passes its poll timeout plus a margin.
         """
+        if not _METHOD_NAME.fullmatch(method):
+            raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
         body = json.dumps(params or {}, ensure_ascii=False).encode()
         read = self.read_timeout if timeout is None else timeout
         try:
@@ -160,9 +176,9 @@ def _result_of(method: str, status: int, data: bytes) -> Any:
     try:
         answer = json.loads(data)
     except ValueError:
-        raise TelegramError(method, status, "answer is not JSON") from None
-    if not isinstance(answer, dict):
-        raise TelegramError(method, status, "answer is not a JSON object")
+        raise TelegramError(method, status, NOT_JSON) from None
+    if not isinstance(answer, dict) or "ok" not in answer:
+        raise TelegramError(method, status, NOT_JSON)
     if answer.get("ok") is True:
         return answer.get("result")
     code = answer.get("error_code")

@@ -21,6 +21,8 @@ class ShopServer:
                 outer.requests.append(self.path)
                 if self.path.startswith("/slow"):
                     time.sleep(outer.slow_seconds)
+                if self.path.startswith("/trickle"):
+                    return self._trickle()
                 if self.path.startswith("/fail"):
                     return self._send(500, {"error": "down"})
                 if self.path.startswith("/redirect"):
@@ -33,6 +35,19 @@ class ShopServer:
                 if len(parts) == 2 and parts[0] in ("orders", "slow") and parts[1] in ORDERS:
                     return self._send(200, {"id": parts[1], "status": ORDERS[parts[1]]})
                 return self._send(404, {"error": "no such order"})
+
+            do_POST = do_GET  # noqa: N815 - http.server's name
+
+            def _trickle(self):
+                """Headers at once, then a byte every 0.3 s for 6 s: each read is quick."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "20")
+                self.end_headers()
+                for _ in range(20):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.3)
 
             def _send(self, status, body):
                 data = json.dumps(body).encode()

@@ -187,3 +187,25 @@ def test_python_handler_import_error_names_the_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_bot(str(directory))
     assert "mod.py:3" in str(info.value) and "broken module" in str(info.value)
+
+
+def test_a_bad_api_url_is_a_clear_config_error(tmp_path):
+    directory = bot_dir(tmp_path, a="python: x:Y\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(directory),
+         "--api-url", "ftp://example.org"], capture_output=True, text=True, timeout=60,
+        env={"CHATDAEMON_TOKEN": "123456:abcdefghijklmnop", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 78
+    assert "must look like https://host" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_api_url_that_is_no_bot_api_is_not_called_a_bad_token(tmp_path):
+    from shop_server import ShopServer
+    with ShopServer() as shop:
+        result = subprocess.run(
+            [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(HANDLERS / "counter"),
+             "--db", str(tmp_path / "x.sqlite3"), "--api-url", shop.url],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={"CHATDAEMON_TOKEN": "123456:abcdefghijklmnop", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 78
+    assert "is not a Bot API" in result.stderr and "rejected" not in result.stderr

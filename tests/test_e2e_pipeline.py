@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import textwrap
+import time
 
 import pytest
 from conftest import HANDLERS, wait_until
@@ -232,3 +233,18 @@ def test_state_context_and_priorities(telegram, start_daemon, tmp_path):
     assert text_of(hal.say("pick apple")) == ["picked apple"]
     assert text_of(hal.say("again")) == ["again!"]
     assert text_of(hal.say("what")) == ["you picked apple earlier"]
+
+
+def test_a_trickling_answer_is_cut_off_at_the_timeout(telegram, start_daemon, shop, tmp_path):
+    bot = write_bot(tmp_path, f"""
+        handlers:
+          - name: t
+            pattern: '^t$'
+            request: {{url: "{shop.url}/trickle", timeout: 1}}
+            response: {{text: "got it"}}
+            on_error: {{text: "gave up ({{{{ response.error }}}})"}}
+    """)
+    start_daemon(bot)
+    began = time.monotonic()
+    assert text_of(Chat(telegram, 110).say("t")) == ["gave up (timeout)"]
+    assert time.monotonic() - began < 4  # the answer would take 6 s
