@@ -78,7 +78,18 @@ def render_url(template: Template, context: dict) -> str:
     if _origin(url)[0] not in ("http", "https"):
         raise RequestFailed("the request URL is not http or https",
                             {"status": None, "data": None, "headers": {}, "error": "refused"})
+    if _climbs(url):
+        raise RequestFailed("user input made a '.' or '..' path segment in the request URL",
+                            {"status": None, "data": None, "headers": {}, "error": "refused"})
     return url
+
+
+def _climbs(url: str) -> bool:
+    """A "." or ".." segment (however encoded): HTTP clients and servers resolve it, so a
+    user value of ".." would reach a path the author did not write. Slashes in user values
+    are encoded, so only a whole-segment value can do this, and it is refused."""
+    path = urllib.parse.urlsplit(url).path
+    return any(urllib.parse.unquote(segment) in (".", "..") for segment in path.split("/"))
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

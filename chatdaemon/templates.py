@@ -64,6 +64,7 @@ def _build(mode: str) -> SandboxedEnvironment:
         options["finalize"] = _finalize_url
     env = SandboxedEnvironment(**options)
     env.globals["now"] = datetime.datetime.now
+    env.filters.pop("safe", None)  # `| safe` would let user text past the escaping
     return env
 
 
@@ -81,6 +82,8 @@ class Templates:
 
         `url=True` compiles a request URL: every value is percent-encoded on the way in.
         """
+        if isinstance(source, bool) or source is None:
+            raise ConfigError(f"YAML read this value as {source!r}: put it in quotes", where)
         if not isinstance(source, str):
             source = str(source)
         env = self._envs["url" if url else self.mode_of(parse_mode, where)]

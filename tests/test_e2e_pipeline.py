@@ -182,6 +182,9 @@ def test_request_timeouts_and_url_encoding(telegram, start_daemon, shop, tmp_pat
     assert text_of(fay.say("slow 42")) == ["timed out (timeout)"]
     assert text_of(fay.say("look ../../admin?x=1#y")) == ["status 404"]
     assert shop.requests[-1] == "/orders/..%2F..%2Fadmin%3Fx%3D1%23y?q=..%2F..%2Fadmin%3Fx%3D1%23y"
+    before = len(shop.requests)
+    assert text_of(fay.say("look ..")) == ["status None"]  # refused: never sent
+    assert len(shop.requests) == before
 
 
 def test_user_text_cannot_choose_the_host(telegram, start_daemon, shop, tmp_path):

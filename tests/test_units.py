@@ -215,6 +215,10 @@ def test_templates_escape_for_their_parse_mode():
         sneaky.render(context)
     with pytest.raises(ConfigError, match="Markdown is legacy"):
         templates.compile("x", "f:1", "Markdown")
+    with pytest.raises(ConfigError, match="safe"):  # `| safe` would undo the escaping
+        templates.compile("{{ pattern.x | safe }}", "f:1", "HTML")
+    with pytest.raises(ConfigError, match="put it in quotes"):
+        templates.compile(True, "f:2")
 
 
 def test_request_urls_encode_user_values_and_keep_the_authored_host():
@@ -223,6 +227,9 @@ def test_request_urls_encode_user_values_and_keep_the_authored_host():
     url = Templates().compile("{{ env.api }}/items/{{ pattern.id }}", "f:1", url=True)
     context = {"env": {"api": Trusted("http://10.0.0.5:8080/v1")}, "pattern": {"id": "a/../b?c"}}
     assert render_url(url, context) == "http://10.0.0.5:8080/v1/items/a%2F..%2Fb%3Fc"
+    for climb in ("..", "."):  # a whole ".." segment would reach /v1/ instead
+        with pytest.raises(RequestFailed, match="path segment"):
+            render_url(url, {"env": context["env"], "pattern": {"id": climb}})
     host = Templates().compile("http://{{ pattern.id }}.example.org/", "f:1", url=True)
     with pytest.raises(RequestFailed, match="changed the request's host"):
         render_url(host, {"env": {}, "pattern": {"id": "evil"}})
