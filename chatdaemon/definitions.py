@@ -162,6 +162,8 @@ class Compiler:
     def _handler(self, item: Any, where: str, order: int) -> Handler:
         check_keys(item, HANDLER_KEYS, "a handler")
         name = item.get("name")
+        if isinstance(name, bool):
+            raise ConfigError(f"YAML read the handler name as {name}: put it in quotes", where)
         if not isinstance(name, str) or not name:
             raise ConfigError("every handler needs a name", where)
         if name in self._names:
@@ -221,6 +223,9 @@ class Compiler:
 
     def _state_name(self, item: dict, key: str) -> str | None:
         value = item.get(key)
+        if isinstance(value, bool):
+            raise ConfigError(f"YAML read {key} as {value}: put the state name in quotes",
+                              _at(item, key))
         if value is not None and (not isinstance(value, str) or not value):
             raise ConfigError(f"{key} must be a state name", _at(item, key))
         return value
@@ -250,11 +255,10 @@ class Compiler:
         check_keys(data, RESPONSE_KEYS, "a response")
         if "text" not in data:
             raise ConfigError("a response needs text", where)
-        mode = data.get("parse_mode")
-        self.templates.mode_of(mode, _at(data, "parse_mode", where))
+        mode = self.templates.mode_of(data.get("parse_mode"), _at(data, "parse_mode", where))
         return Response(
             text=self.templates.compile(data["text"], _at(data, "text", where), mode),
-            parse_mode=None if mode in (None, "none") else str(mode),
+            parse_mode=None if mode == "none" else mode,
             keyboard=self._keyboard(data.get("keyboard"), _at(data, "keyboard", where)),
             buttons=self._buttons(data.get("buttons"), _at(data, "buttons", where)),
             remove_keyboard=bool(data.get("remove_keyboard", False)),
@@ -297,7 +301,7 @@ class Compiler:
         return Button(
             text=self.templates.compile(button["text"], where),
             data=self.templates.compile(data, where) if data is not None else None,
-            url=self.templates.compile(button["url"], where) if "url" in button else None,
+            url=self.templates.compile(button["url"], where, url=True) if "url" in button else None,
         )
 
     def _request(self, data: Any, where: str) -> Request:
@@ -405,7 +409,19 @@ class Compiler:
         self._check_states()
         self._check_schedules()
         self.result.handlers.sort(key=lambda h: (-h.priority, h.order))
+        self._warn_shadowed()
         return self.result
+
+    def _warn_shadowed(self) -> None:
+        """A handler after one that takes anything in any state can never run."""
+        catch_all = None
+        for handler in self.result.handlers:
+            if catch_all is not None:
+                self.result.warnings.append(
+                    f"{handler.where}: handler {handler.name} never runs: {catch_all.name} "
+                    f"({catch_all.where}) takes every message first")
+            elif handler.pattern is None and handler.source_states is None:
+                catch_all = handler
 
     def _check_schedules(self) -> None:
         for handler in self.result.handlers:

@@ -209,3 +209,27 @@ def test_an_api_url_that_is_no_bot_api_is_not_called_a_bad_token(tmp_path):
             env={"CHATDAEMON_TOKEN": "123456:abcdefghijklmnop", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 78
     assert "is not a Bot API" in result.stderr and "rejected" not in result.stderr
+
+
+def test_yaml_booleans_and_parse_mode_spelling(tmp_path):
+    message = load_error(tmp_path, """
+        handlers:
+          - {name: a, response: {text: yes}}
+    """)
+    assert "put it in quotes" in message and "a.yaml:3" in message
+    bot = load_bot(str(bot_dir(tmp_path, a="""
+        handlers:
+          - {name: a, response: {text: "<b>x</b>", parse_mode: html}}
+    """)))
+    assert bot.definitions.handlers[0].response.parse_mode == "HTML"  # as Telegram spells it
+
+
+def test_handlers_after_a_catch_all_are_reported(tmp_path):
+    directory = bot_dir(tmp_path, a="""
+        handlers:
+          - {name: anything, response: {text: "x"}}
+          - {name: start, pattern: '^/start$', response: {text: "y"}}
+    """)
+    result = run_check(directory)
+    assert result.returncode == 0
+    assert "handler start never runs: anything" in result.stdout
