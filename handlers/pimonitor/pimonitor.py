@@ -28,10 +28,16 @@ def uptime() -> str:
     return f"{days}d {hours}h {rest // 60}m"
 
 
+def load() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
 def report() -> str:
-    one, five, fifteen = os.getloadavg()
     return (f"CPU temperature: {temperature()}\n"
-            f"Load: {one:.2f} {five:.2f} {fifteen:.2f}\n"
+            f"Load: {load()}\n"
             f"Uptime: {uptime()}")
 
 
