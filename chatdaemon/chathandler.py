@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .errors import TelegramError
+
 if TYPE_CHECKING:
     from .delegator import Delegate
     from .sender import Sender
@@ -92,9 +94,22 @@ class ChatSender:
         params.update(zip(names, args, strict=False))
         if method not in _NO_CHAT_ID:
             params.setdefault("chat_id", self._chat_id)
-        if self._delegate is not None and method == "answerCallbackQuery":
-            self._delegate.callback_answered(params.get("callback_query_id"))
+        if method == "answerCallbackQuery":
+            return self._answer_callback(params)
         return self._sender.call(method, params)
+
+    def _answer_callback(self, params: dict) -> Any:
+        """Best effort: a press that waited in the inbox (downtime, a backlog) is too old for
+        Telegram to accept an answer (400), but it must still be handled, not fail."""
+        if self._delegate is not None:
+            self._delegate.callback_answered(params.get("callback_query_id"))
+        try:
+            return self._sender.call("answerCallbackQuery", params)
+        except TelegramError as exc:
+            if exc.status != 400:
+                raise
+            log.info("chat %s: button press no longer answerable: %s", self._chat_id, exc.description)
+            return False
 
     def __getattr__(self, method: str):
         if method.startswith("_"):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import HANDLERS, wait_until
+from fake_telegram import BAD_QUERY_ID
 from shop_server import ShopServer
 
 
@@ -129,6 +130,12 @@ def test_inline_buttons_are_answered_and_matched_in_order(telegram, start_daemon
     assert text_of(dan.press("tea")) == ["One tea for Ann."]
     answered = [c for c in telegram.calls if c["method"] == "answerCallbackQuery"]
     assert len(answered) == 1
+    # a press that waited too long (downtime, a backlog): Telegram refuses the answer with
+    # 400, and the press is still matched like any other
+    dan.say("/ask")
+    telegram.set_next_response("answerCallbackQuery", 400,
+                               {"ok": False, "error_code": 400, "description": BAD_QUERY_ID})
+    assert text_of(dan.press("coffee")) == ["One coffee for Ann."]
 
 
 def test_html_escapes_user_text_and_templates_errors_answer_error_text(telegram, start_daemon,
