@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="proactive sending limits (off only for a local Bot API server)")
     run.add_argument("--delete-webhook", action="store_true",
                      help="remove a webhook set for this bot (pending updates are kept)")
-    run.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument("--log-level", metavar="LEVEL", type=_log_level,
+                     help="DEBUG, INFO, WARNING or ERROR")
     run.add_argument("--daemon", action="store_true",
                      help="detach into the background (for systems without systemd); needs --pidfile")
     run.add_argument("--pidfile", metavar="FILE", help="with --daemon: the pidfile, held with a lock")
@@ -63,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to the bot in the terminal; lines may be piped in: "
                     "printf '/start\\nhello\\n' | chatdaemon chat --handlers handlers/counter")
     _add_bot_options(chat)
-    chat.add_argument("--log-level", metavar="LEVEL", default=None)
+    chat.add_argument("--log-level", metavar="LEVEL", type=_log_level, default=None)
     return parser
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    return level
 
 
 def _add_bot_options(parser: argparse.ArgumentParser, db: bool = True) -> None:
@@ -151,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.daemon:
         configure(config.log_level, secrets=(token,))
         notifier = Notifier()
-        events = Events(tick=notifier.tick, stopping=notifier.stopping)
+        events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args)).run()
         return EXIT_OK

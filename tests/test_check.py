@@ -233,3 +233,12 @@ def test_handlers_after_a_catch_all_are_reported(tmp_path):
     result = run_check(directory)
     assert result.returncode == 0
     assert "handler start never runs: anything" in result.stdout
+
+
+def test_a_bad_log_level_is_a_usage_error_not_a_crash(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "chatdaemon", "run", "--log-level", "verbose"],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            env={"CHATDAEMON_TOKEN": "123456:abcdefghijklmnop", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "'verbose' is not one of DEBUG, INFO, WARNING, ERROR" in result.stderr
+    assert "Traceback" not in result.stderr
