@@ -42,6 +42,7 @@ class Events:
     """Callbacks for whoever supervises the daemon (systemd notify, the terminal chat)."""
 
     ready: Callable[[App], None] = lambda app: None
+    starting: Callable[[App], None] = lambda app: None   # start-up is retrying; still alive
     tick: Callable[[App], None] = lambda app: None
     stopping: Callable[[App], None] = lambda app: None
 
@@ -64,6 +65,7 @@ class App:
         self.sender: Sender | None = None
         self.hook_server = None
         self.me: dict = {}
+        self.start_error: str | None = None
         self._reload_requested = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -147,6 +149,8 @@ class App:
             except NetworkError as exc:
                 log.warning("%s: %s; retrying in %.0f s", method, exc.reason, backoff)
                 wait = backoff
+            self.start_error = f"{method}: retrying"
+            self.events.starting(self)
             if self.stop_event.wait(wait):
                 raise ShuttingDown()
             backoff = min(backoff * 2, 30.0)

@@ -1,9 +1,10 @@
 """Living as a service: systemd's notify protocol, and `--daemon` mode with a kernel-locked pidfile.
 
 sd_notify is spoken directly over $NOTIFY_SOCKET (a datagram socket): READY=1 once the
-database is open and the first getUpdates has returned, STATUS= with a short summary,
-WATCHDOG=1 only while getUpdates keeps returning (a wedged poller is restarted by systemd),
-STOPPING=1 on shutdown.
+database is open and the first getUpdates has returned, EXTEND_TIMEOUT_USEC= while start-up
+keeps retrying without a network (a Pi booting before its Wi-Fi), STATUS= with a short
+summary, WATCHDOG=1 only while the poll loop makes progress (a wedged poller is restarted by
+systemd; a network outage is not a reason to restart), STOPPING=1 on shutdown.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EXTEND_EVERY = 10.0   # seconds between EXTEND_TIMEOUT_USEC messages while start-up retries
+EXTEND_BY = 120.0     # each one gives start-up this much more time (a call ≤ 40 s + a wait ≤ 30 s)
+
 
 class Notifier:
     """Sends sd_notify messages when $NOTIFY_SOCKET is set; does nothing otherwise."""
@@ -40,6 +44,7 @@ class Notifier:
         self._ready_sent = False
         self._last_status = ""
         self._last_watchdog = 0.0
+        self._last_extend = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -63,7 +68,21 @@ class Notifier:
             self._ready_sent = True
             self.send("READY=1", f"STATUS={status_line(app)}")
         self._send_status(app)
-        self._feed_watchdog(poller.last_poll)
+        if not self._ready_sent:
+            if poller.alive():
+                self.starting(app)
+        else:
+            self._feed_watchdog(poller.alive())
+
+    def starting(self, app: App) -> None:
+        """Start-up is retrying (no network yet): ask systemd for more time, now and then."""
+        if self._ready_sent:
+            return
+        now = time.monotonic()
+        if now - self._last_extend >= EXTEND_EVERY:
+            self._last_extend = now
+            self.send(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY * 1e6)}",
+                      f"STATUS=starting; {app.start_error or 'waiting for the first poll'}")
 
     def _send_status(self, app: App) -> None:
         line = status_line(app)
@@ -71,13 +90,11 @@ class Notifier:
             self._last_status = line
             self.send(f"STATUS={line}")
 
-    def _feed_watchdog(self, last_poll: float) -> None:
-        """WATCHDOG=1 only when a getUpdates answered within the last watchdog interval."""
-        if self.watchdog_interval is None or not last_poll:
-            return
+    def _feed_watchdog(self, poll_loop_alive: bool) -> None:
+        """WATCHDOG=1 only while the poll loop keeps its bounds (see Poller.alive)."""
+        if self.watchdog_interval is None or not poll_loop_alive:
+            return  # the poller is wedged: let systemd see it
         now = time.monotonic()
-        if now - last_poll > self.watchdog_interval:
-            return  # the poller is stuck or the network is down: let systemd see it
         if now - self._last_watchdog >= self.watchdog_interval / 3:
             self._last_watchdog = now
             self.send("WATCHDOG=1")

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 30.0          # Telegram answering errors: give it room
 MAX_NETWORK_BACKOFF = 5.0   # no network: keep trying often enough to resume within seconds
+STEP_SLACK = 10.0           # how far past its own bound a step may run before it counts as wedged
+STORE_BUDGET = 60.0         # one inbox batch commit, even on a slow SD card
 
 
 class Poller:
@@ -43,6 +45,7 @@ class Poller:
         self.handles = handles
         self.offset: int | None = None
         self.last_poll = 0.0          # time.monotonic() of the last answered getUpdates
+        self.busy_until = 0.0         # when the loop's current step (call, wait, commit) must end
         self.last_error: str | None = None
         self.received = 0
         self.polls = 0
@@ -53,25 +56,41 @@ class Poller:
         conflict_since: float | None = None
         while not self.stop.is_set():
             try:
+                self._step(self.poll_timeout + 15)
                 updates = self._get_updates()
             except RetryAfter as exc:
                 self._note(f"429, waiting {exc.retry_after:.0f} s")
-                self.stop.wait(exc.retry_after)
+                self._wait(exc.retry_after)
                 continue
             except TelegramError as exc:
                 conflict_since = self._on_error(exc, conflict_since)
-                self.stop.wait(backoff)
+                self._wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             except NetworkError as exc:
                 self._note(str(exc))
-                self.stop.wait(min(backoff, MAX_NETWORK_BACKOFF))
+                self._wait(min(backoff, MAX_NETWORK_BACKOFF))
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             backoff, conflict_since = 1.0, None
             self.last_error = None
             if updates:
+                self._step(STORE_BUDGET)
                 self._store(updates)
+
+    def _step(self, bound: float) -> None:
+        """The loop promises to finish its next step within `bound` seconds (see `alive`)."""
+        self.busy_until = time.monotonic() + bound + STEP_SLACK
+
+    def _wait(self, seconds: float) -> None:
+        self._step(seconds)
+        self.stop.wait(seconds)
+
+    def alive(self) -> bool:
+        """True while the loop keeps its promises: every call, back-off and commit ends within
+        its bound. A network outage is alive (calls fail fast, waits are bounded); a call
+        hanging past its timeout, or a deadlock, is not: that is what the watchdog is for."""
+        return time.monotonic() <= self.busy_until
 
     def _get_updates(self) -> list:
         params: dict = {"timeout": self.poll_timeout, "limit": self.limit}

@@ -652,20 +652,27 @@ def test_daemon_mode_refuses_a_rejected_token_in_the_foreground(telegram, tmp_pa
 
 def test_sd_notify_ready_status_watchdog_and_stopping(telegram, start_daemon, tmp_path):
     with NotifySocket(tmp_path / "notify.sock") as notify:
-        telegram.fail_next("getUpdates", "latency", seconds=2)  # the first poll answers late
+        telegram.set_down(True)  # a Pi booting before its Wi-Fi: getMe fails for a while
         daemon = start_daemon(env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"})
+        # start-up keeps asking systemd for more time instead of timing out
+        assert wait_until(lambda: notify.values("EXTEND_TIMEOUT_USEC"), timeout=15), daemon.log()
+        assert int(notify.values("EXTEND_TIMEOUT_USEC")[0][1]) >= 60_000_000
+        assert not notify.values("READY")
+        telegram.fail_next("getUpdates", "latency", seconds=2)  # the first poll answers late
+        telegram.set_down(False)
         assert wait_until(lambda: notify.values("READY"), timeout=15), daemon.log()
         ready_at, ready = notify.values("READY")[0]
         assert ready == "1"
         first_poll = telegram.calls_to("getUpdates")[0]["time"]
         assert ready_at - first_poll >= 2.0, "READY=1 before the first getUpdates answered"
         statuses = [value for _, value in notify.values("STATUS")]
-        assert statuses and all("polling" in value for value in statuses), statuses
+        assert statuses and any("polling" in value for value in statuses), statuses
 
-        # the watchdog is fed while getUpdates answers ...
+        # the watchdog is fed while the poll loop makes progress ...
         assert wait_until(lambda: len(notify.values("WATCHDOG")) >= 2, timeout=5), notify.values("WATCHDOG")
         assert all(value == "1" for _, value in notify.values("WATCHDOG"))
-        # ... and starves while it does not (a ping within one interval of the outage may pass)
+        # ... and a network outage is progress too (bounded retries), not a reason to be
+        # killed and restarted; only a wedged poll loop starves it (tests/test_units.py)
         down_at = time.monotonic()
         telegram.set_down(True)
         try:
@@ -673,11 +680,11 @@ def test_sd_notify_ready_status_watchdog_and_stopping(telegram, start_daemon, tm
         finally:
             telegram.set_down(False)
         up_at = time.monotonic()
-        starved = [round(when - down_at, 2) for when, _ in notify.values("WATCHDOG")
-                   if down_at + 2.6 < when <= up_at]
-        assert starved == [], f"WATCHDOG=1 at {starved} s into the outage"
-        assert wait_until(lambda: any(when > up_at for when, _ in notify.values("WATCHDOG")),
-                          timeout=10), daemon.log()
+        fed = [when for when, _ in notify.values("WATCHDOG") if down_at + 2.0 < when <= up_at]
+        assert len(fed) >= 3, f"the watchdog starved during a network outage: {fed}"
+        assert wait_until(lambda: any("last error" not in value and when > up_at
+                                      for when, value in notify.values("STATUS")), timeout=15), \
+            notify.values("STATUS")[-3:]
 
         assert daemon.stop() == 0
         assert wait_until(lambda: notify.values("STOPPING"), timeout=3)

@@ -233,3 +233,62 @@ def test_request_urls_encode_user_values_and_keep_the_authored_host():
     host = Templates().compile("http://{{ pattern.id }}.example.org/", "f:1", url=True)
     with pytest.raises(RequestFailed, match="changed the request's host"):
         render_url(host, {"env": {}, "pattern": {"id": "evil"}})
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+def test_a_wedged_poll_loop_starves_the_watchdog_and_an_outage_does_not(monkeypatch, tmp_path):
+    import socket
+    import threading
+
+    from chatdaemon import poller as poller_module
+    from chatdaemon.daemon import Notifier
+    from chatdaemon.errors import NetworkError
+    from chatdaemon.poller import Poller
+
+    clock = _Clock()
+    monkeypatch.setattr(poller_module, "time", clock)
+    entered, release, stop = threading.Event(), threading.Event(), threading.Event()
+    outcomes = ["outage", "hang"]
+
+    class Api:
+        def call(self, method, params, timeout=None):
+            outcome = outcomes.pop(0) if outcomes else "idle"
+            if outcome == "outage":
+                raise NetworkError(method, "connection refused")
+            entered.set()
+            release.wait(10)
+            return []
+
+    store = Store(str(tmp_path / "w.sqlite3"))
+    poller = Poller(Api(), store, lambda chats: None, stop, poll_timeout=25)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "n.sock"))
+    listener.settimeout(0.5)
+    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "n.sock"), "WATCHDOG_USEC": "3000000"})
+    notifier._ready_sent = True
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        assert entered.wait(10)  # the outage's back-off passed; now a call that never returns
+        assert poller.alive()
+        notifier._feed_watchdog(poller.alive())
+        assert listener.recv(100) == b"WATCHDOG=1"
+        clock.now += 25 + 15 + 30  # far past the call's own timeout: the loop is wedged
+        assert not poller.alive()
+        notifier._last_watchdog = 0.0
+        notifier._feed_watchdog(poller.alive())
+        with pytest.raises(TimeoutError):
+            listener.recv(100)
+    finally:
+        stop.set()
+        release.set()
+        thread.join(10)
+        listener.close()
+        store.close()
