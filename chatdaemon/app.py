@@ -58,6 +58,7 @@ class App:
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
+        self.send_stop = threading.Event()
         self.failure: BaseException | None = None
         self.store: Store | None = None
         self.delegator: Delegator | None = None
@@ -104,7 +105,10 @@ class App:
         if self.delete_webhook:
             self._call_until_done("deleteWebhook", {"drop_pending_updates": False})
             log.info("webhook removed; pending updates kept")
-        self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.stop_event,
+        # The sender stops later than the poller: on SIGTERM a reply waiting for its send
+        # slot still goes out, and its update commits instead of replaying (and re-sending
+        # what that update had already sent) on the next start.
+        self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.send_stop,
                                       on_migrate=lambda old, new: self.delegator.chat_migrated(old, new))
         self.delegator = Delegator(self.store, self.bot, sender,
                                    max_delegates=config.max_delegates,
@@ -229,9 +233,8 @@ class App:
         self.delegator.bot = bot
         self.delegator.max_delegates = config.max_delegates
         self.delegator.idle_timeout = config.idle_timeout
-        self.sender.limiter = RateLimiter(config.limits)
-        log.info("reloaded: %s (chats already open keep their handler until they go idle)",
-                 bot.directory)
+        self.sender.limiter = self.sender.limiter.with_limits(config.limits)
+        log.info("reloaded: %s (open chats switch at their next update)", bot.directory)
 
     def _shut_down(self) -> None:
         if self.delegator is not None:
@@ -245,6 +248,9 @@ class App:
             if not self.delegator.stop(self.config.stop_timeout):
                 log.warning("some chats were still busy after %.0f s; their updates will be "
                             "replayed on the next start", self.config.stop_timeout)
+                self.send_stop.set()  # sends still waiting give up; their updates roll back
+                self.delegator.stop(5.0)
+        self.send_stop.set()
         self.store.close()
 
     # -- status ------------------------------------------------------------------------------

@@ -173,6 +173,7 @@ class Delegate(threading.Thread):
         self._moved_on = False
         self._answered: set[str] = set()
         self._handler: ChatHandler | None = None
+        self._bot: Bot | None = None
         self.migrated_to: int | None = None
 
     def poke(self) -> None:
@@ -206,7 +207,6 @@ class Delegate(threading.Thread):
     def _serve(self) -> None:
         self._conversation = self.store.load_conversation(self.chat_id)
         handler = self._open_handler()
-        self._handler = handler
         while True:
             rows = self.store.pending(self.chat_id)
             if not rows:
@@ -217,6 +217,9 @@ class Delegate(threading.Thread):
                     self._close(handler, reason)
                 return
             for row in rows:
+                if self._bot is not self.delegator.bot:  # reloaded (SIGHUP): the new bot answers
+                    self._close(handler, "reload")
+                    handler = self._open_handler()
                 if self.delegator.stopping or not self._handle(handler, row):
                     return
                 if self._moved_on:
@@ -224,11 +227,14 @@ class Delegate(threading.Thread):
 
     def _open_handler(self) -> ChatHandler:
         """The bot's handler for this chat; if it cannot be made, one that fails each update."""
+        self._bot = bot = self.delegator.bot
         try:
-            return self.delegator.bot.create_handler(self, self._conversation, self.delegator.sender)
+            handler = bot.create_handler(self, self._conversation, self.delegator.sender)
         except Exception as exc:
             log.exception("chat %s: the bot's handler could not be created", self.chat_id)
-            return _Broken(exc)
+            handler = _Broken(exc)
+        self._handler = handler
+        return handler
 
     def _handle(self, handler: ChatHandler, row: InboxRow) -> bool:
         """Run the handler on one update and commit; False when the daemon is stopping."""

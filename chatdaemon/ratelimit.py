@@ -63,6 +63,13 @@ class RateLimiter:
                 self._sweep(now)
             return at - now
 
+    def with_limits(self, limits: Limits) -> RateLimiter:
+        """A limiter for new limits (a reload) that still honours the 429 pauses running now."""
+        fresh = RateLimiter(limits, self._clock)
+        with self._lock:
+            fresh._paused_until = dict(self._paused_until)
+        return fresh
+
     def pause(self, chat_id: int | None, seconds: float) -> None:
         """Telegram answered 429: nothing goes to this scope (None: every chat) for `seconds`."""
         with self._lock:

@@ -230,6 +230,22 @@ def test_sigterm_during_load_loses_nothing(telegram, start_daemon, tmp_path):
     assert query(db, "SELECT COUNT(*) FROM inbox")[0][0] == 600
 
 
+def test_sigterm_lets_a_reply_waiting_for_its_send_slot_go_out(telegram, start_daemon):
+    """With the flood limits on, SIGTERM must not cut an update between two of its sends:
+    the update would replay on the next start and its first message would go out twice."""
+    telegram.push_many([(5001, "long 5000")] * 3)  # each answer is two messages (split at 4096)
+    first = start_daemon(TEST_HANDLERS / "echo", rate_limits="on")
+    # 1/s per chat with a burst of 3: the first answer's two parts and the second's first part
+    # go out at once; its second part waits about a second for its slot
+    assert telegram.wait_for(lambda: len(telegram.sent_to(5001)) >= 3, timeout=15), first.log()
+    assert first.stop(timeout=20) == 0, first.log()
+    assert len(telegram.sent_to(5001)) == 4, "the waiting part was dropped, or more went out"
+    start_daemon(TEST_HANDLERS / "echo", rate_limits="on")
+    assert telegram.wait_for(lambda: len(telegram.sent_to(5001)) >= 6, timeout=20)
+    time.sleep(1.5)  # a replayed second answer would add two more
+    assert len(telegram.sent_to(5001)) == 6
+
+
 # -- 2. SIGHUP reload ------------------------------------------------------------------------
 
 def yaml_answering(text: str) -> str:
@@ -251,8 +267,8 @@ def test_sighup_reloads_a_good_bot_and_keeps_it_after_a_bad_one(telegram, start_
     assert wait_until(lambda: "reloaded:" in daemon.log(), timeout=5), daemon.log()
     telegram.push_message(202, "hi")  # a new chat gets the new bot ...
     assert telegram.wait_for(lambda: telegram.sent_to(202) == ["v2"], timeout=10), daemon.log()
-    telegram.push_message(201, "again")  # ... an open chat keeps its handler until it goes idle
-    assert telegram.wait_for(lambda: telegram.sent_to(201) == ["v1", "v1"], timeout=10)
+    telegram.push_message(201, "again")  # ... and so does a chat whose delegate is still open
+    assert telegram.wait_for(lambda: telegram.sent_to(201) == ["v1", "v2"], timeout=10), daemon.log()
 
     bot_file.write_text(textwrap.dedent("""\
         handlers:

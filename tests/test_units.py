@@ -292,3 +292,13 @@ def test_a_wedged_poll_loop_starves_the_watchdog_and_an_outage_does_not(monkeypa
         thread.join(10)
         listener.close()
         store.close()
+
+
+def test_a_reload_keeps_the_429_pauses_running():
+    clock = _Clock()
+    limiter = RateLimiter(Limits(), clock=clock.monotonic)
+    limiter.pause(None, 30)
+    reloaded = limiter.with_limits(Limits(enabled=False))
+    assert reloaded.reserve(7) == pytest.approx(30)
+    clock.now += 31
+    assert reloaded.reserve(7) == 0
