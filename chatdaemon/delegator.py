@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STACK_SIZE = 512 * 1024  # 256 KiB let a deep template recursion crash the process
 LOCAL_KINDS = ("hook", "schedule")  # rows the daemon itself queued for a chat
+MAX_FAILURE_PAUSE = 30.0  # a delegate whose store calls fail retries its chat at most this often
 
 
 class Delegator:
@@ -183,16 +184,27 @@ class Delegate(threading.Thread):
 
     def run(self) -> None:
         chat_id: int | None = self.chat_id
+        failures = 0
         try:
             while chat_id is not None:
                 self.chat_id = chat_id
                 self.name = f"chat-{chat_id}"
-                self._serve()
+                try:
+                    self._serve()
+                    failures = 0
+                except ShuttingDown:
+                    raise
+                except Exception:  # the store failed (disk full, I/O error), not a handler
+                    failures += 1
+                    pause = min(2.0 ** failures, MAX_FAILURE_PAUSE)
+                    log.exception("delegate for chat %s failed; its updates stay in the inbox "
+                                  "and are tried again in %.0f s", self.chat_id, pause)
+                    # keep the chat: a delegate that just left would strand its pending rows
+                    if self._wait_for_work(pause, may_yield=False) == "stop":
+                        raise ShuttingDown() from None
+                    continue
                 chat_id = self.delegator._next_chat(self)
         except ShuttingDown:
-            self._leave_unfinished()
-        except Exception:
-            log.exception("delegate for chat %s failed; its updates stay in the inbox", self.chat_id)
             self._leave_unfinished()
         finally:
             self.delegator._thread_gone()

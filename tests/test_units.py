@@ -302,3 +302,56 @@ def test_a_reload_keeps_the_429_pauses_running():
     assert reloaded.reserve(7) == pytest.approx(30)
     clock.now += 31
     assert reloaded.reserve(7) == 0
+
+
+def test_a_store_failure_does_not_strand_the_chat(tmp_path):
+    """A delegate whose commit fails (disk full, I/O error) tries its chat again later."""
+    import sqlite3
+    import threading
+
+    from chatdaemon import ChatHandler
+    from chatdaemon.delegator import Delegator
+
+    class FlakyStore(Store):
+        failures = 1
+
+        def finish(self, update_id, conversation):
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().finish(update_id, conversation)
+
+    sent = []
+
+    class Counter(ChatHandler):
+        def on_chat_message(self, msg):
+            self.vars["n"] = self.vars.get("n", 0) + 1
+            self.sender.sendMessage(str(self.vars["n"]))
+
+    class Bot:
+        error_text = "oops"
+
+        def create_handler(self, delegate, conversation, sender):
+            return Counter(delegate, conversation, sender)
+
+    class Sender:
+        def call(self, method, params):
+            sent.append(params["text"])
+
+    store = FlakyStore(str(tmp_path / "f.sqlite3"))
+    delegator = Delegator(store, Bot(), Sender(), max_delegates=2, idle_timeout=30)
+    try:
+        store.add_updates([to_row(message_update(1, 9)), to_row(message_update(2, 9))])
+        delegator.notify([9])
+        deadline = threading.Event()
+        for _ in range(100):  # bounded: the retry comes after a 2 s pause
+            if store.backlog() == 0:
+                break
+            deadline.wait(0.1)
+        assert store.backlog() == 0
+        # the failed update replayed (its reply repeats: it was sent before the failed commit)
+        assert sent == ["1", "1", "2"]
+        assert store.load_conversation(9).vars == {"n": 2}
+    finally:
+        delegator.stop(5)
+        store.close()
