@@ -44,6 +44,9 @@ class Trusted(str):
 class _Placeholder:
     """Stands in for any user-derived value when the URL's authored origin is worked out."""
 
+    def __init__(self, word: str = "placeholder"):
+        self._word = word
+
     def __getattr__(self, name: str) -> _Placeholder:
         return self
 
@@ -54,7 +57,7 @@ class _Placeholder:
         return iter(())
 
     def __str__(self) -> str:
-        return "placeholder"
+        return self._word
 
     def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
         return self
@@ -70,9 +73,8 @@ def url_value(value: Any) -> str:
 def render_url(template: Template, context: dict) -> str:
     """Render a request URL and refuse it if user values changed its scheme, host or port."""
     url = template.render(context)
-    authored = template.render({name: (value if name in ("env", "now", "emoji") else _Placeholder())
-                                for name, value in context.items()})
-    if _origin(url) != _origin(authored):
+    authored, other = (_authored(template, context, word) for word in ("placeholder", "stand-in"))
+    if _origin(authored) != _origin(other) or _origin(url) != _origin(authored):
         raise RequestFailed(f"user input changed the request's host ({_origin(authored)[1]!r})",
                             {"status": None, "data": None, "headers": {}, "error": "refused"})
     if _origin(url)[0] not in ("http", "https"):
@@ -82,6 +84,13 @@ def render_url(template: Template, context: dict) -> str:
         raise RequestFailed("user input made a '.' or '..' path segment in the request URL",
                             {"status": None, "data": None, "headers": {}, "error": "refused"})
     return url
+
+
+def _authored(template: Template, context: dict, word: str) -> str:
+    """The URL with every user-derived value replaced by `word`: what the author fixed.
+    Two different words giving two different hosts means user text picks the host."""
+    return template.render({name: (value if name in ("env", "now", "emoji") else _Placeholder(word))
+                            for name, value in context.items()})
 
 
 def _climbs(url: str) -> bool:

@@ -233,6 +233,8 @@ def test_request_urls_encode_user_values_and_keep_the_authored_host():
     host = Templates().compile("http://{{ pattern.id }}.example.org/", "f:1", url=True)
     with pytest.raises(RequestFailed, match="changed the request's host"):
         render_url(host, {"env": {}, "pattern": {"id": "evil"}})
+    with pytest.raises(RequestFailed, match="changed the request's host"):  # even this word
+        render_url(host, {"env": {}, "pattern": {"id": "placeholder"}})
 
 
 class _Clock:
