@@ -448,6 +448,30 @@ class Compiler:
                 self.result.warnings.append(
                     f"{handler.where}: state {state!r} (entered by {handler.name}) has no handler; "
                     "only the fallback answers there")
+        self._warn_unreachable()
+
+    def _warn_unreachable(self) -> None:
+        """States no chain of handlers leads to from a new conversation (which has no state).
+
+        A warning, not an error: conversations saved by an earlier version of the bot may
+        still be in such a state.
+        """
+        handlers = self.result.handlers
+        reached: set[str | None] = {None}
+        grew = True
+        while grew:
+            grew = False
+            for handler in handlers:
+                if handler.target_state not in reached and (
+                        handler.source_states is None or reached.intersection(handler.source_states)):
+                    reached.add(handler.target_state)
+                    grew = True
+        for handler in handlers:
+            stuck = [s for s in handler.source_states or () if s not in reached]
+            if stuck and len(stuck) == len(handler.source_states):
+                self.result.warnings.append(
+                    f"{handler.where}: handler {handler.name} never runs: no chain of handlers "
+                    f"leads from a new conversation to {', '.join(map(repr, stuck))}")
 
 
 def parse_duration(value: Any, where: str) -> float:

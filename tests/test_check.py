@@ -242,3 +242,35 @@ def test_a_bad_log_level_is_a_usage_error_not_a_crash(tmp_path):
     assert result.returncode == 2
     assert "'verbose' is not one of DEBUG, INFO, WARNING, ERROR" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_state_no_chain_of_handlers_reaches_is_a_warning(tmp_path):
+    directory = bot_dir(tmp_path, a="""
+        handlers:
+          - name: start
+            pattern: '^/start$'
+            response: {text: "hi"}
+            target_state: menu
+          - name: pay
+            source_states: [menu]
+            pattern: '^pay$'
+            response: {text: "paying"}
+            target_state: paying
+          - name: refund
+            source_states: [refunding]
+            response: {text: "refunded"}
+            target_state: menu
+          - name: ask_refund
+            source_states: [refunding]
+            pattern: '^again$'
+            response: {text: "again?"}
+            target_state: refunding
+    """)
+    result = run_check(directory)
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning:")]
+    # refunding is entered only from refunding itself: nothing leads there from /start
+    assert any("handler refund never runs" in w and "'refunding'" in w and "a.yaml:12" in w
+               for w in warnings), warnings
+    assert any("handler ask_refund never runs" in w for w in warnings), warnings
+    assert not any("handler pay never runs" in w for w in warnings), warnings
