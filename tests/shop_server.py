@@ -13,12 +13,15 @@ ORDERS = {"42": "shipped", "7": "packing"}
 class ShopServer:
     def __init__(self) -> None:
         self.requests: list[str] = []
+        self.bodies: list[tuple[str, dict, bytes]] = []  # (method, headers, body) of each request
         self.slow_seconds = 3.0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
                 outer.requests.append(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                outer.bodies.append((self.command, dict(self.headers), self.rfile.read(length)))
                 if self.path.startswith("/slow"):
                     time.sleep(outer.slow_seconds)
                 if self.path.startswith("/trickle"):

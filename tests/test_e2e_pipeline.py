@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import textwrap
 import time
@@ -258,3 +259,56 @@ def test_a_trickling_answer_is_cut_off_at_the_timeout(telegram, start_daemon, sh
     began = time.monotonic()
     assert text_of(Chat(telegram, 110).say("t")) == ["gave up (timeout)"]
     assert time.monotonic() - began < 4  # the answer would take 6 s
+
+
+def test_post_with_json_and_headers_a_failing_api_and_markdown(telegram, start_daemon, shop,
+                                                               tmp_path):
+    bot = write_bot(tmp_path, f"""
+        env:
+          api: "{shop.url}"
+        handlers:
+          - name: start
+            pattern: '^/start$'
+            response: {{text: "menu", keyboard: [["report"]]}}
+            target_state: menu
+          - name: report
+            source_states: [menu]
+            pattern: '^report (?P<what>.+)$'
+            request:
+              method: POST
+              url: "{{{{ env.api }}}}/orders/42"
+              headers: {{X-Reporter: "{{{{ user.first_name }}}}"}}
+              json: {{what: "{{{{ pattern.what }}}}", chat: "{{{{ chat.id }}}}"}}
+            response:
+              text: >-
+                *Order {{{{ response.data.id }}}}* is {{{{ response.data.status }}}}: {{{{ pattern.what }}}}
+              parse_mode: MarkdownV2
+              remove_keyboard: true
+            target_state: reported
+          - name: broken
+            source_states: [menu]
+            pattern: '^fail$'
+            request: {{method: POST, url: "{{{{ env.api }}}}/fail", data: {{x: "1"}}}}
+            response: {{text: "never"}}
+            on_error: {{text: "the shop answered {{{{ response.status }}}}: {{{{ response.data.error }}}}"}}
+            target_state: reported
+          - name: where
+            pattern: '^where$'
+            response: {{text: "in {{{{ state }}}}"}}
+    """)
+    start_daemon(bot)
+    ivy = Chat(telegram, 111)
+    ivy.say("/start")
+    # a 500 answers with on_error, which sees the answer, and the state stays where it was
+    assert text_of(ivy.say("fail")) == ["the shop answered 500: down"]
+    assert shop.bodies[-1][0] == "POST" and shop.bodies[-1][2] == b"x=1"
+    assert text_of(ivy.say("where")) == ["in menu"]
+    # JSON body and headers are rendered; MarkdownV2 escapes the user's text, not the template's
+    [answer] = ivy.say("report late (2 days)!")
+    method, headers, body = shop.bodies[-1]
+    assert method == "POST" and headers["X-Reporter"] == "Ann"
+    assert json.loads(body) == {"what": "late (2 days)!", "chat": "111"}
+    assert answer["text"] == "*Order 42* is shipped: late \\(2 days\\)\\!"
+    assert answer["params"]["parse_mode"] == "MarkdownV2"
+    assert answer["params"]["reply_markup"] == {"remove_keyboard": True}
+    assert text_of(ivy.say("where")) == ["in reported"]
