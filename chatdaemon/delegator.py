@@ -269,6 +269,7 @@ class Delegate(threading.Thread):
         self._answer_callback_if_needed(self._current)
         self._commit()
         self.delegator.stats["handled"] += 1
+        log.debug("chat %s: update %s (%s) done", self.chat_id, row.update_id, row.kind)
         return True
 
     def _begin(self, row: InboxRow) -> None:

@@ -288,9 +288,15 @@ def test_sigterm_exits_0_and_keeps_state(telegram, start_daemon):
 
 
 def test_token_given_as_argument_is_not_logged(telegram, start_daemon):
-    daemon = start_daemon(token=None, args=["--log-level", "DEBUG"])
-    assert daemon.wait(20) == 78  # no token at all: a clear message
-    assert "no bot token" in daemon.log()
+    from conftest import TOKEN
+    missing = start_daemon(token=None, args=["--log-level", "DEBUG"])
+    assert missing.wait(20) == 78  # no token at all: a clear message
+    assert "no bot token" in missing.log()
+    daemon = start_daemon(token=None, args=["--log-level", "DEBUG", TOKEN])
+    telegram.push_message(89, "x")
+    assert telegram.wait_for_sent(1, timeout=10), daemon.log()
+    assert daemon.stop() == 0
+    assert "DEBUG chatdaemon.delegator: chat 89: update" in daemon.log()  # and still no token
     assert TOKEN_SECRET not in daemon.log()
 
 
