@@ -708,6 +708,27 @@ def test_sd_notify_ready_status_watchdog_and_stopping(telegram, start_daemon, tm
         assert len(notify.values("READY")) == 1
 
 
+def test_logs_under_journald_have_priority_prefixes_and_no_timestamps(telegram, start_daemon,
+                                                                      tmp_path):
+    # start_daemon names the log after the number of logs already there: with this one made
+    # in advance, it is the file (the same inode) the daemon's stderr goes to
+    log_path = tmp_path / "daemon-1.log"
+    log_path.touch()
+    info = log_path.stat()
+    daemon = start_daemon(env={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
+    assert daemon.log_path == log_path
+    assert telegram.wait_for(lambda: telegram.calls_to("getUpdates"), timeout=15), daemon.log()
+    telegram.set_down(True)  # a warning too
+    assert wait_until(lambda: "getUpdates:" in daemon.log(), timeout=15), daemon.log()
+    telegram.set_down(False)
+    assert daemon.stop() == 0
+    lines = daemon.log().splitlines()
+    assert "<6>chatdaemon.app: received SIGTERM; stopping" in lines, lines
+    assert any(line.startswith("<4>chatdaemon.poller: getUpdates:") for line in lines), lines
+    assert all(re.match(r"<[0-7]>", line) for line in lines), lines
+    assert not any(re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d", line) for line in lines), lines
+
+
 # -- 9. the systemd unit ---------------------------------------------------------------------
 
 def unit_copy(tmp_path: Path) -> Path:
