@@ -214,6 +214,32 @@ def test_delegate_cap_bounds_threads_and_waiting_chats_are_served(telegram, star
         assert counts(telegram, chat) == [1, 2, 3]
 
 
+def thread_stacks(pid: int) -> list[int]:
+    """Sizes of the process's anonymous read-write mappings that sit right above a guard page:
+    thread stacks as glibc lays them out."""
+    sizes, guard_below = [], False
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            anonymous = len(fields) < 6
+            if guard_below and anonymous and fields[1].startswith("rw"):
+                sizes.append(end - start)
+            guard_below = anonymous and fields[1] == "---p" and end - start <= 64 * 1024
+    return sizes
+
+
+def test_delegate_threads_have_small_stacks(telegram, start_daemon):
+    """512 KiB stacks, not the 8 MiB default: 10,000 chats must fit a 32-bit Pi's address space."""
+    daemon = start_daemon(TEST_HANDLERS / "waiter", config={"delegates": {"max": 20}})
+    telegram.push_many([(chat, "go") for chat in range(3100, 3120)])  # 20 delegates held in wait()
+    assert telegram.wait_for(lambda: len(telegram.sent) >= 20, timeout=20), daemon.log()
+    stacks = thread_stacks(daemon.pid)
+    small = [size for size in stacks if size <= 512 * 1024]
+    assert len(small) >= 20, sorted(stacks)
+    assert not [size for size in stacks if size > 4 * 1024 * 1024], sorted(stacks)
+
+
 def test_long_text_is_split_to_fit_telegram(telegram, start_daemon):
     start_daemon(TEST_HANDLERS / "echo")
     telegram.push_message(30, "long 10000")
