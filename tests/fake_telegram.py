@@ -133,6 +133,8 @@ class FakeTelegram:
         self.offsets: list[int] = []
         self.allowed_updates_seen: list[Any] = []
         self.calls: list[dict] = []
+        # every request that reached the double, answered or hung up on: (time, method, down)
+        self.attempts: list[tuple[float, str, bool]] = []
         self.sent: list[dict] = []
         self._sent_by_chat: dict[Any, list[dict]] = {}
         self.faults_injected: Counter[str] = Counter()
@@ -398,6 +400,9 @@ class FakeTelegram:
                 self.errors.append(traceback.format_exc())
 
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
+        match = _PATH.match(urllib.parse.urlsplit(request.path).path)
+        with self.cond:
+            self.attempts.append((time.monotonic(), match.group(2) if match else "", self.down))
         if self.down or self._stopped:
             _hang_up(request)
             return
