@@ -214,6 +214,19 @@ def test_chat_guess_binary_search_is_correct_within_8_guesses(tmp_path):
 
 # -- 2. guess: the secret survives a restart of `chatdaemon run` ------------------------------
 
+def search(ask, low: int, high: int, guesses: int, until: int):
+    """Binary search by asking; stops at "correct!" or after `until` guesses in all."""
+    guess, answer = None, ""
+    while guesses < until:
+        guess = (low + high) // 2
+        answer = ask(str(guess))
+        guesses += 1
+        if answer.startswith("correct!"):
+            break
+        low, high = narrow(low, high, guess, answer)
+    return low, high, guesses, guess, answer
+
+
 def test_guess_secret_survives_a_restart(telegram, start_daemon, tmp_path):
     chat = 4242
     db = tmp_path / "bot.sqlite3"
@@ -231,14 +244,7 @@ def test_guess_secret_survives_a_restart(telegram, start_daemon, tmp_path):
     # Three answers before the restart; if a guess happens to hit the secret, start over.
     for _round in range(5):
         assert ask("/start" if _round == 0 else "/new") == "I'm thinking of a number from 0 to 100. Guess!"
-        low, high, guesses = 0, 100, 0
-        while guesses < 3:
-            guess = (low + high) // 2
-            answer = ask(str(guess))
-            guesses += 1
-            if answer.startswith("correct!"):
-                break
-            low, high = narrow(low, high, guess, answer)
+        low, high, guesses, guess, answer = search(ask, 0, 100, 0, 3)
         if guesses == 3 and not answer.startswith("correct!"):
             break
     else:
@@ -255,13 +261,7 @@ def test_guess_secret_survives_a_restart(telegram, start_daemon, tmp_path):
     daemon = start_daemon(HANDLERS / "guess", db=db)
     # The search carries on inside the interval the earlier answers left: a secret picked
     # anew would contradict them (narrow() asserts), land elsewhere, or restart the count.
-    while guesses < 8:
-        guess = (low + high) // 2
-        answer = ask(str(guess))
-        guesses += 1
-        if answer.startswith("correct!"):
-            break
-        low, high = narrow(low, high, guess, answer)
+    low, high, guesses, guess, answer = search(ask, low, high, guesses, 8)
     assert answer == f"correct! ({guesses} tries) I'm thinking of a new number.", \
         (answer, telegram.sent_to(chat))
     assert guess == secret
