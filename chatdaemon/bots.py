@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .pipeline import Pipeline, PipelineHandler
 from .templates import Templates
 
-DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "fallback", "schedules", "hooks"}
+DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks"}
 
 
 @dataclass
@@ -76,6 +76,10 @@ def describe_definitions(definitions: Definitions) -> list[str]:
     for state, entries in by_state.items():
         lines.append(f"    in {state}:")
         lines += [f"      {entry}" for entry in entries]
+    tree = definitions.tree
+    if tree is not None:
+        lines.append(f"  tree: {tree.count()} node(s), started by {tree.pattern.pattern} "
+                     f"(after the handlers), {len(tree.root.answers)} first answer(s)")
     fallback = "yes" if definitions.fallback else "none (unmatched messages get no answer)"
     lines.append(f"  fallback: {fallback}")
     if definitions.env:
@@ -118,6 +122,9 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
         if "handlers" in data:
             compiler.add_handlers(data["handlers"])
             yaml_where = yaml_where or where["handlers"]
+        if "tree" in data:
+            compiler.add_tree(data["tree"], where["tree"])
+            yaml_where = yaml_where or where["tree"]
         if "schedules" in data:
             compiler.add_schedules(data["schedules"])
         if "hooks" in data:
@@ -135,10 +142,10 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
               definitions=definitions)
     if python_ref is not None:
         bot.handler_class = import_handler(directory, *python_ref)
-    elif definitions.handlers:
+    elif definitions.handlers or definitions.tree:
         bot.pipeline = Pipeline(definitions, error_text)
     else:
-        raise ConfigError(f"no handler defined in {directory}: add `handlers:` or "
+        raise ConfigError(f"no handler defined in {directory}: add `handlers:`, `tree:` or "
                           "`python: module:Class`", files[0])
     return bot
 

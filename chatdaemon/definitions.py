@@ -14,6 +14,7 @@ from typing import Any
 from . import yamlfile
 from .errors import ConfigError
 from .templates import Template, Templates
+from .tree import Tree, compile_tree
 from .yamlfile import check_keys
 
 HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", "request",
@@ -113,6 +114,7 @@ class Definitions:
     fallback: Response | None = None
     schedules: dict[str, Schedule] = field(default_factory=dict)
     hooks: dict[str, Hook] = field(default_factory=dict)
+    tree: Tree | None = None
     missing_env: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -403,6 +405,12 @@ class Compiler:
         for index, item in enumerate(items):
             yield item, items.item_where[index] if isinstance(items, yamlfile.Sequence) else "?"
 
+    def add_tree(self, data: Any, where: str) -> None:
+        if self.result.tree is not None:
+            raise ConfigError(f"tree is already set in {self.result.tree.where}", where)
+        self.result.tree = compile_tree(data, yamlfile.where_of(data, where), self.templates,
+                                        self._state_name)
+
     # -- the whole bot ---------------------------------------------------------------------
 
     def finish(self) -> Definitions:
@@ -434,7 +442,8 @@ class Compiler:
 
     def _check_states(self) -> None:
         handlers = self.result.handlers
-        targets = {h.target_state for h in handlers if h.target_state}
+        tree_states = self.result.tree.states() if self.result.tree else set()
+        targets = {h.target_state for h in handlers if h.target_state} | tree_states
         for handler in handlers:
             for state in handler.source_states or ():
                 if state not in targets:
@@ -457,7 +466,8 @@ class Compiler:
         still be in such a state.
         """
         handlers = self.result.handlers
-        reached: set[str | None] = {None}
+        # the tree starts from any state, so the states its leaves set are always reachable
+        reached: set[str | None] = {None} | (self.result.tree.states() if self.result.tree else set())
         grew = True
         while grew:
             grew = False

@@ -18,7 +18,8 @@ import requests
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
 from .httpcall import RequestFailed, Trusted, perform
-from .templates import EMOJI, TemplateError
+from .templates import EMOJI, Template, TemplateError
+from .tree import RETRY_PREFIX, STATE_PREFIX, YES, Node, Tree, in_tree, pick
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,16 @@ class PipelineHandler(ChatHandler):
     # -- one update through the pipeline ---------------------------------------------------
 
     def _answer(self, text: str, message: dict, source: dict, callback: dict | None) -> None:
+        tree = self.pipeline.definitions.tree
+        if tree is not None and in_tree(self.state) and not text.startswith("/"):
+            # inside the tree its answers come first; a /command still reaches the handlers
+            self._walk_tree(tree, text, self._context(message, source, None, callback))
+            return
         handler, found = self.pipeline.match(text, self.state)
         context = self._context(message, source, found, callback)
+        if handler is None and tree is not None and tree.pattern.search(text):
+            self._say_node(tree, tree.root, "", context)
+            return
         if handler is None:
             self._reply_fallback(context)
             return
@@ -116,6 +125,58 @@ class PipelineHandler(ChatHandler):
             return
         self.state = handler.target_state
         self._conversation.state_context[handler.target_state] = _kept_context(context)
+
+    # -- the decision tree ------------------------------------------------------------------
+
+    def _walk_tree(self, tree: Tree, text: str, context: dict) -> None:
+        state = self.state or ""
+        if state.startswith(RETRY_PREFIX):
+            if text.strip().casefold() in YES:
+                self._say_node(tree, tree.root, "", context)
+            else:
+                self._tree_reply(tree.goodbye, context, {"remove_keyboard": True},
+                                 tree.parse_mode, tree.target_state)
+            return
+        path = state[len(STATE_PREFIX):]
+        node = tree.node_at(path)
+        if node is None:  # the tree was changed by a reload: start it over
+            self._say_node(tree, tree.root, "", context)
+            return
+        index = pick(node, text)
+        if index is None:
+            self._tree_reply(tree.not_understood, context,
+                             {"keyboard": [[{"text": "Yes"}], [{"text": "No"}]],
+                              "resize_keyboard": True, "one_time_keyboard": True},
+                             tree.parse_mode, RETRY_PREFIX + path)
+            return
+        self._say_node(tree, node.answers[index], f"{path}.{index}" if path else str(index), context)
+
+    def _say_node(self, tree: Tree, node: Node, path: str, context: dict) -> None:
+        """Say what a node says; show its answers and wait there, or leave the tree at a leaf."""
+        if node.answers:
+            markup = {"keyboard": [[{"text": child.label}] for child in node.answers],
+                      "resize_keyboard": True, "one_time_keyboard": True}
+            self._tree_reply(node.say, context, markup, tree.parse_mode, STATE_PREFIX + path)
+        else:
+            self._tree_reply(node.say, context, {"remove_keyboard": True}, tree.parse_mode,
+                             node.target_state or tree.target_state)
+
+    def _tree_reply(self, template: Template, context: dict, markup: dict, parse_mode: str | None,
+                    state: str | None) -> None:
+        """Render, send, then move: a template error leaves the conversation where it was."""
+        try:
+            text = template.render(context)
+            if not text.strip():
+                raise TemplateError(template.where, "the rendered text is empty")
+        except TemplateError as exc:
+            log.error("tree (%s) failed: %s", template.where, exc)
+            self._send_error_text()
+            return
+        reply: dict[str, Any] = {"text": text, "reply_markup": markup}
+        if parse_mode:
+            reply["parse_mode"] = parse_mode
+        self.sender.sendMessage(**reply)
+        self.state = state
 
     def on_schedule(self, tick: dict) -> None:
         schedule = self.pipeline.definitions.schedules.get(tick.get("name"))

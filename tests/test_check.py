@@ -12,7 +12,7 @@ from conftest import HANDLERS, ROOT
 from chatdaemon.bots import load_bot
 from chatdaemon.errors import ConfigError
 
-EXAMPLES = ["counter", "guess", "diceyclock", "signup", "orders"]
+EXAMPLES = ["counter", "guess", "diceyclock", "signup", "orders", "helpdesk"]
 
 
 def bot_dir(tmp_path, **files):
@@ -274,3 +274,62 @@ def test_a_state_no_chain_of_handlers_reaches_is_a_warning(tmp_path):
                for w in warnings), warnings
     assert any("handler ask_refund never runs" in w for w in warnings), warnings
     assert not any("handler pay never runs" in w for w in warnings), warnings
+
+
+def test_tree_mistakes_name_their_line(tmp_path):
+    message = load_error(tmp_path, """
+        tree:
+          say: "Hi"
+          answers:
+            - answer: Hours
+              say: "9-17"
+            - answer: hours
+              say: "again"
+    """)
+    assert "'hours' is listed twice" in message and "a.yaml:7" in message
+    message = load_error(tmp_path, """
+        tree:
+          say: "Hi"
+          answers:
+            - answer: Hours
+              answers: []
+    """)
+    assert "needs `say:`" in message and "a.yaml:5" in message
+    message = load_error(tmp_path, """
+        tree:
+          say: "Hi"
+          answers:
+            - {answer: yes, say: "ok"}
+    """)
+    assert "quote yes/no" in message
+    message = load_error(tmp_path, """
+        tree:
+          say: "Hi {{ usr.first_name }}"
+          answers: [{answer: A, say: a}]
+    """)
+    assert "unknown name(s): usr" in message and "a.yaml:3" in message
+    message = load_error(tmp_path, """
+        tree:
+          say: "Hi"
+          asnwers: [{answer: A, say: a}]
+    """)
+    assert "unknown key 'asnwers'" in message and "a.yaml:4" in message
+
+
+def test_a_tree_alone_is_a_bot_and_check_describes_it(tmp_path):
+    directory = bot_dir(tmp_path, a="""
+        tree:
+          pattern: '^/menu$'
+          say: "Pick"
+          answers:
+            - {answer: A, say: "a", target_state: picked}
+            - {answer: B, say: "b", answers: [{answer: C, say: "c"}]}
+        handlers:
+          - name: after
+            source_states: [picked]
+            response: {text: "done"}
+    """)
+    result = run_check(directory)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tree: 4 node(s), started by ^/menu$" in result.stdout
+    assert "warning" not in result.stdout  # 'picked' is entered by the tree

@@ -312,3 +312,38 @@ def test_post_with_json_and_headers_a_failing_api_and_markdown(telegram, start_d
     assert answer["params"]["parse_mode"] == "MarkdownV2"
     assert answer["params"]["reply_markup"] == {"remove_keyboard": True}
     assert text_of(ivy.say("where")) == ["in reported"]
+
+
+def test_helpdesk_tree_transcript_survives_a_restart(telegram, start_daemon, tmp_path):
+    first = start_daemon(HANDLERS / "helpdesk")
+    jo = Chat(telegram, 112)
+    [menu] = jo.say("/help")
+    assert menu["text"] == "Hi Ann! 👋 What can I help you with?"
+    assert keyboard_of(menu) == [["Opening hours"], ["Wi-Fi"], ["Something else"]]
+    assert text_of(jo.say("HOURS")) == [
+        "We're open Monday to Friday 8:00–18:00 and Saturday 9:00–14:00."]
+    assert text_of(jo.say("hours")) == ["Send /help to see what I can do."]  # out of the tree
+    jo.say("/start")
+    [networks] = jo.say("2")
+    assert keyboard_of(networks) == [["Guest network"], ["Staff network"]]
+    # the place in the tree is conversation state: it survives a restart
+    assert first.stop() == 0
+    start_daemon(HANDLERS / "helpdesk")
+    [unclear] = jo.say("network")  # fits both answers: not understood
+    assert unclear["text"] == "Sorry, I didn't understand that. Start again?"
+    assert keyboard_of(unclear) == [["Yes"], ["No"]]
+    assert keyboard_of(jo.say("yes")[0]) == [["Opening hours"], ["Wi-Fi"], ["Something else"]]
+    jo.say("wi-fi")
+    assert text_of(jo.say("guest")) == ['Network "cafe-guest", password on the receipt.']
+    jo.say("/help")
+    jo.say("nonsense")
+    [bye] = jo.say("no")
+    assert bye["text"] == "OK. Send /start whenever you want to start again."
+    assert bye["params"]["reply_markup"] == {"remove_keyboard": True}
+    # a leaf can hand the conversation to the handlers; a command still reaches the tree
+    jo.say("/help")
+    assert text_of(jo.say("something")) == [
+        "Leave your question here and someone will get back to you."]
+    assert text_of(jo.say("my cup was cold")) == [
+        "Thanks, Ann, noted: “my cup was cold”. Anything to add? (/help for the menu)"]
+    assert text_of(jo.say("/help")) == ["Hi Ann! 👋 What can I help you with?"]

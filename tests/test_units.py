@@ -357,3 +357,20 @@ def test_a_store_failure_does_not_strand_the_chat(tmp_path):
     finally:
         delegator.stop(5)
         store.close()
+
+
+def test_a_tree_answer_picks_by_label_number_or_one_fitting_piece():
+    from chatdaemon.templates import Templates
+    from chatdaemon.tree import compile_tree, pick
+    tree = compile_tree({"say": "?", "answers": [
+        {"answer": "Tea", "say": "a"}, {"answer": "Tea with milk", "say": "b"},
+        {"answer": "Coffee", "say": "c"}, {"answer": "7 Up", "say": "d"}]},
+        "t.yaml:1", Templates(), lambda data, key: data.get(key))
+    node = tree.root
+    assert pick(node, "tea") == 0            # the exact label, though "Tea with milk" has it too
+    assert pick(node, "  MILK ") == 1        # a piece that fits exactly one label
+    assert pick(node, "3") == 2              # by number
+    assert pick(node, "7 up") == 3
+    assert pick(node, "e") is None           # fits several
+    assert pick(node, "5") is None and pick(node, "0") is None and pick(node, "") is None
+    assert pick(node, "juice") is None

@@ -1,0 +1,161 @@
+"""The `tree` key: a say/answers decision tree, compiled at load and walked one answer at a time.
+
+A conversation inside the tree keeps its place in its state ("tree:" and the path of
+answers taken, like "tree:1.0"), so it survives a restart like any other state. An answer
+picks an option by its number (1, 2, …) or by a case-insensitive piece of its label that
+fits exactly one option; anything else gets the "didn't understand, start again?" prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import yamlfile
+from .errors import ConfigError
+from .templates import Template, Templates
+from .yamlfile import check_keys
+
+TREE_KEYS = {"pattern", "say", "answers", "parse_mode", "not_understood", "goodbye", "target_state"}
+NODE_KEYS = {"answer", "say", "answers", "target_state"}
+STATE_PREFIX = "tree:"        # at a node, waiting for one of its answers
+RETRY_PREFIX = "tree-retry:"  # an answer was not understood; waiting for yes/no
+YES = ("yes", "y", "1", "ok", "sure")
+DEFAULT_NOT_UNDERSTOOD = "Sorry, I didn't understand that. Start again?"
+DEFAULT_GOODBYE = "OK. Send {pattern} whenever you want to start again."
+
+
+def in_tree(state: str | None) -> bool:
+    return bool(state) and state.startswith((STATE_PREFIX, RETRY_PREFIX))
+
+
+@dataclass
+class Node:
+    label: str                   # what the user picks (the root has none)
+    say: Template
+    where: str
+    answers: list[Node] = field(default_factory=list)
+    target_state: str | None = None
+
+
+@dataclass
+class Tree:
+    pattern: re.Pattern
+    root: Node
+    where: str
+    not_understood: Template
+    goodbye: Template
+    parse_mode: str | None = None
+    target_state: str | None = None
+
+    def node_at(self, path: str) -> Node | None:
+        """The node a state's path names, or None if the tree changed under it (a reload)."""
+        node = self.root
+        for part in filter(None, path.split(".")):
+            if not part.isdigit() or int(part) >= len(node.answers):
+                return None
+            node = node.answers[int(part)]
+        return node
+
+    def states(self) -> set[str]:
+        """Every state a leaf of the tree leaves the conversation in."""
+        found: set[str] = set()
+
+        def walk(node: Node) -> None:
+            if not node.answers:
+                state = node.target_state or self.target_state
+                if state:
+                    found.add(state)
+            for child in node.answers:
+                walk(child)
+        walk(self.root)
+        return found
+
+    def count(self) -> int:
+        def size(node: Node) -> int:
+            return 1 + sum(size(child) for child in node.answers)
+        return size(self.root)
+
+
+def pick(node: Node, text: str) -> int | None:
+    """The index of the option an answer picks: its exact label, its number, or a piece of
+    exactly one label (case-insensitive); None when the answer picks nothing or several."""
+    answer = text.strip().casefold()
+    if not answer:
+        return None
+    labels = [child.label.casefold() for child in node.answers]
+    if answer in labels:
+        return labels.index(answer)
+    if answer.isdigit():
+        index = int(answer) - 1
+        return index if 0 <= index < len(labels) else None
+    fits = [index for index, label in enumerate(labels) if answer in label]
+    return fits[0] if len(fits) == 1 else None
+
+
+def compile_tree(data: Any, where: str, templates: Templates,
+                 state_name: Any) -> Tree:
+    """The `tree` key of a bot definition; ConfigError with file:line on any mistake."""
+    check_keys(data, TREE_KEYS, "the tree")
+    mode = templates.mode_of(data.get("parse_mode"), _at(data, "parse_mode", where))
+    source = data.get("pattern", r"^/start$")
+    if not isinstance(source, str):
+        raise ConfigError("tree: pattern must be a string", _at(data, "pattern", where))
+    try:
+        pattern = re.compile(source)
+    except re.error as exc:
+        raise ConfigError(f"tree: pattern does not compile: {exc}", _at(data, "pattern", where)) \
+            from None
+    root = _node(data, where, templates, mode, state_name, root=True)
+    if not root.answers:
+        raise ConfigError("the tree needs answers: a list of {answer, say} options", where)
+    command = re.search(r"/\(?(\w+)", source)  # '^/start$' or '^/(start|help)$' → /start
+    shown = "/" + command.group(1) if command else "the start command"
+    not_understood = data.get("not_understood", DEFAULT_NOT_UNDERSTOOD)
+    goodbye = data.get("goodbye", DEFAULT_GOODBYE.format(pattern=shown))
+    return Tree(
+        pattern=pattern, root=root, where=where,
+        not_understood=templates.compile(not_understood, _at(data, "not_understood", where), mode),
+        goodbye=templates.compile(goodbye, _at(data, "goodbye", where), mode),
+        parse_mode=None if mode == "none" else mode,
+        target_state=state_name(data, "target_state"),
+    )
+
+
+def _node(data: Any, where: str, templates: Templates, mode: str, state_name: Any,
+          root: bool = False) -> Node:
+    if not root:
+        check_keys(data, NODE_KEYS, "a tree answer")
+    label = ""
+    if not root:
+        label = data.get("answer")
+        if isinstance(label, bool) or label is None or not str(label).strip():
+            raise ConfigError("every tree answer needs `answer:`, the label the user picks "
+                              "(quote yes/no/true/false)", where)
+        label = str(label).strip()
+    if "say" not in data:
+        raise ConfigError("a tree node needs `say:`, what the bot answers there", where)
+    answers = data.get("answers") or []
+    if not isinstance(answers, list):
+        raise ConfigError("answers must be a list of {answer, say} options", _at(data, "answers", where))
+    children = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(answers):
+        item_where = answers.item_where[index] if isinstance(answers, yamlfile.Sequence) else where
+        child = _node(item, item_where, templates, mode, state_name)
+        key = child.label.casefold()
+        if key in seen:
+            raise ConfigError(f"tree answer {child.label!r} is listed twice here (also at {seen[key]})",
+                              item_where)
+        seen[key] = item_where
+        children.append(child)
+    return Node(label=label, say=templates.compile(data["say"], _at(data, "say", where), mode),
+                where=where, answers=children,
+                target_state=None if root else state_name(data, "target_state"))
+
+
+def _at(mapping: Any, key: str, default: str) -> str:
+    if isinstance(mapping, yamlfile.Mapping):
+        return mapping.key_where.get(key, default)
+    return default
