@@ -383,6 +383,33 @@ def test_a_rejected_hook_post_keeps_a_kept_alive_connection_usable(telegram, sta
     assert telegram.wait_for(lambda: telegram.sent_to(111) == ["Alert: after a 401"], timeout=10)
 
 
+def test_hook_server_caps_its_connections_and_recovers(telegram, start_daemon, tmp_path):
+    daemon, port = start_hook_daemon(start_daemon, tmp_path)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(32)]
+    try:
+        time.sleep(0.5)  # every one of them holds a slot, sending nothing
+        extra = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            extra.request("GET", "/healthz")
+            assert extra.getresponse().status == 503
+        finally:
+            extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+
+    def healthz_answers() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+    assert wait_until(healthz_answers, timeout=10), daemon.log()
+
+
 def test_a_chunked_hook_post_is_read_or_refused(telegram, start_daemon, tmp_path):
     daemon, port = start_hook_daemon(start_daemon, tmp_path)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
