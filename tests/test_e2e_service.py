@@ -118,12 +118,13 @@ def healthz_status(port: int) -> int | None:
         return None
 
 
-def start_hook_daemon(start_daemon, tmp_path: Path, rate_limits: str = "off"):
+def start_hook_daemon(start_daemon, tmp_path: Path, rate_limits: str = "off", config: dict | None = None):
     """The hooks bot with its HTTP server on a free loopback port, once /healthz says ok."""
     bot = tmp_path / "hookbot"
     write_bot(bot, HOOK_BOT)
     port = free_port()
-    daemon = start_daemon(bot, config={"hooks": {"port": port}}, rate_limits=rate_limits)
+    daemon = start_daemon(bot, config={"hooks": {"port": port}, **(config or {})},
+                          rate_limits=rate_limits)
     assert wait_until(lambda: healthz_status(port) == 200, timeout=15, interval=0.05), daemon.log()
     return daemon, port
 
@@ -429,7 +430,11 @@ def test_a_chunked_hook_post_is_read_or_refused(telegram, start_daemon, tmp_path
 
 
 def test_hook_burst_of_1000_is_accepted_and_delivered_in_order(telegram, start_daemon, tmp_path):
-    daemon, port = start_hook_daemon(start_daemon, tmp_path)
+    # the flood limits on, raised so that the test takes seconds, not Telegram's 1000 s
+    per_second, burst = 200, 5
+    daemon, port = start_hook_daemon(start_daemon, tmp_path, rate_limits="on", config={
+        "rate_limits": {"per_second": 400, "per_chat_per_second": per_second,
+                        "per_chat_burst": burst}})
     senders, per_sender = 4, 250
     statuses: dict[int, int] = {}
     errors: list[BaseException] = []
@@ -474,6 +479,12 @@ def test_hook_burst_of_1000_is_accepted_and_delivered_in_order(telegram, start_d
             " WHERE kind = 'hook' AND chat_id = 444 ORDER BY update_id")]
     assert accepted == delivered
     assert wait_until(lambda: undone(db) == 0, timeout=10)
+    # and no second saw more than the chat's limit (plus its burst)
+    times = sorted(call["time"] for call in telegram.sent if call["chat_id"] == 444)
+    busiest = max(sum(1 for t in times[i:i + 400] if t - start < 1.0)
+                  for i, start in enumerate(times))
+    assert busiest <= per_second + burst, busiest
+    assert times[-1] - times[0] >= (1000 - burst) / per_second * 0.9
 
 
 def test_hook_notifications_obey_the_per_chat_rate_limit(telegram, start_daemon, tmp_path):
