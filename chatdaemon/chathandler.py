@@ -106,8 +106,10 @@ class ChatSender:
         try:
             return self._sender.call("answerCallbackQuery", params)
         except TelegramError as exc:
-            if exc.status != 400:
-                raise
+            description = exc.description.lower()
+            if exc.status != 400 or "query" not in description or not (
+                    "too old" in description or "invalid" in description):
+                raise  # a real mistake (text too long, a bad url) is the handler's to see
             log.info("chat %s: button press no longer answerable: %s", self._chat_id, exc.description)
             return False
 

@@ -19,7 +19,7 @@ from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
 from .httpcall import RequestFailed, Trusted, perform
 from .templates import EMOJI, Template, TemplateError
-from .tree import RETRY_PREFIX, STATE_PREFIX, YES, Node, Tree, in_tree, pick
+from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,9 @@ class PipelineHandler(ChatHandler):
 
     def _answer(self, text: str, message: dict, source: dict, callback: dict | None) -> None:
         tree = self.pipeline.definitions.tree
-        if tree is not None and in_tree(self.state) and not text.startswith("/"):
-            # inside the tree its answers come first; a /command still reaches the handlers
+        if tree is not None and in_tree(self.state) and callback is None and not text.startswith("/"):
+            # inside the tree its answers come first; a /command or an inline button press
+            # (the tree uses reply keyboards only) still reaches the handlers
             self._walk_tree(tree, text, self._context(message, source, None, callback))
             return
         handler, found = self.pipeline.match(text, self.state)
@@ -137,17 +138,18 @@ class PipelineHandler(ChatHandler):
                 self._tree_reply(tree.goodbye, context, {"remove_keyboard": True},
                                  tree.parse_mode, tree.target_state)
             return
-        path = state[len(STATE_PREFIX):]
-        node = tree.node_at(path)
+        place = state.split(":", 1)[1]
+        node = tree.node_at(place)
         if node is None:  # the tree was changed by a reload: start it over
             self._say_node(tree, tree.root, "", context)
             return
+        path = place.partition(":")[2]
         index = pick(node, text)
         if index is None:
             self._tree_reply(tree.not_understood, context,
                              {"keyboard": [[{"text": "Yes"}], [{"text": "No"}]],
                               "resize_keyboard": True, "one_time_keyboard": True},
-                             tree.parse_mode, RETRY_PREFIX + path)
+                             tree.parse_mode, RETRY_PREFIX + place)
             return
         self._say_node(tree, node.answers[index], f"{path}.{index}" if path else str(index), context)
 
@@ -156,7 +158,7 @@ class PipelineHandler(ChatHandler):
         if node.answers:
             markup = {"keyboard": [[{"text": child.label}] for child in node.answers],
                       "resize_keyboard": True, "one_time_keyboard": True}
-            self._tree_reply(node.say, context, markup, tree.parse_mode, STATE_PREFIX + path)
+            self._tree_reply(node.say, context, markup, tree.parse_mode, tree.state_of(path))
         else:
             self._tree_reply(node.say, context, {"remove_keyboard": True}, tree.parse_mode,
                              node.target_state or tree.target_state)

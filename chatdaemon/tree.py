@@ -1,13 +1,16 @@
 """The `tree` key: a say/answers decision tree, compiled at load and walked one answer at a time.
 
-A conversation inside the tree keeps its place in its state ("tree:" and the path of
-answers taken, like "tree:1.0"), so it survives a restart like any other state. An answer
+A conversation inside the tree keeps its place in its state ("tree:", the tree's
+fingerprint and the path of answers taken, like "tree:3f2a9c01:1.0"), so it survives a
+restart like any other state; after a reload that changed the answers it starts over. An answer
 picks an option by its number (1, 2, …) or by a case-insensitive piece of its label that
 fits exactly one option; anything else gets the "didn't understand, start again?" prompt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,9 +51,17 @@ class Tree:
     goodbye: Template
     parse_mode: str | None = None
     target_state: str | None = None
+    fingerprint: str = ""          # changes when the tree's answers change (a reload)
 
-    def node_at(self, path: str) -> Node | None:
-        """The node a state's path names, or None if the tree changed under it (a reload)."""
+    def state_of(self, path: str) -> str:
+        """The state for a place in this tree: its fingerprint and the path of answers taken."""
+        return f"{STATE_PREFIX}{self.fingerprint}:{path}"
+
+    def node_at(self, place: str) -> Node | None:
+        """The node a state's place names, or None if the tree changed under it (a reload)."""
+        fingerprint, _, path = place.partition(":")
+        if fingerprint != self.fingerprint:
+            return None
         node = self.root
         for part in filter(None, path.split(".")):
             if not part.isdigit() or int(part) >= len(node.answers):
@@ -60,7 +71,7 @@ class Tree:
 
     def states(self) -> set[str]:
         """Every state a leaf of the tree leaves the conversation in."""
-        found: set[str] = set()
+        found: set[str] = {self.target_state} if self.target_state else set()  # "no" leaves there
 
         def walk(node: Node) -> None:
             if not node.answers:
@@ -87,7 +98,7 @@ def pick(node: Node, text: str) -> int | None:
     labels = [child.label.casefold() for child in node.answers]
     if answer in labels:
         return labels.index(answer)
-    if answer.isdigit():
+    if answer.isdecimal():
         index = int(answer) - 1
         return index if 0 <= index < len(labels) else None
     fits = [index for index, label in enumerate(labels) if answer in label]
@@ -115,7 +126,7 @@ def compile_tree(data: Any, where: str, templates: Templates,
     not_understood = data.get("not_understood", DEFAULT_NOT_UNDERSTOOD)
     goodbye = data.get("goodbye", DEFAULT_GOODBYE.format(pattern=shown))
     return Tree(
-        pattern=pattern, root=root, where=where,
+        pattern=pattern, root=root, where=where, fingerprint=_fingerprint(root),
         not_understood=templates.compile(not_understood, _at(data, "not_understood", where), mode),
         goodbye=templates.compile(goodbye, _at(data, "goodbye", where), mode),
         parse_mode=None if mode == "none" else mode,
@@ -153,6 +164,12 @@ def _node(data: Any, where: str, templates: Templates, mode: str, state_name: An
     return Node(label=label, say=templates.compile(data["say"], _at(data, "say", where), mode),
                 where=where, answers=children,
                 target_state=None if root else state_name(data, "target_state"))
+
+
+def _fingerprint(root: Node) -> str:
+    def shape(node: Node) -> list:
+        return [node.label, [shape(child) for child in node.answers]]
+    return hashlib.sha1(json.dumps(shape(root)).encode()).hexdigest()[:8]
 
 
 def _at(mapping: Any, key: str, default: str) -> str:

@@ -347,3 +347,29 @@ def test_helpdesk_tree_transcript_survives_a_restart(telegram, start_daemon, tmp
     assert text_of(jo.say("my cup was cold")) == [
         "Thanks, Ann, noted: “my cup was cold”. Anything to add? (/help for the menu)"]
     assert text_of(jo.say("/help")) == ["Hi Ann! 👋 What can I help you with?"]
+
+
+def test_inside_a_tree_button_presses_and_odd_digits_reach_the_right_place(telegram, start_daemon,
+                                                                          tmp_path):
+    bot = write_bot(tmp_path, """
+        tree:
+          say: "Pick one"
+          answers:
+            - {answer: Apples, say: "apples!"}
+            - {answer: Pears, say: "pears!"}
+        handlers:
+          - name: post
+            pattern: '^/post$'
+            response: {text: "A post", buttons: [[{text: "Like", data: "like"}]]}
+          - name: like
+            pattern: '^like$'
+            response: {text: "liked"}
+    """)
+    start_daemon(bot)
+    kim = Chat(telegram, 113)
+    kim.say("/post")
+    assert text_of(kim.say("/start")) == ["Pick one"]
+    assert text_of(kim.press("like")) == ["liked"]  # an inline press is not a tree answer
+    assert text_of(kim.say("²")) == ["Sorry, I didn't understand that. Start again?"]
+    assert text_of(kim.say("yes")) == ["Pick one"]
+    assert text_of(kim.say("2")) == ["pears!"]

@@ -374,3 +374,55 @@ def test_a_tree_answer_picks_by_label_number_or_one_fitting_piece():
     assert pick(node, "e") is None           # fits several
     assert pick(node, "5") is None and pick(node, "0") is None and pick(node, "") is None
     assert pick(node, "juice") is None
+
+
+def test_a_reload_that_changes_the_tree_starts_it_over():
+    from chatdaemon.templates import Templates
+    from chatdaemon.tree import compile_tree
+
+    def tree(*labels, target=None):
+        return compile_tree({"say": "?", "target_state": target,
+                             "answers": [{"answer": label, "say": label} for label in labels]},
+                            "t.yaml:1", Templates(), lambda data, key: data.get(key))
+    before, same, reordered = tree("A", "B"), tree("A", "B"), tree("B", "A")
+    place = before.state_of("1").split(":", 1)[1]
+    assert same.node_at(place).label == "B"      # a reload that changed nothing keeps the place
+    assert reordered.node_at(place) is None      # the place would now mean another answer
+    assert tree("A", target="menu").states() == {"menu"}  # "no" to "start again?" goes there
+
+
+def test_only_a_stale_button_press_is_forgiven():
+    from chatdaemon.chathandler import ChatSender
+    from chatdaemon.errors import TelegramError
+
+    class Sender:
+        def __init__(self, description):
+            self.description = description
+
+        def call(self, method, params):
+            raise TelegramError(method, 400, self.description)
+
+    stale = ChatSender(Sender("Bad Request: query is too old and response timeout expired or "
+                              "query ID is invalid"), 5)
+    assert stale.answerCallbackQuery(callback_query_id="q") is False
+    mistake = ChatSender(Sender("Bad Request: MESSAGE_TOO_LONG"), 5)
+    with pytest.raises(TelegramError, match="MESSAGE_TOO_LONG"):
+        mistake.answerCallbackQuery(callback_query_id="q", text="x" * 300)
+
+
+def test_start_up_asks_systemd_for_longer_than_its_next_wait(tmp_path):
+    import socket
+    from types import SimpleNamespace
+
+    from chatdaemon.daemon import Notifier
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "n.sock"))
+    listener.settimeout(2)
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "n.sock")})
+        notifier.starting(SimpleNamespace(start_wait=300.0, start_error="getMe: retrying"))
+        fields = dict(line.split("=", 1) for line in listener.recv(200).decode().splitlines())
+    finally:
+        listener.close()
+    assert int(fields["EXTEND_TIMEOUT_USEC"]) >= 360_000_000  # a 429 retry_after of 300 s
+    assert fields["STATUS"] == "starting; getMe: retrying"
