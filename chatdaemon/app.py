@@ -67,6 +67,7 @@ class App:
         self.hook_server = None
         self.me: dict = {}
         self.start_error: str | None = None
+        self.start_wait = 0.0              # how long start-up waits before its next try
         self._reload_requested = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -154,6 +155,7 @@ class App:
                 log.warning("%s: %s; retrying in %.0f s", method, exc.reason, backoff)
                 wait = backoff
             self.start_error = f"{method}: retrying"
+            self.start_wait = wait
             self.events.starting(self)
             if self.stop_event.wait(wait):
                 raise ShuttingDown()

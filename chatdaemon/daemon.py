@@ -81,7 +81,8 @@ class Notifier:
         now = time.monotonic()
         if now - self._last_extend >= EXTEND_EVERY:
             self._last_extend = now
-            self.send(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY * 1e6)}",
+            extend = max(EXTEND_BY, app.start_wait + 60.0)  # a long 429 retry_after too
+            self.send(f"EXTEND_TIMEOUT_USEC={int(extend * 1e6)}",
                       f"STATUS=starting; {app.start_error or 'waiting for the first poll'}")
 
     def _send_status(self, app: App) -> None:
