@@ -43,6 +43,8 @@ class Poller:
         # 409 right after a restart is usually our previous run's long poll still open.
         self.conflict_grace = 2 * poll_timeout + 10 if conflict_grace is None else conflict_grace
         self.handles = handles
+        # the long poll's HTTP read timeout: the poll itself plus a margin for the answer
+        self.call_timeout = poll_timeout + 15
         self.offset: int | None = None
         self.last_poll = 0.0          # time.monotonic() of the last answered getUpdates
         self.busy_until = 0.0         # when the loop's current step (call, wait, commit) must end
@@ -56,7 +58,7 @@ class Poller:
         conflict_since: float | None = None
         while not self.stop.is_set():
             try:
-                self._step(self.poll_timeout + 15)
+                self._step(self.call_timeout)
                 updates = self._get_updates()
             except RetryAfter as exc:
                 self._note(f"429, waiting {exc.retry_after:.0f} s")
@@ -98,7 +100,7 @@ class Poller:
             params["offset"] = self.offset
         if self.polls == 0 and self.allowed_updates:
             params["allowed_updates"] = self.allowed_updates
-        updates = self.api.call("getUpdates", params, timeout=self.poll_timeout + 15)
+        updates = self.api.call("getUpdates", params, timeout=self.call_timeout)
         self.polls += 1
         self.last_poll = time.monotonic()
         return updates if isinstance(updates, list) else []
