@@ -167,16 +167,12 @@ class PipelineHandler(ChatHandler):
                     state: str | None) -> None:
         """Render, send, then move: a template error leaves the conversation where it was."""
         try:
-            text = template.render(context)
-            if not text.strip():
-                raise TemplateError(template.where, "the rendered text is empty")
+            reply = render_reply(Response(template, parse_mode, where=template.where), context)
         except TemplateError as exc:
             log.error("tree (%s) failed: %s", template.where, exc)
             self._send_error_text()
             return
-        reply: dict[str, Any] = {"text": text, "reply_markup": markup}
-        if parse_mode:
-            reply["parse_mode"] = parse_mode
+        reply["reply_markup"] = markup
         self.sender.sendMessage(**reply)
         self.state = state
 
