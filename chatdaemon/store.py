@@ -71,6 +71,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX schedules_due ON schedules(next_at);
     """,
+    # 4: who the database belongs to; attempts and quarantine for updates that keep failing;
+    #    updates too malformed to be inbox rows, kept for the owner to see
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN quarantined TEXT;
+    CREATE TABLE rejected (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        received REAL NOT NULL,
+        reason   TEXT NOT NULL,
+        payload  TEXT NOT NULL
+    );
+    """,
 ]
 
 
