@@ -70,8 +70,7 @@ class FileLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid():<19}\n".encode(), 0)  # fixed width: no truncate needed
         self._fd = fd
 
     def release(self) -> None:
