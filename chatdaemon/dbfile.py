@@ -47,7 +47,8 @@ class FileLock:
 
     def __init__(self, database: str):
         self.database = database
-        self.path = f"{database}.lock"
+        # beside the real file: two paths (symlinks) to one database must meet at one lock
+        self.path = f"{os.path.realpath(database)}.lock"
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -9,6 +9,10 @@ Two durability levels share that connection:
   acknowledgement of those updates to Telegram;
 - conversation state + "done" commit with synchronous=NORMAL (WAL): after a power cut they
   roll back together, the update replays, and the state still changes exactly once.
+
+Opening holds the database for this process and this bot (see dbfile.py): a locked
+database, another bot's, a newer or foreign schema, or a damaged file is refused before
+anything in it changes.
 """
 
 from __future__ import annotations

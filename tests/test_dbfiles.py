@@ -143,6 +143,17 @@ def test_a_second_store_on_an_open_database_is_refused_with_the_holders_pid(tmp_
     Store(path, owner="1").close()  # closing released it
 
 
+def test_a_symlink_to_an_open_database_meets_the_same_lock(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    (tmp_path / "link.sqlite3").symlink_to(path)
+    store = Store(str(path), owner="1")
+    try:
+        with pytest.raises(DatabaseInUse):
+            Store(str(tmp_path / "link.sqlite3"), owner="1")
+    finally:
+        store.close()
+
+
 def test_kill_9_never_leaves_the_database_locked(tmp_path):
     path = str(tmp_path / "bot.sqlite3")
     holder = subprocess.Popen(
