@@ -55,6 +55,7 @@ class App:
     events: Events = field(default_factory=Events)
     delete_webhook: bool = False
     loader: Callable[[], tuple[Config, Bot]] | None = None   # re-reads config and bot on SIGHUP
+    owner: str | None = None   # the bot id the database must belong to (dbfile.owner_of_token)
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -77,7 +78,7 @@ class App:
         if install_signals:
             self._install_signals()
         threading.stack_size(STACK_SIZE)
-        self.store = Store(self.config.database)
+        self.store = Store(self.config.database, owner=self.owner)
         try:
             self._start()
             self.events.ready(self)
@@ -179,11 +180,32 @@ class App:
             return
         from .hookserver import HookServer
         try:
-            self.hook_server = HookServer(self, (self.config.hook_bind, self.config.hook_port))
+            self.hook_server = HookServer(self._hook_door(),
+                                          (self.config.hook_bind, self.config.hook_port))
         except OSError as exc:
             raise ConfigError(f"cannot listen on {self.config.hook_bind}:{self.config.hook_port} "
                               f"for hooks and /healthz: {exc.strerror}") from None
         self.hook_server.start()
+
+    def _hook_door(self):
+        """All the hook server may do with the daemon (it never sees the App itself)."""
+        from .hookserver import HookDoor
+        from .pipeline import render_reply
+        return HookDoor(find_hook=lambda name: self.bot.hooks.get(name), render=render_reply,
+                        env=self.env_values, queue=self.queue_notifications, status=self.status,
+                        counters=self._counters,
+                        health_limit=lambda: 2 * self.config.poll_timeout + 30)
+
+    def _counters(self) -> dict[str, int]:
+        poller, delegator, sender = self.poller, self.delegator, self.sender
+        return {
+            "updates_received_total": poller.received if poller else 0,
+            "updates_handled_total": delegator.stats["handled"] if delegator else 0,
+            "updates_failed_total": delegator.stats["failed"] if delegator else 0,
+            "replies_sent_total": sender.stats["sent"] if sender else 0,
+            "telegram_429_total": sender.stats["throttled_429"] if sender else 0,
+            "telegram_retries_total": sender.stats["retries"] if sender else 0,
+        }
 
     # -- side doors into the inbox ---------------------------------------------------------
 

@@ -23,7 +23,8 @@ Examples:
 
 EXIT_STATUSES = """\
 exit statuses: 0 stopped cleanly, 1 unexpected error, 2 usage,
-  75 another process polls with this token, 76 a webhook is set, 78 bad token or config
+  75 another process polls with this token or uses this database, 76 a webhook is set,
+  78 bad token or config, or a database of another bot, another version or application
 """
 
 
@@ -128,6 +129,8 @@ def read_token(args: argparse.Namespace) -> str:
         raise ConfigError("no bot token: pass TOKEN, --token-file FILE, set $CHATDAEMON_TOKEN, "
                           "or use a systemd credential named `token` (try `chatdaemon chat` "
                           "to talk to the bot without one)")
+    # a handler's subprocesses inherit the environment: the token leaves it once read
+    os.environ.pop("CHATDAEMON_TOKEN", None)
     from .telegram import looks_like_token
     token = token.strip()
     if not looks_like_token(token):
@@ -152,6 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config, bot = _load_for_run(args)
     from .app import App, Events
     from .daemon import Notifier, PidFile, run_detached
+    from .dbfile import owner_of_token
     from .logs import configure
     from .store import Store
     from .telegram import TelegramClient
@@ -161,14 +165,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier = Notifier()
         events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
-        App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args)).run()
+        App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
+            owner=owner_of_token(token)).run()
         return EXIT_OK
     # Everything that can fail is checked while the terminal is still attached.
     pidfile = PidFile(args.pidfile)
     pidfile.check_free()
     config = config.replace(database=os.path.abspath(config.database),
                             handlers=os.path.abspath(config.handlers))
-    Store(config.database).close()
+    Store(config.database, owner=owner_of_token(token)).close()
     _check_token_now(token, config.api_url)
     log_path = os.path.abspath(args.log_file or os.path.join(os.path.dirname(config.database),
                                                              "chatdaemon.log"))
@@ -179,7 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def serve() -> None:
         configure(config.log_level, secrets=(token,))
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
-        App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args)).run()
+        App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args),
+            owner=owner_of_token(token)).run()
 
     run_detached(pidfile, log_path, os.path.dirname(config.database), serve)
     return EXIT_OK

@@ -2,14 +2,23 @@
 
     ChatdaemonError                     anything chatdaemon raises on purpose
     ├── ConfigError        exit 78      bad daemon config, bot definition, template, token source
-    │   └── BadToken       exit 78      Telegram answered 401/404 to the token
+    │   ├── BadToken       exit 78      Telegram answered 401/404 to the token
+    │   └── UnusableDatabase exit 78    newer schema, another application's or a damaged file,
+    │       │                           or files that cannot be made private (carries path, reason)
+    │       └── OtherBotsDatabase exit 78  the database records another bot (carries both ids)
     ├── Conflict           exit 75      another getUpdates poller holds the token
+    ├── DatabaseInUse      exit 75      another process holds the database's lock (carries its pid)
     ├── WebhookActive      exit 76      a webhook is set, so getUpdates is refused
     ├── TelegramError                   the Bot API answered ok=false (carries status, description)
     │   └── RetryAfter                  429: carries retry_after seconds
     ├── NetworkError                    no answer: connection refused/reset, timeout, DNS
     ├── ShuttingDown                    a wait was cut short because the daemon is stopping
     └── WaitTooLong                     listener.wait(timeout) saw no update in time
+
+DatabaseInUse shares 75 (EX_TEMPFAIL) with Conflict rather than 78: both mean "another
+process holds what this one needs", which ends when that process does (a `chatdaemon chat`
+session, an old instance still stopping), so a supervisor's retry is the right answer; a
+database of another bot or another schema, by contrast, never fixes itself (78, no restart).
 
 Exceptions carry their data as attributes; nothing is classified by matching message text,
 except that Telegram's 409 description tells a webhook from another poller.
@@ -108,3 +117,38 @@ class WaitTooLong(ChatdaemonError):
     def __init__(self, seconds: float):
         self.seconds = seconds
         super().__init__(f"no update within {seconds} s")
+
+
+class UnusableDatabase(ConfigError):
+    """The database file cannot be used by this bot or this version; `reason` says why."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"database {path} {reason}")
+
+
+class OtherBotsDatabase(UnusableDatabase):
+    """The database records another owner (a bot id, or the terminal chat) than this one."""
+
+    def __init__(self, path: str, recorded: str, wanted: str):
+        self.recorded = recorded
+        self.wanted = wanted
+        super().__init__(path, f"belongs to {_owner(recorded)}, not to {_owner(wanted)} "
+                               "(give each bot its own --db)")
+
+
+class DatabaseInUse(ChatdaemonError):
+    """Another process (or another Store in this one) holds the database's lock."""
+
+    exit_status = EXIT_CONFLICT
+
+    def __init__(self, path: str, pid: int | None):
+        self.path = path
+        self.pid = pid
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(f"database {path} is in use by {holder} (one process per database)")
+
+
+def _owner(owner: str) -> str:
+    return "the terminal chat (`chatdaemon chat`)" if owner == "terminal" else f"bot {owner}"

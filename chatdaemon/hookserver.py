@@ -3,32 +3,57 @@
 A hook POST is authenticated (key in a header, compared in constant time as bytes), its
 JSON body rendered into the hook's template, and one notification per recipient stored
 durably in the inbox before the answer goes back; the chats' delegates send them through
-the same rate-limited sender as replies. Bodies are capped, connections are capped, and
-an unknown hook and a wrong key get the same answer.
+the same rate-limited sender as replies. Bodies are capped, connections are capped (in
+total and per client address), each request has a total deadline (not one per read, so a
+client sending a byte a second is cut off), and an unknown hook and a wrong key get the
+same answer.
+
+The server knows the daemon only through a `HookDoor`: find a hook, render a reply, queue
+notifications, report status and counters. It imports neither the app nor the pipeline.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .pipeline import render_reply
 from .templates import EMOJI, TemplateError
-
-if TYPE_CHECKING:
-    from .app import App
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
-MAX_CONNECTIONS = 32
-REQUEST_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+MAX_PER_CLIENT = 16
+REQUEST_TIMEOUT = 10.0          # seconds for a whole request: request line, headers and body
+LINGER_SECONDS = 1.0            # after the answer, how long unread input is drained before close
+LINGER_BYTES = MAX_BODY
+MAX_LINE = 8 * 1024
+MAX_TRAILERS = 32
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+           b"Connection: close\r\n\r\n")
+
+
+@dataclass(frozen=True)
+class HookDoor:
+    """What the hook server may do with the daemon, and nothing more."""
+
+    find_hook: Callable[[str], Any]                    # the running bot's hook by name, or None
+    render: Callable[[Any, dict], dict]                # (response, context) -> sendMessage params
+    env: Callable[[], dict]                            # the bot's env values for templates
+    queue: Callable[[list[int], dict], None]           # store notifications durably, wake chats
+    status: Callable[[], dict]                         # delegates, backlog, last poll, last error
+    counters: Callable[[], dict[str, int]]             # the daemon's counters for /metrics
+    health_limit: Callable[[], float]                  # seconds without a poll before 503
 
 
 class HookLimiter:
@@ -50,25 +75,49 @@ class HookLimiter:
             return True
 
 
+class ConnectionSlots:
+    """Open connections, capped in total and per client address."""
+
+    def __init__(self, total: int, per_client: int):
+        self.total = total
+        self.per_client = per_client
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+
+    def take(self, address: str) -> bool:
+        with self._lock:
+            if sum(self._open.values()) >= self.total or self._open.get(address, 0) >= self.per_client:
+                return False
+            self._open[address] = self._open.get(address, 0) + 1
+            return True
+
+    def give_back(self, address: str) -> None:
+        with self._lock:
+            left = self._open.get(address, 0) - 1
+            if left > 0:
+                self._open[address] = left
+            else:
+                self._open.pop(address, None)
+
+
 class HookServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, app: App, address: tuple[str, int]):
-        self.app = app
+    def __init__(self, door: HookDoor, address: tuple[str, int], *,
+                 request_timeout: float = REQUEST_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 max_per_client: int = MAX_PER_CLIENT):
+        self.door = door
+        self.request_timeout = request_timeout
         self.limiter = HookLimiter()
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.slots = ConnectionSlots(max_connections, max_per_client)
         self.accepted = 0
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
+        # the cap holds here, in the accepting thread: a refused connection never gets a thread
+        if not self.slots.take(client_address[0]):
+            _refuse(request)
             return
         super().process_request(request, client_address)
 
@@ -76,7 +125,20 @@ class HookServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self.slots.give_back(client_address[0])
+
+    def shutdown_request(self, request):
+        """Close after the answer is out: FIN first, then drain what the client still sends.
+
+        Closing with unread input makes the kernel answer with a reset, which can destroy
+        the answer in flight (a refused chunked body still arriving, say).
+        """
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        _drain(request, LINGER_SECONDS, LINGER_BYTES)
+        self.close_request(request)
 
     def handle_error(self, request, client_address):
         log.debug("hook server: connection from %s failed", client_address[0], exc_info=True)
@@ -88,11 +150,81 @@ class HookServer(ThreadingHTTPServer):
         log.info("hooks, /healthz and /metrics on http://%s:%s", host, port)
 
 
+def _refuse(request: socket.socket) -> None:
+    """503 and close, without blocking the accepting thread."""
+    try:
+        request.setblocking(False)
+        _drain_available(request)
+        request.sendall(REFUSED)
+        request.shutdown(socket.SHUT_WR)
+        _drain_available(request)
+    except OSError:
+        pass
+    request.close()
+
+
+def _drain_available(request: socket.socket) -> None:
+    for _ in range(16):
+        try:
+            if not request.recv(4096):
+                return
+        except OSError:  # BlockingIOError: nothing more has arrived
+            return
+
+
+def _drain(request: socket.socket, seconds: float, limit: int) -> None:
+    """Read and drop input until the client closes, `limit` bytes, or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    read = 0
+    while read < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            request.settimeout(remaining)
+            data = request.recv(4096)
+        except OSError:
+            return
+        if not data:
+            return
+        read += len(data)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's input where every read ends by the request's deadline, not a per-read timeout."""
+
+    def __init__(self, sock: socket.socket, deadline: Callable[[], float]):
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self._deadline() - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request took longer than its deadline")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: HookServer
     protocol_version = "HTTP/1.1"
     timeout = REQUEST_TIMEOUT
     disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        self.deadline = time.monotonic() + self.server.request_timeout
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, lambda: self.deadline))
+
+    def handle_one_request(self) -> None:
+        # each request, and the idle wait before it, must end within request_timeout: reads
+        # past the deadline raise TimeoutError, which http.server answers by closing
+        self.deadline = time.monotonic() + self.server.request_timeout
+        super().handle_one_request()
 
     def log_message(self, *args: Any) -> None:
         pass  # paths can carry a ?key=: never log them
@@ -100,21 +232,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = urllib.parse.urlsplit(self.path).path
         if path == "/healthz":
-            healthy, body = health(self.server.app)
+            healthy, body = health(self.server.door)
             self._json(200 if healthy else 503, body)
         elif path == "/metrics":
-            self._reply(200, metrics(self.server.app, self.server).encode(),
+            self._reply(200, metrics(self.server.door, self.server).encode(),
                         "text/plain; version=0.0.4; charset=utf-8")
         else:
             self._json(404, {"ok": False, "error": "not found"})
 
     def do_POST(self) -> None:  # noqa: N802
+        door = self.server.door
         parts = urllib.parse.urlsplit(self.path)
         if not parts.path.startswith("/hooks/"):
             self.close_connection = True
             return self._json(404, {"ok": False, "error": "not found"})
         name = parts.path[len("/hooks/"):]
-        hook = self.server.app.bot.hooks.get(name)
+        hook = door.find_hook(name)
         if hook is None or not _key_matches(self._given_key(parts.query), hook.key):
             self.close_connection = True  # its body is never read: the connection can't go on
             return self._json(401, {"ok": False, "error": "unauthorized"})
@@ -129,12 +262,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             return self._json(400, {"ok": False, "error": f"the body is not JSON: {exc}"})
         try:
-            message = render_reply(hook.response, {"data": data, "env": self.server.app.env_values(),
-                                                   "emoji": EMOJI})
+            message = door.render(hook.response, {"data": data, "env": door.env(), "emoji": EMOJI})
         except TemplateError as exc:
             log.error("hook %s: %s", name, exc)
             return self._json(422, {"ok": False, "error": "the hook's template failed on this data"})
-        self.server.app.queue_notifications(hook.recipients, {"hook": name, "message": message})
+        door.queue(list(hook.recipients), {"hook": name, "message": message})
         self.server.accepted += 1
         return self._json(202, {"ok": True, "queued": len(hook.recipients)})
 
@@ -148,23 +280,53 @@ class _Handler(BaseHTTPRequestHandler):
         return values[0] if values else None
 
     def _body(self) -> bytes | None:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            self._json(411, {"ok": False, "error": "send the body with a Content-Length"})
-            return None
+        """The request body, or None after answering why it cannot be read."""
+        coding = self.headers.get("Transfer-Encoding")
+        if coding is not None:
+            if coding.strip().lower() != "chunked" or self.headers.get("Content-Length"):
+                return self._refuse_body(411, "send the body with a Content-Length or chunked")
+            return self._chunked_body()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0:
-            self.close_connection = True
-            self._json(400, {"ok": False, "error": "bad Content-Length"})
-            return None
+            return self._refuse_body(400, "bad Content-Length")
         if length > MAX_BODY:
-            self.close_connection = True
-            self._json(413, {"ok": False, "error": f"the body is larger than {MAX_BODY} bytes"})
+            return self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the client closed mid-body: nobody to answer
             return None
-        return self.rfile.read(length)
+        return body
+
+    def _chunked_body(self) -> bytes | None:
+        """Decode Transfer-Encoding: chunked, at most MAX_BODY bytes, trailers skipped."""
+        body = bytearray()
+        while True:
+            size = _chunk_size(self.rfile.readline(MAX_LINE))
+            if size is None:
+                return self._refuse_body(400, "bad chunked encoding")
+            if size == 0:
+                break
+            if len(body) + size > MAX_BODY:
+                return self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                self.close_connection = True  # the client closed mid-chunk: nobody to answer
+                return None
+            body += chunk
+            if self.rfile.readline(MAX_LINE) not in (b"\r\n", b"\n"):
+                return self._refuse_body(400, "bad chunked encoding")
+        for _ in range(MAX_TRAILERS):
+            if self.rfile.readline(MAX_LINE) in (b"\r\n", b"\n", b""):
+                return bytes(body)
+        return self._refuse_body(400, "too many trailer lines")
+
+    def _refuse_body(self, status: int, error: str) -> None:
+        self.close_connection = True  # the body is left unread: the connection can't go on
+        self._json(status, {"ok": False, "error": error})
+        return None
 
     def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
         self._reply(status, json.dumps(body, ensure_ascii=False).encode(), "application/json",
@@ -182,6 +344,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _chunk_size(line: bytes) -> int | None:
+    """A chunk-size line's value, or None when it is not one."""
+    if not line.endswith(b"\n"):
+        return None
+    text = line.split(b";", 1)[0].strip()
+    if not text or len(text) > 8 or not all(c in b"0123456789abcdefABCDEF" for c in text):
+        return None
+    return int(text, 16)
+
+
 def _key_matches(given: str | None, key: str) -> bool:
     """Constant-time comparison as bytes: a non-ASCII key is simply wrong, never an error."""
     if given is None:
@@ -189,32 +361,32 @@ def _key_matches(given: str | None, key: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode("utf-8"))
 
 
-def health(app: App) -> tuple[bool, dict]:
-    status = app.status()
+def health(door: HookDoor) -> tuple[bool, dict]:
+    status = door.status()
     age = status["last_poll_age"]
-    limit = 2 * app.config.poll_timeout + 30
-    healthy = age is not None and age <= limit
+    healthy = age is not None and age <= door.health_limit()
     return healthy, {"ok": healthy, "last_poll_seconds_ago": None if age is None else round(age, 1),
                      "backlog": status["backlog"], "delegates": status["delegates"],
                      "last_error": status["last_error"]}
 
 
-def metrics(app: App, server: HookServer | None = None) -> str:
+COUNTERS = [
+    ("updates_received_total", "counter", "Updates stored from getUpdates"),
+    ("updates_handled_total", "counter", "Updates handled by a chat's handler"),
+    ("updates_failed_total", "counter", "Updates whose handler raised"),
+    ("replies_sent_total", "counter", "Messages sent to Telegram"),
+    ("telegram_429_total", "counter", "429 Too Many Requests answers"),
+    ("telegram_retries_total", "counter", "Sends retried after 5xx or network errors"),
+]
+
+
+def metrics(door: HookDoor, server: HookServer | None = None) -> str:
     """The daemon's counters in Prometheus' text format."""
-    status = app.status()
-    poller, delegator, sender = app.poller, app.delegator, app.sender
-    values = [
-        ("updates_received_total", "counter", "Updates stored from getUpdates",
-         poller.received if poller else 0),
-        ("updates_handled_total", "counter", "Updates handled by a chat's handler",
-         delegator.stats["handled"] if delegator else 0),
-        ("updates_failed_total", "counter", "Updates whose handler raised",
-         delegator.stats["failed"] if delegator else 0),
-        ("replies_sent_total", "counter", "Messages sent to Telegram", sender.stats["sent"] if sender else 0),
-        ("telegram_429_total", "counter", "429 Too Many Requests answers",
-         sender.stats["throttled_429"] if sender else 0),
-        ("telegram_retries_total", "counter", "Sends retried after 5xx or network errors",
-         sender.stats["retries"] if sender else 0),
+    status = door.status()
+    counters = door.counters()
+    values: list[tuple[str, str, str, Any]] = [
+        (name, kind, text, counters.get(name, 0)) for name, kind, text in COUNTERS]
+    values += [
         ("hooks_accepted_total", "counter", "Hook POSTs accepted", server.accepted if server else 0),
         ("queue_depth", "gauge", "Updates stored and not yet handled", status["backlog"]),
         ("delegates_alive", "gauge", "Chat threads running", status["delegates"]),

@@ -30,6 +30,15 @@ class LocalTelegram:
 
     # -- the user's side ---------------------------------------------------------------------
 
+    def continue_after(self, update_id: int | None) -> None:
+        """Number the next updates above `update_id`, the highest a reused database holds.
+
+        The inbox recognises duplicates by update_id: starting again at 1 in a database a
+        session already used would have every new message ignored as seen before.
+        """
+        with self._cond:
+            self._update_ids = itertools.count((update_id or 0) + 1)
+
     def push(self, kind: str, body: dict) -> int:
         with self._cond:
             update_id = next(self._update_ids)

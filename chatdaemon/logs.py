@@ -1,4 +1,4 @@
-"""Logging set-up for the CLI: stderr, journald-friendly, and never the token.
+"""Logging set-up for the CLI: stderr, journald-friendly, and never the token or an upstream key.
 
 Only the CLI configures handlers; library modules just use `logging.getLogger(__name__)`.
 """
@@ -13,6 +13,11 @@ import threading
 
 _TOKEN_IN_URL = re.compile(r"bot\d+:[A-Za-z0-9_-]+")
 _BARE_TOKEN = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}")
+# A URL's query (after a path, with or without scheme and host): "GET /p?key=v HTTP/1.1"
+# as urllib3 logs it, "https://host/p?key=v" as an exception names it. Upstream APIs take
+# their keys there, so every value is replaced; the names stay for debugging.
+_URL_QUERY = re.compile(r"(?P<url>(?:\b[a-z][a-z0-9+.-]*://[^\s/?#\"'<>]*)?/[^\s?#\"'<>]*)\?"
+                        r"(?P<query>[^\s#\"'<>]+)", re.I)
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
                     logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -26,8 +31,25 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return _BARE_TOKEN.sub("<redacted>", text)
 
 
+def redact_queries(text: str) -> str:
+    """Replace every value in URL query strings with a marker: `/p?key=<redacted>&q=<redacted>`."""
+    return _URL_QUERY.sub(_redacted_query, text)
+
+
+def _redacted_query(match: re.Match) -> str:
+    parts = []
+    for part in match["query"].split("&"):
+        name, equals, _ = part.partition("=")
+        parts.append(f"{name}=<redacted>" if equals else "<redacted>" if part else part)
+    return f"{match['url']}?{'&'.join(parts)}"
+
+
 class RedactingFormatter(logging.Formatter):
-    """Formats a record, then removes any token from the finished line (tracebacks too)."""
+    """Formats a record, then removes any token and URL query values from the finished line.
+
+    Applied to the finished line (tracebacks too), not to the message alone: a URL can
+    arrive in an argument, in an exception's text, or in a third-party library's record.
+    """
 
     def __init__(self, fmt: str, secrets: tuple[str, ...], journald: bool):
         super().__init__(fmt)
@@ -35,7 +57,7 @@ class RedactingFormatter(logging.Formatter):
         self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        line = redact(super().format(record), self.secrets)
+        line = redact_queries(redact(super().format(record), self.secrets))
         if self.journald:
             prefix = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
             line = "\n".join(prefix + part for part in line.split("\n"))

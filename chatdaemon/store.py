@@ -9,6 +9,10 @@ Two durability levels share that connection:
   acknowledgement of those updates to Telegram;
 - conversation state + "done" commit with synchronous=NORMAL (WAL): after a power cut they
   roll back together, the update replays, and the state still changes exactly once.
+
+Opening holds the database for this process and this bot (see dbfile.py): a locked
+database, another bot's, a newer or foreign schema, or a damaged file is refused before
+anything in it changes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from .dbfile import (
+    FileLock,
+    PrivateUmask,
+    check_schema,
+    claim,
+    companions,
+    make_private,
+    unreadable,
+)
 from .errors import ConfigError, ShuttingDown
 
 log = logging.getLogger(__name__)
@@ -122,45 +135,86 @@ def create_private_file(path: str) -> None:
 class Store:
     """The database: inbox rows and conversations, each change one transaction."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, owner: str | None = None):
+        """Open (creating if needed) the database at `path` for `owner`.
+
+        `owner` is the bot id (a token's numeric prefix) or dbfile.TERMINAL; None neither
+        records nor checks one. Raises DatabaseInUse or UnusableDatabase before anything in
+        the file changes when the database is not this process's to use.
+        """
         self.path = path
         self._lock = threading.Lock()
         self._closed = False
-        self._connection = self._connect(path)
-        self._migrate()
+        self._file_lock: FileLock | None = None
+        if path != ":memory:":
+            self._check_directory(path)
+            self._file_lock = FileLock(path)
+            self._file_lock.acquire()  # one process per database: before reading or migrating
+        try:
+            with PrivateUmask():  # whatever SQLite creates here (-wal, -shm) is 0600
+                self._connection = self._connect(path)
+                try:
+                    self._migrate(owner)
+                except BaseException:
+                    self._connection.close()
+                    raise
+        except BaseException:
+            self._release_file_lock()
+            raise
+        if path != ":memory:":
+            make_private(path, companions(path))  # left 0644 by an earlier version
 
     # -- set-up -------------------------------------------------------------------------
 
     @staticmethod
+    def _check_directory(path: str) -> None:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ConfigError(f"database directory {parent} does not exist")
+
+    @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
         if path != ":memory:":
-            parent = os.path.dirname(os.path.abspath(path))
-            if not os.path.isdir(parent):
-                raise ConfigError(f"database directory {parent} does not exist")
             try:
                 create_private_file(path)
             except OSError as exc:
                 raise ConfigError(f"cannot create database {path}: {exc.strerror}") from None
+            make_private(path, (path, *companions(path)))
         try:
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=10000")
-            db.execute("PRAGMA journal_size_limit=67108864")
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # a file SQLite can read
         except sqlite3.DatabaseError as exc:
-            raise ConfigError(f"cannot open database {path}: {exc}") from None
+            raise unreadable(path, exc) from None
         return db
 
-    def _migrate(self) -> None:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    def _migrate(self, owner: str | None = None) -> None:
+        """Check the schema is ours (changing nothing), switch to WAL, migrate, claim the owner."""
+        db = self._db
+        try:
+            version = check_schema(db, self.path, MIGRATIONS)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA journal_size_limit=67108864")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                with self._transaction() as db:
+                    for statement in filter(str.strip, script.split(";")):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version={number}")
             with self._transaction() as db:
-                for statement in filter(str.strip, script.split(";")):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={number}")
+                claim(db, self.path, owner)
+        except sqlite3.DatabaseError as exc:
+            raise unreadable(self.path, exc) from None
+
+    def last_update_id(self) -> int | None:
+        """The highest Telegram-style update id stored (daemon-made rows excluded)."""
+        with self._lock:
+            (top,) = self._db.execute("SELECT MAX(update_id) FROM inbox WHERE update_id < ?",
+                                      (LOCAL_BASE,)).fetchone()
+        return top
 
     def close(self) -> None:
-        """Checkpoint and close; any later call raises ShuttingDown."""
+        """Checkpoint, close and unlock; any later call raises ShuttingDown."""
         with self._lock:
             if self._closed:
                 return
@@ -170,6 +224,12 @@ class Store:
             except sqlite3.DatabaseError:
                 pass
             self._connection.close()
+            self._release_file_lock()
+
+    def _release_file_lock(self) -> None:
+        if self._file_lock is not None:
+            self._file_lock.release()
+            self._file_lock = None
 
     @property
     def _db(self) -> sqlite3.Connection:

@@ -14,6 +14,7 @@ from typing import TextIO
 from .app import App, Events
 from .bots import Bot
 from .config import Config
+from .dbfile import TERMINAL
 from .local import LocalTelegram
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,13 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
     """Run the bot with a LocalTelegram and feed it stdin, one line at a time, until EOF."""
     terminal = Terminal(out)
     api = LocalTelegram(terminal.show)
-    ready = threading.Event()
-    app = App(config, bot, api, Events(ready=lambda app: ready.set()))
-    runner = threading.Thread(target=_run, args=(app,), name="daemon", daemon=True)
+    settled = threading.Event()  # set when the daemon is ready, or has failed to start
+    app = App(config, bot, api, Events(ready=lambda app: settled.set()), owner=TERMINAL)
+    runner = threading.Thread(target=_run, args=(app, settled), name="daemon", daemon=True)
     runner.start()
-    if not ready.wait(30) or app.failure:
+    if not settled.wait(30) or app.failure:
         raise app.failure or RuntimeError("the bot did not start")
+    api.continue_after(app.store.last_update_id())
     interactive = stdin.isatty()
     try:
         while True:
@@ -117,12 +119,14 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
         raise app.failure
 
 
-def _run(app: App) -> None:
+def _run(app: App, settled: threading.Event) -> None:
     try:
         app.run(install_signals=False)
     except BaseException as exc:  # reported by chat() in the main thread
         app.failure = exc
         app.stop()
+    finally:
+        settled.set()
 
 
 def _wait_until_handled(app: App, update_id: int) -> None:
