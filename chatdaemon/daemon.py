@@ -187,6 +187,8 @@ def open_regular(path: str, flags: int, what: str, mode: int = 0o600) -> int:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ConfigError(f"refusing {what} {path}: it is a symbolic link") from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader, a socket
+            raise ConfigError(f"refusing {what} {path}: it is not a regular file") from None
         raise ConfigError(f"cannot open {what} {path}: {exc.strerror}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -341,11 +343,10 @@ class StartReport:
         self._finish("failed", status, reason)
 
     def _finish(self, kind: str, status: int, text: str) -> None:
-        if self._fd is None:
-            return
         self._send(kind, status, text)
-        os.close(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _send(self, kind: str, status: int, text: str) -> None:
         if self._fd is None:

@@ -94,9 +94,12 @@ def _next_schedule(db: sqlite_utils.Database) -> dict | None:
 
 
 CHATS_SQL = """
-WITH last AS (
-    SELECT chat_id, MAX(received) AS received, payload FROM inbox
-    WHERE chat_id IS NOT NULL AND update_id < :local GROUP BY chat_id
+WITH ranked AS (
+    SELECT chat_id, received, payload,
+           ROW_NUMBER() OVER (PARTITION BY chat_id ORDER BY received DESC, update_id DESC) AS n
+    FROM inbox WHERE chat_id IS NOT NULL AND update_id < :local
+), last AS (
+    SELECT chat_id, received, payload FROM ranked WHERE n = 1
 ), ids AS (
     SELECT chat_id FROM conversations UNION SELECT chat_id FROM last
 )
