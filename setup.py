@@ -54,7 +54,7 @@ setup(
         "sqlite-utils>=4,<5",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "wheel>=0.40"],   # wheel: tests/test_install.py builds one
         "dev": ["ruff>=0.4", "mypy>=1.8"],
     },
     entry_points={"console_scripts": ["chatdaemon = chatdaemon.cli:run"]},
