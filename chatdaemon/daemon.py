@@ -28,7 +28,8 @@ import stat
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from .errors import ChatdaemonError, ConfigError, ShuttingDown
@@ -45,11 +46,11 @@ EXTEND_BY = 120.0     # each one gives start-up this much more time (a call ≤ 
 class Notifier:
     """Sends sd_notify messages when $NOTIFY_SOCKET is set; does nothing otherwise."""
 
-    def __init__(self, environ: dict[str, str] | None = None):
-        environ = os.environ if environ is None else environ
-        address = environ.get("NOTIFY_SOCKET", "")
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        env: Mapping[str, str] = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
-        usec = environ.get("WATCHDOG_USEC", "")
+        usec = env.get("WATCHDOG_USEC", "")
         self.watchdog_interval = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 else None
         self._ready_sent = False
         self._last_status = ""
@@ -309,7 +310,7 @@ class LogFile:
         """Make SIGHUP reopen the log file first, then do what it did before (reload the bot)."""
         previous = signal.getsignal(signal.SIGHUP)
 
-        def on_hangup(signum: int, frame: object) -> None:
+        def on_hangup(signum: int, frame: FrameType | None) -> None:
             self.reopen()
             if callable(previous):
                 previous(signum, frame)

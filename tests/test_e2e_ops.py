@@ -16,6 +16,8 @@ import yaml
 from conftest import HANDLERS, TOKEN, TOKEN_SECRET, Daemon, wait_until
 from fake_telegram import FakeTelegram
 
+from chatdaemon.store import Store
+
 OTHER_TOKEN = "654321:OTHER-token_abcdefghijklmnopqrstuvwxyz"
 
 
@@ -218,3 +220,17 @@ def test_check_says_where_healthz_is(tmp_path, hooks):
         assert "/healthz and /metrics on http://127.0.0.1:8787" in result.stdout
     else:
         assert "hook server: off, no /healthz" in result.stdout
+
+
+def test_a_refused_foreground_start_leaves_no_new_database(telegram, start_daemon, tmp_path):
+    daemon = start_daemon(token="999999:WRONG-token_abcdefghijklmnopqrstuvwxyz",
+                          db=tmp_path / "fresh.sqlite3")
+    assert daemon.wait(20) == 78
+    assert "rejected the bot token" in daemon.log()
+    assert not list(tmp_path.glob("fresh.sqlite3*"))
+    # a database that was there before is kept, empty or not
+    Store(str(tmp_path / "before.sqlite3")).close()
+    kept = start_daemon(token="999999:WRONG-token_abcdefghijklmnopqrstuvwxyz",
+                        db=tmp_path / "before.sqlite3")
+    assert kept.wait(20) == 78
+    assert (tmp_path / "before.sqlite3").exists()
