@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pidfile", metavar="FILE", help="with --daemon: the pidfile, held with a lock")
     run.add_argument("--log-file", metavar="FILE",
                      help="with --daemon: where logs go (default: chatdaemon.log beside the database)")
+    run.add_argument("--start-timeout", metavar="SECONDS", type=float, default=30.0,
+                     help="with --daemon: how long to wait for the first poll before returning "
+                          "(default 30; the daemon keeps trying after that)")
 
     check = commands.add_parser("check", help="validate config and handlers, say what the bot does")
     _add_bot_options(check, db=False)
@@ -241,7 +244,8 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot) -> int:
         with removing_new_database(config.database, existed):
             App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args)).run()
 
-    outcome = run_detached(pidfile, log_file, os.path.dirname(config.database), serve)
+    outcome = run_detached(pidfile, log_file, os.path.dirname(config.database), serve,
+                           args.start_timeout)
     return _report_start(outcome, pidfile, log_file.path)
 
 

@@ -234,3 +234,24 @@ def test_a_refused_foreground_start_leaves_no_new_database(telegram, start_daemo
                         db=tmp_path / "before.sqlite3")
     assert kept.wait(20) == 78
     assert (tmp_path / "before.sqlite3").exists()
+
+
+def test_daemon_mode_without_network_returns_while_the_daemon_keeps_trying(telegram, tmp_path):
+    telegram.set_down(True)   # a Pi booting before its Wi-Fi
+    pidfile = tmp_path / "bot.pid"
+    pid = None
+    try:
+        result = chatdaemon(*daemon_args(telegram, tmp_path, None, "--start-timeout", "2"),
+                            cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "not polling yet" in result.stderr and "getMe" in result.stderr
+        pid = int(pidfile.read_text())
+        telegram.set_down(False)
+        telegram.push_message(602, "x")
+        assert telegram.wait_for(lambda: counts(telegram, 602) == [1], timeout=30), \
+            (tmp_path / "chatdaemon.log").read_text()
+        stopped = chatdaemon("stop", "--pidfile", str(pidfile), cwd=tmp_path, token=None)
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
