@@ -29,6 +29,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -451,7 +452,8 @@ def _log_in_child(text: str) -> None:
 def remove_new_database(path: str) -> bool:
     """Remove a database a refused start created, if nothing was stored in it; say if it did."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             stored = sum(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                          for table in ("inbox", "conversations") if table in tables)
