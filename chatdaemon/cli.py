@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_operating_commands(commands: argparse._SubParsersAction) -> None:
-    """The commands for running a bot for months: init, stop, status, chats."""
+    """The commands for running a bot for months: init, files, stop, status, chats."""
     init = commands.add_parser(
         "init", help="write a starter bot and a config into DIR",
         description="Write DIR/bot/bot.yaml (a starter bot) and DIR/chatdaemon.yaml (every config "
@@ -85,6 +85,15 @@ def _add_operating_commands(commands: argparse._SubParsersAction) -> None:
         epilog="Example:\n  chatdaemon init mybot && chatdaemon chat --config mybot/chatdaemon.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     init.add_argument("directory", metavar="DIR")
+    init.add_argument("--example", metavar="NAME",
+                      help="copy a shipped example bot (counter, guess, pimonitor, …) instead")
+
+    files = commands.add_parser(
+        "files", help="where the shipped example bots, systemd units and sample config are",
+        epilog="Example:\n  sudo cp \"$(chatdaemon files systemd)/chatdaemon@.service\" /etc/systemd/system/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    files.add_argument("name", metavar="NAME", nargs="?", choices=("handlers", "systemd", "config"),
+                       help="print only this directory: handlers, systemd or config")
 
     stop = commands.add_parser(
         "stop", help="stop a daemon started with --daemon",
@@ -135,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat, "init": cmd_init,
-                "stop": cmd_stop, "status": cmd_status, "chats": cmd_chats}[args.command](args)
+                "stop": cmd_stop, "status": cmd_status, "chats": cmd_chats,
+                "files": cmd_files}[args.command](args)
     except ShuttingDown:
         return EXIT_OK  # stopped (SIGTERM) before it was fully up
     except ChatdaemonError as exc:
@@ -330,12 +340,22 @@ def describe_hook_server(config, bot_defines_hooks: bool) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from .shipped import write_starter
-    written = write_starter(args.directory)
+    written = write_starter(args.directory, args.example)
     for path in written:
         print(f"wrote {path}")
     config = written[-1]
     print(f"next: chatdaemon chat --config {config}    (talk to it, no token needed)\n"
           f"      chatdaemon check --config {config}   (what it will do)")
+    return EXIT_OK
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    from .shipped import SHIPPED, shipped_dir
+    if args.name:
+        print(shipped_dir(args.name))
+    else:
+        for name in SHIPPED:
+            print(f"{name}: {shipped_dir(name)}")
     return EXIT_OK
 
 

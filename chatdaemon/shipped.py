@@ -36,16 +36,15 @@ def resolve_handlers(path: str) -> str:
     return path
 
 
-def write_starter(directory: str) -> list[Path]:
-    """Write DIR/bot/bot.yaml and DIR/chatdaemon.yaml (naming it); never overwrite a file.
+def write_starter(directory: str, example: str | None = None) -> list[Path]:
+    """Write DIR/bot/ (the starter bot, or a copy of a shipped example) and DIR/chatdaemon.yaml
+    naming it; never overwrite a file.
 
     The config stays outside the bot's directory: every *.yaml there is part of the bot.
     """
     target = Path(directory).resolve()
-    files = {
-        target / "bot" / "bot.yaml": (STARTER / "bot.yaml").read_text(encoding="utf-8"),
-        target / "chatdaemon.yaml": starter_config(target),
-    }
+    files = {target / "bot" / name: text for name, text in bot_files(example).items()}
+    files[target / "chatdaemon.yaml"] = starter_config(target)
     existing = [str(path) for path in files if path.exists() or path.is_symlink()]
     if existing:
         raise ConfigError(f"refusing to overwrite {', '.join(existing)}")
@@ -53,6 +52,22 @@ def write_starter(directory: str) -> list[Path]:
     for path, text in files.items():
         _write_new(path, text)
     return list(files)
+
+
+def examples() -> list[str]:
+    return sorted(path.name for path in shipped_dir("handlers").iterdir() if path.is_dir())
+
+
+def bot_files(example: str | None) -> dict[str, str]:
+    """The files of the starter bot, or of the shipped example `example` (name -> text)."""
+    if example is None:
+        source = STARTER
+    elif example in examples():
+        source = shipped_dir("handlers") / example
+    else:
+        raise ConfigError(f"no example bot named {example!r} (there are: {', '.join(examples())})")
+    return {path.name: path.read_text(encoding="utf-8") for path in sorted(source.iterdir())
+            if path.is_file() and path.suffix != ".pyc"}
 
 
 def starter_config(directory: Path) -> str:

@@ -126,6 +126,17 @@ def test_installed_init_writes_a_bot_that_check_and_chat_accept(installed, tmp_p
     assert again.returncode == 78 and "refusing to overwrite" in again.stderr
 
 
+def test_installed_package_names_its_units_and_copies_its_examples(installed, tmp_path):
+    systemd = run_installed(installed, "files", "systemd", cwd=tmp_path)
+    assert systemd.stdout.strip().startswith(str(installed)), systemd.stdout + systemd.stderr
+    assert (Path(systemd.stdout.strip()) / "chatdaemon-sensors.conf").is_file()
+    init = run_installed(installed, "init", "pi", "--example", "pimonitor", cwd=tmp_path)
+    assert init.returncode == 0, init.stdout + init.stderr
+    check = run_installed(installed, "check", "--config", str(tmp_path / "pi" / "chatdaemon.yaml"),
+                          cwd=tmp_path)
+    assert check.returncode == 0 and "pimonitor:PiMonitor" in check.stdout, check.stdout + check.stderr
+
+
 # -- the units -------------------------------------------------------------------------------
 
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,

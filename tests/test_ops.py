@@ -338,3 +338,21 @@ def test_install_test_extra_and_dev_extra_are_separate():
     assert "'.[test,dev]'" in (ROOT / ".ci" / "run").read_text()
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert yaml.safe_load((shipped.STARTER / "bot.yaml").read_text())["handlers"]
+
+
+def test_init_can_start_from_a_shipped_example(tmp_path, capsys):
+    assert cli.main(["init", str(tmp_path / "pi"), "--example", "pimonitor"]) == 0
+    assert sorted(p.name for p in (tmp_path / "pi" / "bot").iterdir()) == ["bot.yaml", "pimonitor.py"]
+    assert cli.main(["check", "--config", str(tmp_path / "pi" / "chatdaemon.yaml")]) == 0
+    assert "python handler: pimonitor:PiMonitor" in capsys.readouterr().out
+    assert cli.main(["init", str(tmp_path / "x"), "--example", "nope"]) == 78
+    assert "there are: counter," in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_files_names_the_shipped_directories(capsys):
+    assert cli.main(["files", "systemd"]) == 0
+    systemd = Path(capsys.readouterr().out.strip())
+    assert (systemd / "chatdaemon@.service").is_file()
+    assert cli.main(["files"]) == 0
+    assert re.findall(r"^(\w+): /", capsys.readouterr().out, re.M) == ["handlers", "systemd", "config"]
