@@ -87,6 +87,9 @@ def _add_operating_commands(commands: argparse._SubParsersAction) -> None:
     init.add_argument("directory", metavar="DIR")
     init.add_argument("--example", metavar="NAME",
                       help="copy a shipped example bot (counter, guess, pimonitor, …) instead")
+    init.add_argument("--config", metavar="FILE",
+                      help="write the config here instead (e.g. /etc/chatdaemon/NAME.yaml for "
+                           "the chatdaemon@NAME unit)")
 
     files = commands.add_parser(
         "files", help="where the shipped example bots, systemd units and sample config are",
@@ -340,7 +343,7 @@ def describe_hook_server(config, bot_defines_hooks: bool) -> str:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from .shipped import write_starter
-    written = write_starter(args.directory, args.example)
+    written = write_starter(args.directory, args.example, args.config)
     for path in written:
         print(f"wrote {path}")
     config = written[-1]

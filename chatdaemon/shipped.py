@@ -36,20 +36,23 @@ def resolve_handlers(path: str) -> str:
     return path
 
 
-def write_starter(directory: str, example: str | None = None) -> list[Path]:
-    """Write DIR/bot/ (the starter bot, or a copy of a shipped example) and DIR/chatdaemon.yaml
-    naming it; never overwrite a file.
+def write_starter(directory: str, example: str | None = None, config: str | None = None) -> list[Path]:
+    """Write DIR/bot/ (the starter bot, or a copy of a shipped example) and a config naming it
+    (DIR/chatdaemon.yaml unless `config` says where); never overwrite a file.
 
     The config stays outside the bot's directory: every *.yaml there is part of the bot.
     """
     target = Path(directory).resolve()
+    config_path = Path(config).resolve() if config else target / "chatdaemon.yaml"
+    if config_path.parent == target / "bot":
+        raise ConfigError(f"the config cannot go into the bot's directory {config_path.parent}")
     files = {target / "bot" / name: text for name, text in bot_files(example).items()}
-    files[target / "chatdaemon.yaml"] = starter_config(target)
+    files[config_path] = starter_config(target)
     existing = [str(path) for path in files if path.exists() or path.is_symlink()]
     if existing:
         raise ConfigError(f"refusing to overwrite {', '.join(existing)}")
-    (target / "bot").mkdir(parents=True, exist_ok=True)
     for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         _write_new(path, text)
     return list(files)
 

@@ -345,6 +345,11 @@ def test_init_can_start_from_a_shipped_example(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "pi" / "bot").iterdir()) == ["bot.yaml", "pimonitor.py"]
     assert cli.main(["check", "--config", str(tmp_path / "pi" / "chatdaemon.yaml")]) == 0
     assert "python handler: pimonitor:PiMonitor" in capsys.readouterr().out
+    assert cli.main(["init", str(tmp_path / "etc" / "shop"), "--example", "guess",
+                     "--config", str(tmp_path / "etc" / "shop.yaml")]) == 0
+    assert load_config(str(tmp_path / "etc" / "shop.yaml")).handlers == str(tmp_path / "etc" / "shop" / "bot")
+    assert not (tmp_path / "etc" / "shop" / "chatdaemon.yaml").exists()
+    capsys.readouterr()
     assert cli.main(["init", str(tmp_path / "x"), "--example", "nope"]) == 78
     assert "there are: counter," in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
