@@ -50,8 +50,10 @@ setup(
         "jinja2>=3.1.6,<4",
         "PyYAML>=6.0,<7",
         "python-daemon>=3.0,<4",
-        # the read side (`status`, `chats`): rows_where and JSON/table output
+        # the read side (`status`, `chats`): rows_where and count_where on a read-only
+        # connection; tabulate (a dependency of sqlite-utils) prints tables as its CLI does
         "sqlite-utils>=4,<5",
+        "tabulate>=0.9",
     ],
     extras_require={
         "test": ["pytest>=8", "wheel>=0.40"],   # wheel: tests/test_install.py builds one
