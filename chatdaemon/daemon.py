@@ -233,6 +233,9 @@ class PidFile:
         try:
             fd = open_regular(self.path, os.O_RDONLY, "pidfile")
         except FileNotFoundError:
+            if not os.path.isdir(os.path.dirname(self.path)):
+                raise ConfigError(f"cannot create pidfile {self.path}: its directory does not exist") \
+                    from None
             return
         try:
             if _is_locked(fd):

@@ -239,6 +239,8 @@ def test_pidfile_check_creates_nothing_and_names_the_holder(tmp_path):
     path = tmp_path / "bot.pid"
     PidFile(str(path)).check_free()
     assert not path.exists()
+    with pytest.raises(ConfigError, match="directory does not exist"):
+        PidFile(str(tmp_path / "no" / "bot.pid")).check_free()
     holder = PidFile(str(path))
     holder.acquire()
     try:
