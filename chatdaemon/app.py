@@ -125,8 +125,9 @@ class App:
                              conflict_grace=config.conflict_grace)
         self._start_hook_server()
         threading.Thread(target=self._poll, name="poller", daemon=True).start()
-        log.info("@%s is running (handlers: %s, database: %s)",
-                 self.me.get("username", "?"), self.bot.directory, self.config.database)
+        log.info("@%s is running (handlers: %s, database: %s, /healthz: %s)",
+                 self.me.get("username", "?"), self.bot.directory, self.config.database,
+                 self._healthz_url())
 
     def _get_me(self) -> dict:
         try:
@@ -174,17 +175,20 @@ class App:
             self.stop()
 
     def _start_hook_server(self) -> None:
-        if not self.config.hook_port:
+        # Several bots may share one machine: with no hooks.port in the config the server
+        # listens only for a bot that defines hooks (Config.hook_address).
+        address = self.config.hook_address(bool(self.bot.hooks))
+        if address is None:
             if self.bot.hooks:
                 log.warning("the bot defines hooks but the hook server is off (hooks.port: 0)")
             return
         from .hookserver import HookServer
         try:
-            self.hook_server = HookServer(self._hook_door(),
-                                          (self.config.hook_bind, self.config.hook_port))
+            self.hook_server = HookServer(self._hook_door(), address)
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.config.hook_bind}:{self.config.hook_port} "
-                              f"for hooks and /healthz: {exc.strerror}") from None
+            raise ConfigError(f"cannot listen on {address[0]}:{address[1]} for hooks and /healthz: "
+                              f"{exc.strerror} (another bot on this machine? give each bot its own "
+                              "hooks.port in its config)") from None
         self.hook_server.start()
 
     def _hook_door(self):
@@ -206,6 +210,12 @@ class App:
             "telegram_429_total": sender.stats["throttled_429"] if sender else 0,
             "telegram_retries_total": sender.stats["retries"] if sender else 0,
         }
+
+    def _healthz_url(self) -> str:
+        if self.hook_server is None:
+            return "off (set hooks.port to serve it)"
+        host, port = self.hook_server.server_address[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
 
     # -- side doors into the inbox ---------------------------------------------------------
 

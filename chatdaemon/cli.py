@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from . import __version__
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ChatdaemonError, ConfigError, ShuttingDown
 
 DESCRIPTION = """\
@@ -19,6 +20,8 @@ Examples:
   chatdaemon chat --handlers handlers/counter        talk to a bot in the terminal
   CHATDAEMON_TOKEN=123:abc chatdaemon run --handlers handlers/guess --db guess.sqlite3
   chatdaemon check --handlers handlers/guess         validate a bot and say what it does
+  chatdaemon init mybot                              write a starter bot and config into mybot/
+  chatdaemon status --db guess.sqlite3               backlog, chats, failures (works while it runs)
 """
 
 EXIT_STATUSES = """\
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatdaemon", description=DESCRIPTION, epilog=EXIT_STATUSES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"chatdaemon {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
@@ -56,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pidfile", metavar="FILE", help="with --daemon: the pidfile, held with a lock")
     run.add_argument("--log-file", metavar="FILE",
                      help="with --daemon: where logs go (default: chatdaemon.log beside the database)")
+    run.add_argument("--start-timeout", metavar="SECONDS", type=float, default=30.0,
+                     help="with --daemon: how long to wait for the first poll before returning "
+                          "(default 30; the daemon keeps trying after that)")
 
     check = commands.add_parser("check", help="validate config and handlers, say what the bot does")
     _add_bot_options(check, db=False)
@@ -66,7 +73,57 @@ def build_parser() -> argparse.ArgumentParser:
                     "printf '/start\\nhello\\n' | chatdaemon chat --handlers handlers/counter")
     _add_bot_options(chat)
     chat.add_argument("--log-level", metavar="LEVEL", type=_log_level, default=None)
+    _add_operating_commands(commands)
     return parser
+
+
+def _add_operating_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands for running a bot for months: init, files, stop, status, chats."""
+    init = commands.add_parser(
+        "init", help="write a starter bot and a config into DIR",
+        description="Write DIR/bot/bot.yaml (a starter bot) and DIR/chatdaemon.yaml (every config "
+                    "key with its default; handlers and database point into DIR). Never overwrites.",
+        epilog="Example:\n  chatdaemon init mybot && chatdaemon chat --config mybot/chatdaemon.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    init.add_argument("directory", metavar="DIR")
+    init.add_argument("--example", metavar="NAME",
+                      help="copy a shipped example bot (counter, guess, pimonitor, …) instead")
+    init.add_argument("--config", metavar="FILE",
+                      help="write the config here instead (e.g. /etc/chatdaemon/NAME.yaml for "
+                           "the chatdaemon@NAME unit)")
+
+    files = commands.add_parser(
+        "files", help="where the shipped example bots, systemd units and sample config are",
+        epilog="Example:\n  sudo cp \"$(chatdaemon files systemd)/chatdaemon@.service\" /etc/systemd/system/",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    files.add_argument("name", metavar="NAME", nargs="?", choices=("handlers", "systemd", "config"),
+                       help="print only this directory: handlers, systemd or config")
+
+    stop = commands.add_parser(
+        "stop", help="stop a daemon started with --daemon",
+        description="Send SIGTERM to the daemon holding the pidfile and wait until it has stopped.",
+        epilog="exit statuses: 0 stopped, 1 still running after --timeout, 3 not running\n"
+               "Example:\n  chatdaemon stop --pidfile /var/lib/mybot/chatdaemon.pid",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    stop.add_argument("--pidfile", metavar="FILE", required=True, help="the daemon's --pidfile")
+    stop.add_argument("--timeout", metavar="SECONDS", type=float, default=30.0,
+                      help="how long to wait for it to stop (default 30)")
+
+    status = commands.add_parser(
+        "status", help="backlog, chats, failures, quarantined and rejected updates, schedules",
+        description="Read the database (read-only; fine while the daemon runs) and say how the bot is.",
+        epilog="Example:\n  chatdaemon status --db /var/lib/chatdaemon/chatdaemon.sqlite3 --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    chats = commands.add_parser(
+        "chats", help="list conversations: id, name, state, last seen",
+        description="List the conversations in the database, the most recently active first "
+                    "(read-only; fine while the daemon runs).",
+        epilog="Example:\n  chatdaemon chats --db /var/lib/chatdaemon/chatdaemon.sqlite3 --limit 20",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    chats.add_argument("--limit", metavar="N", type=int, default=100, help="at most N chats (default 100)")
+    for command in (status, chats):
+        command.add_argument("--db", metavar="FILE", required=True, help="the bot's SQLite database")
+        command.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _log_level(value: str) -> str:
@@ -90,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat}[args.command](args)
+        return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat, "init": cmd_init,
+                "stop": cmd_stop, "status": cmd_status, "chats": cmd_chats,
+                "files": cmd_files}[args.command](args)
     except ShuttingDown:
         return EXIT_OK  # stopped (SIGTERM) before it was fully up
     except ChatdaemonError as exc:
@@ -108,8 +167,10 @@ def _redacted(text: str) -> str:
 def _load(args: argparse.Namespace, **overrides: Any):
     from .bots import load_bot
     from .config import check_api_url, load_config
+    from .shipped import resolve_handlers
     config = load_config(args.config).replace(
         handlers=args.handlers, database=getattr(args, "db", None), **overrides)
+    config = config.replace(handlers=resolve_handlers(config.handlers))
     check_api_url(config)
     return config, load_bot(config.handlers, config.error_text)
 
@@ -154,41 +215,86 @@ def cmd_run(args: argparse.Namespace) -> int:
     token = read_token(args)
     config, bot = _load_for_run(args)
     from .app import App, Events
-    from .daemon import Notifier, PidFile, run_detached
+    from .daemon import Notifier, removing_new_database
     from .dbfile import owner_of_token
     from .logs import configure
-    from .store import Store
     from .telegram import TelegramClient
 
-    if not args.daemon:
-        configure(config.log_level, secrets=(token,))
-        notifier = Notifier()
-        events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
-        api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+    if args.daemon:
+        return _run_daemon(args, token, config, bot)
+    configure(config.log_level, secrets=(token,))
+    notifier = Notifier()
+    events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
+    api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+    with removing_new_database(config.database, os.path.exists(config.database)):
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
             owner=owner_of_token(token)).run()
-        return EXIT_OK
-    # Everything that can fail is checked while the terminal is still attached.
+    return EXIT_OK
+
+
+def _run_daemon(args: argparse.Namespace, token: str, config, bot) -> int:
+    """--daemon: check in the foreground, detach, and exit with how the daemon's start went."""
+    from .app import App, Events
+    from .daemon import LogFile, PidFile, StartReport, removing_new_database, run_detached
+    from .dbfile import owner_of_token
+    from .logs import configure
+    from .telegram import TelegramClient
+
+    # Everything that can fail is checked while the terminal is still attached; what only
+    # the daemon can find out (a taken hook port) comes back over its start report.
     pidfile = PidFile(args.pidfile)
     pidfile.check_free()
     config = config.replace(database=os.path.abspath(config.database),
                             handlers=os.path.abspath(config.handlers))
-    Store(config.database, owner=owner_of_token(token)).close()
+    existed = os.path.exists(config.database)
+    _check_database_now(config.database, existed, owner_of_token(token))
     _check_token_now(token, config.api_url)
-    log_path = os.path.abspath(args.log_file or os.path.join(os.path.dirname(config.database),
-                                                             "chatdaemon.log"))
+    log_file = LogFile(args.log_file or os.path.join(os.path.dirname(config.database),
+                                                     "chatdaemon.log"))
     args.handlers, args.db = config.handlers, config.database
     if args.config:
         args.config = os.path.abspath(args.config)
 
-    def serve() -> None:
+    def serve(report: StartReport) -> None:
         configure(config.log_level, secrets=(token,))
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
-        App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args),
-            owner=owner_of_token(token)).run()
+        events = Events(ready=lambda app: log_file.reopen_on_hangup(), starting=report.starting,
+                        tick=report.tick)
+        with removing_new_database(config.database, existed):
+            App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
+                owner=owner_of_token(token)).run()
 
-    run_detached(pidfile, log_path, os.path.dirname(config.database), serve)
-    return EXIT_OK
+    outcome = run_detached(pidfile, log_file, os.path.dirname(config.database), serve,
+                           args.start_timeout)
+    return _report_start(outcome, pidfile, log_file.path)
+
+
+def _check_database_now(path: str, existed: bool, owner: str) -> None:
+    """An existing database must open; a new one is created only by the daemon that uses it."""
+    if existed:
+        from .store import Store
+        Store(path, owner=owner).close()
+        return
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"database directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create database {path}: {parent} is not writable")
+
+
+def _report_start(outcome, pidfile, log_path: str) -> int:
+    from .daemon import StartFailed
+    if outcome.kind == "ready":
+        print(f"chatdaemon: running as pid {pidfile.holder() or '?'}, polling; log: {log_path}")
+        return EXIT_OK
+    if outcome.kind == "starting":
+        print(f"chatdaemon: running as pid {pidfile.holder() or '?'} but not polling yet "
+              f"({outcome.text}); it keeps trying, see {log_path}", file=sys.stderr)
+        return EXIT_OK
+    if outcome.kind == "failed" and outcome.status == EXIT_OK:
+        print(f"chatdaemon: {outcome.text}", file=sys.stderr)
+        return EXIT_OK
+    raise StartFailed(outcome.status, outcome.text, log_path)
 
 
 def _check_token_now(token: str, api_url: str) -> None:
@@ -229,6 +335,58 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"database: {config.database}; delegates: at most {config.max_delegates}, "
           f"idle after {config.idle_timeout:.0f} s; rate limits "
           f"{'on' if config.limits.enabled else 'off'}")
+    print(describe_hook_server(config, bool(bot.hooks)))
+    return EXIT_OK
+
+
+def describe_hook_server(config, bot_defines_hooks: bool) -> str:
+    address = config.hook_address(bot_defines_hooks)
+    if address is None:
+        return "hook server: off, no /healthz (set hooks.port in the config to serve it)"
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    return f"hook server: hooks, /healthz and /metrics on http://{host}:{port}"
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .shipped import write_starter
+    written = write_starter(args.directory, args.example, args.config)
+    for path in written:
+        print(f"wrote {path}")
+    config = written[-1]
+    print(f"next: chatdaemon chat --config {config}    (talk to it, no token needed)\n"
+          f"      chatdaemon check --config {config}   (what it will do)")
+    return EXIT_OK
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    from .shipped import SHIPPED, shipped_dir
+    if args.name:
+        print(shipped_dir(args.name))
+    else:
+        for name in SHIPPED:
+            print(f"{name}: {shipped_dir(name)}")
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .daemon import stop_daemon
+    pid, seconds = stop_daemon(args.pidfile, args.timeout)
+    print(f"chatdaemon: stopped pid {pid} in {seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import as_json, format_status, open_read_only, read_status
+    status = read_status(open_read_only(args.db))
+    print(as_json(status) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def cmd_chats(args: argparse.Namespace) -> int:
+    from .status import as_json, format_chats, list_chats, open_read_only
+    chats = list_chats(open_read_only(args.db), args.limit)
+    print(as_json(chats) if args.json else format_chats(chats))
     return EXIT_OK
 
 

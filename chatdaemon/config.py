@@ -15,6 +15,7 @@ from .inbox import DEFAULT_ALLOWED_UPDATES
 from .ratelimit import Limits
 from .telegram import DEFAULT_API_URL
 
+DEFAULT_HOOK_PORT = 8787
 DEFAULT_ERROR_TEXT = "Sorry, something went wrong on my side. Please try again later."
 
 
@@ -30,7 +31,7 @@ class Config:
     allowed_updates: tuple[str, ...] = DEFAULT_ALLOWED_UPDATES
     limits: Limits = field(default_factory=Limits)
     hook_bind: str = "127.0.0.1"
-    hook_port: int = 8787                 # hooks, /healthz, /metrics; 0 turns the server off
+    hook_port: int | None = None          # hooks, /healthz, /metrics; None: see hook_address; 0: off
     operators: tuple[int, ...] = ()
     log_level: str = "INFO"
     error_text: str = DEFAULT_ERROR_TEXT
@@ -38,6 +39,17 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def hook_address(self, bot_defines_hooks: bool) -> tuple[str, int] | None:
+        """Where the hook server listens, or None for no server.
+
+        Without a hooks.port it runs only for a bot that defines hooks (on DEFAULT_HOOK_PORT),
+        so that several bots started with the defaults on one machine do not compete for a port.
+        """
+        port = self.hook_port
+        if port is None:
+            port = DEFAULT_HOOK_PORT if bot_defines_hooks else 0
+        return (self.hook_bind, port) if port else None
 
 
 _TOP_KEYS = {"api_url", "database", "handlers", "delegates", "polling", "rate_limits", "hooks",
