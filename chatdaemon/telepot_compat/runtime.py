@@ -109,6 +109,10 @@ class Runtime:
         except errors.TelegramError as exc:
             raise exception.from_native(exc) from None
 
+    def close(self) -> None:
+        if self.api is not None:
+            self.api.close()
+
     def download(self, file_path: str, dest: Any) -> int:
         return self._require_api().download(file_path, dest)
 

@@ -74,6 +74,12 @@ class FileAPI:
     def __repr__(self) -> str:
         return "FileAPI(<token redacted>)"
 
+    def close(self) -> None:
+        """Close the JSON client's kept-alive connections."""
+        close = getattr(self._client, "close", None)
+        if close is not None:
+            close()
+
     def call(self, method: str, params: dict | None = None, timeout: float | None = None) -> Any:
         params = params or {}
         if not any(isinstance(value, Upload) for value in params.values()):
