@@ -357,3 +357,23 @@ def test_fake_serves_get_file_and_downloads(telegram):
         assert caught.value.code in (401, 404)
         caught.value.close()
     assert telegram.downloads == ["photos/a.png", "photos/none.png"]  # another token: refused
+
+
+def test_methods_without_a_known_signature_take_named_parameters_only():
+    assert bind_arguments("sendDice", (), {"chat_id": 7, "emoji": "🎲"}) == {"chat_id": 7, "emoji": "🎲"}
+    with pytest.raises(TypeError, match="pass its parameters by name"):
+        bind_arguments("sendDice", (7,), {})
+
+
+def test_unhashable_seeds_make_a_handler_per_message(runtime):
+    calls = []
+    modules = build_modules(runtime)
+    bot = modules["telepot"].DelegatorBot(TOKEN, [
+        (tdelegate.per_message(), tdelegate.call(lambda seed_tuple: calls.append(seed_tuple[2]))),
+        (tdelegate.per_application(), tdelegate.call(lambda seed_tuple: calls.append(seed_tuple[2]))),
+    ])
+    delegation = Delegation(route_for(bot, None), FakeChat())
+    delegation.deliver(text("a"))
+    delegation.deliver(text("b"))
+    assert calls == [[text("a")], 1, [text("b")], 1]
+    assert modules["telepot"].is_event({"_idle": {}}) and not modules["telepot"].is_event(CHAT_MSG)

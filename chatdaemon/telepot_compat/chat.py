@@ -98,7 +98,10 @@ class Delegation:
             seed = seeder(msg)
             if seed is None:
                 continue
-            key = (index, seed if _hashable(seed) else repr(seed))
+            if not _hashable(seed):  # telepot: an unhashable seed makes a handler of its own
+                self._run_once(factory, msg, seed)
+                continue
+            key = (index, seed)
             if key in self.busy:
                 log.info("chat %s: a handler waiting in listener.wait() did not capture a "
                          "message; dropped as telepot does", self.chat.chat_id)
@@ -114,11 +117,7 @@ class Delegation:
         if job is not None:
             alive = job.deliver(msg)
         else:
-            seed_tuple = SeedTuple((self.route.bot, msg, seed))
-            seed_tuple.context = self.chat
-            job = OpenJob(factory(seed_tuple)) if isinstance(factory, OpenFactory) \
-                else RunJob(factory(seed_tuple))
-            self.jobs[key] = job
+            job = self.jobs[key] = self._make_job(factory, msg, seed)
             try:
                 alive = job.start(msg, seed)
             except BaseException:
@@ -126,6 +125,18 @@ class Delegation:
                 raise
         if not alive:
             self.jobs.pop(key, None)
+
+    def _run_once(self, factory: Any, msg: dict, seed: Any) -> None:
+        job = self._make_job(factory, msg, seed)
+        if job.start(msg, seed):
+            job.idle(self.route.idle_timeout or 0.0)
+
+    def _make_job(self, factory: Any, msg: dict, seed: Any) -> Any:
+        seed_tuple = SeedTuple((self.route.bot, msg, seed))
+        seed_tuple.context = self.chat
+        if isinstance(factory, OpenFactory):
+            return OpenJob(factory(seed_tuple))
+        return RunJob(factory(seed_tuple))
 
     def close(self, seconds: float) -> None:
         jobs, self.jobs = list(self.jobs.values()), {}

@@ -78,6 +78,16 @@ def per_callback_query_chat_id(types: Any = "all") -> Seeder:
         if flavor(msg) == "callback_query" and _chat_type_ok(msg["message"], types) else None)
 
 
+def per_application() -> Seeder:
+    """One seed for every message: one handler (per chat, under chatdaemon) sees them all."""
+    return lambda msg: 1
+
+
+def per_message(flavors: Any = "all") -> Seeder:
+    """A new handler for every message (an unhashable seed ties it to no other message)."""
+    return _none_on_missing(lambda msg: [msg] if flavors == "all" or flavor(msg) in flavors else None)
+
+
 def chain(*seeders: Seeder) -> Seeder:
     """The first seed any of the seeders gives."""
     def seeder(msg: dict) -> Any:

@@ -176,6 +176,15 @@ class ChatHandler(_Handler):
             self.listener.capture([{"message": {"chat": {"id": self.chat_id}}}])
 
 
+class Monitor(_Handler):
+    """A handler for whatever its `capture` patterns match (seed it per_application)."""
+
+    def __init__(self, seed_tuple: tuple, capture: list, **kwargs: Any):
+        super().__init__(seed_tuple, **kwargs)
+        for pattern in capture:
+            self.listener.capture(pattern)
+
+
 class UserHandler(_Handler):
     """One user's handler (seeded per_from_id): `user_id`, `sender` to that user."""
 

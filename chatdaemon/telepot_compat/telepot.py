@@ -151,6 +151,11 @@ def glance2(msg: dict, flavor: str = "normal", long: bool = False) -> tuple:
     return glance(msg, flavor, long)
 
 
+def is_event(msg: dict) -> bool:
+    """An internal event such as {'_idle': {...}}, not a Telegram object."""
+    return len(msg) == 1 and next(iter(msg)).startswith("_")
+
+
 def message_identifier(msg: dict) -> tuple:
     """(chat_id, message_id) of a message, or (inline_message_id,) of an inline one."""
     if "chat" in msg and "message_id" in msg:
@@ -173,6 +178,8 @@ def origin_identifier(msg: dict) -> tuple:
 
 def bind_arguments(method: str, args: tuple, kwargs: dict) -> dict:
     """Positional and keyword arguments → the method's Bot API parameters."""
+    if args and method not in SIGNATURES:
+        raise TypeError(f"{method}(): pass its parameters by name (chat_id=..., ...)")
     names = SIGNATURES.get(method, ())
     if len(args) > len(names):
         raise TypeError(f"{method}() takes {len(names)} positional arguments "
