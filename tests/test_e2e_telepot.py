@@ -270,6 +270,93 @@ def test_photo_program_uploads_from_disk_downloads_and_answers_buttons(telegram,
     assert daemon.stop() == 0
 
 
+# -- telepot 3's notifyOnMessage; a ChatHandler with buttons, listener.wait() and vars -----------
+
+TELEPOT3_ECHO = """\
+import sys
+import telepot
+
+def handle(msg):
+    content_type, chat_type, chat_id = telepot.glance2(msg)
+    bot.sendMessage(chat_id, 'echo: ' + msg['text'])
+
+bot = telepot.Bot(sys.argv[1])
+bot.notifyOnMessage(handle, run_forever=True)
+"""
+
+QUIZ = """\
+import sys
+import time
+
+import telepot
+from telepot.delegate import create_open, include_callback_query_chat_id, pave_event_space, per_chat_id
+from telepot.loop import MessageLoop
+from telepot.namedtuple import InlineKeyboardButton, InlineKeyboardMarkup
+
+
+class Quiz(telepot.helper.ChatHandler):
+    def on_chat_message(self, msg):
+        if msg['text'] == '/quiz':
+            self.sender.sendMessage('2+2?', reply_markup=InlineKeyboardMarkup(inline_keyboard=[[
+                InlineKeyboardButton(text='4', callback_data='4'),
+                InlineKeyboardButton(text='5', callback_data='5')]]))
+        elif msg['text'] == '/name':
+            self.sender.sendMessage('Your name?')
+            reply = self.listener.wait()
+            self.vars['name'] = reply['text']
+            self.sender.sendMessage('Hello %s (chat %d, seed %d)' % (reply['text'], self.chat_id, self.id))
+        elif msg['text'] == '/who':
+            self.sender.sendMessage(self.vars.get('name', 'nobody'))
+
+    def on_callback_query(self, msg):
+        query_id, from_id, data = telepot.glance(msg, flavor='callback_query')
+        self.bot.answerCallbackQuery(query_id, text='right' if data == '4' else 'wrong')
+
+
+bot = telepot.DelegatorBot(sys.argv[1], [
+    include_callback_query_chat_id(pave_event_space())(
+        per_chat_id(types=['private']), create_open, Quiz, timeout=10),
+])
+MessageLoop(bot).run_as_thread()
+while 1:
+    time.sleep(10)
+"""
+
+
+def test_telepot_3_notify_on_message_with_glance2(telegram, run_program, tmp_path):
+    script = tmp_path / "echo.py"
+    script.write_text(TELEPOT3_ECHO)
+    run_program(script)
+    telegram.push_message(4, "one")
+    telegram.push_message(4, "two")
+    assert telegram.wait_for(lambda: telegram.sent_to(4) == ["echo: one", "echo: two"], timeout=ANSWER)
+
+
+def test_chat_handler_buttons_listener_wait_and_durable_vars(telegram, run_program, tmp_path):
+    script = tmp_path / "quiz.py"
+    script.write_text(QUIZ)
+    first = run_program(script)
+    telegram.push_message(9, "/quiz")
+    assert telegram.wait_for(lambda: telegram.sent_to(9) == ["2+2?"], timeout=ANSWER)
+    quiz = telegram.sent[-1]
+    telegram.push_callback(9, "4", message_id=quiz["message_id"])
+    assert telegram.wait_for(lambda: telegram.calls_to("answerCallbackQuery"), timeout=ANSWER)
+    telegram.push_message(9, "/name")
+    telegram.push_message(9, "Ann")
+    assert telegram.wait_for(lambda: telegram.sent_to(9)[-1:] == ["Hello Ann (chat 9, seed 9)"],
+                             timeout=ANSWER)
+    assert telegram.sent_to(9) == ["2+2?", "Your name?", "Hello Ann (chat 9, seed 9)"]
+    answers = telegram.calls_to("answerCallbackQuery")
+    assert [call["params"]["text"] for call in answers] == ["right"]  # answered once, by the program
+    telegram.push_message(-50, "/who", chat_type="group")  # per_chat_id(types=['private']): no handler
+    assert first.stop() == 0
+    run_program(script)
+    telegram.push_message(9, "/who")  # a new process: self.vars came back from the database
+    assert telegram.wait_for(lambda: telegram.sent_to(9)[-1:] == ["Ann"], timeout=ANSWER)
+    assert wait_until(lambda: undone(tmp_path / "bot.sqlite3") == 0, timeout=ANSWER)
+    assert telegram.sent_to(-50) == []  # handled, deliberately silent
+
+
 # -- programs that cannot run say why -------------------------------------------------------------
 
 def run_to_end(tmp_path: Path, telegram, source: str, *args: str) -> subprocess.CompletedProcess:
