@@ -266,8 +266,8 @@ def test_photo_program_uploads_from_disk_downloads_and_answers_buttons(telegram,
 
     telegram.push_message(3, "hello")  # sendMessage(chat_id, len(text)): an int, sent as text
     assert telegram.wait_for(lambda: telegram.sent_to(3)[-1:] == ["5"], timeout=ANSWER)
-    assert "I am @test_bot" in daemon.output()  # getMe before the loop started
     assert daemon.stop() == 0
+    assert "I am @test_bot" in daemon.output()  # getMe before the loop started
 
 
 # -- telepot 3's notifyOnMessage; a ChatHandler with buttons, listener.wait() and vars -----------

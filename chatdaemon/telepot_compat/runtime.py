@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..telegram import TelegramClient
 from . import exception
+from .chat import route_for
 from .transport import FileAPI
 
 if TYPE_CHECKING:
@@ -56,7 +57,6 @@ class Runtime:
 
     def start_loop(self, bot: Any, callback: Any, allowed_updates: Any, block: bool) -> None:
         """The program's message loop starts: remember where updates go, wake the daemon."""
-        from .chat import route_for
         route = route_for(bot, callback)
         with self._lock:
             if self.route is not None:
