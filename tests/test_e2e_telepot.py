@@ -194,7 +194,7 @@ def test_guess_left_idle_expires_through_on_close_with_wait_too_long(telegram, r
 
 def test_chatbox_greets_newcomers_saves_messages_and_the_owner_reads_them(telegram, run_program):
     owner = 100
-    run_program("chatbox.py", str(owner))
+    daemon = run_program("chatbox.py", str(owner))
     telegram.push_many([(201, "a1"), (202, "b1"), (201, "a2")])
     hello = "Hello! Leave a message, the owner reads them all."
     saved = "Saved. The owner will read it soon."
@@ -218,6 +218,8 @@ def test_chatbox_greets_newcomers_saves_messages_and_the_owner_reads_them(telegr
     telegram.push_message(201, "a3")  # not a newcomer any more: no second greeting
     assert telegram.wait_for(lambda: telegram.sent_to(201) == [hello, saved, saved, saved],
                              timeout=ANSWER)
+    assert daemon.stop() == 0  # message_loop(run_forever=...) held only the program's thread
+    assert "Listening ..." in daemon.output()
 
 
 # -- a plain message_loop(handle) program: keyboards, a photo upload, a download -----------------

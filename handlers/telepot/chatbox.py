@@ -9,11 +9,9 @@ telepot's example: a restart forgets the ones the owner has not read.
 
 import sys
 import threading
-import time
 
 import telepot
 from telepot.delegate import call, create_open, pave_event_space, per_chat_id_except, per_chat_id_in
-from telepot.loop import MessageLoop
 
 
 class UnreadStore:
@@ -106,8 +104,4 @@ TOKEN = sys.argv[1]
 OWNER_ID = int(sys.argv[2])
 
 bot = ChatBox(TOKEN, OWNER_ID)
-MessageLoop(bot).run_as_thread()
-print('Listening ...')
-
-while 1:
-    time.sleep(10)
+bot.message_loop(run_forever='Listening ...')
