@@ -377,3 +377,24 @@ def test_unhashable_seeds_make_a_handler_per_message(runtime):
     delegation.deliver(text("b"))
     assert calls == [[text("a")], 1, [text("b")], 1]
     assert modules["telepot"].is_event({"_idle": {}}) and not modules["telepot"].is_event(CHAT_MSG)
+
+
+def test_one_pattern_failing_does_not_starve_the_others(runtime):
+    got = []
+
+    def broken_seeder(msg):
+        raise KeyError("chat")
+
+    def failing(seed_tuple):
+        raise RuntimeError("first pattern failed")
+
+    modules = build_modules(runtime)
+    bot = modules["telepot"].DelegatorBot(TOKEN, [
+        (broken_seeder, tdelegate.call(lambda seed_tuple: got.append("never"))),
+        (tdelegate.per_chat_id(), tdelegate.call(failing)),
+        (tdelegate.per_chat_id(), tdelegate.call(lambda seed_tuple: got.append(seed_tuple[1]["text"]))),
+    ])
+    delegation = Delegation(route_for(bot, None), FakeChat())
+    with pytest.raises(RuntimeError, match="first pattern failed"):
+        delegation.deliver(text("a"))
+    assert got == ["a"]

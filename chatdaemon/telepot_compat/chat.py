@@ -94,23 +94,43 @@ class Delegation:
         self.busy: set[tuple] = set()  # handlers in the middle of a message (listener.wait)
 
     def deliver(self, msg: dict) -> None:
+        """Every pattern whose seeder seeds `msg` gets it; the first failure is raised after."""
+        failures: list[Exception] = []
         for index, (seeder, factory) in enumerate(self.route.patterns):
-            seed = seeder(msg)
+            seed = self._seed(seeder, msg)
             if seed is None:
                 continue
-            if not _hashable(seed):  # telepot: an unhashable seed makes a handler of its own
-                self._run_once(factory, msg, seed)
-                continue
-            key = (index, seed)
-            if key in self.busy:
-                log.info("chat %s: a handler waiting in listener.wait() did not capture a "
-                         "message; dropped as telepot does", self.chat.chat_id)
-                continue
-            self.busy.add(key)
             try:
-                self._deliver_to(key, factory, msg, seed)
-            finally:
-                self.busy.discard(key)
+                self._deliver_seeded(index, factory, msg, seed)
+            except ShuttingDown:
+                raise
+            except Exception as exc:  # telepot's delegates were independent threads
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def _seed(self, seeder: Any, msg: dict) -> Any:
+        try:
+            return seeder(msg)
+        except Exception:
+            log.warning("chat %s: a seeder failed; that pattern skips this update",
+                        self.chat.chat_id, exc_info=True)
+            return None
+
+    def _deliver_seeded(self, index: int, factory: Any, msg: dict, seed: Any) -> None:
+        if not _hashable(seed):  # telepot: an unhashable seed makes a handler of its own
+            self._run_once(factory, msg, seed)
+            return
+        key = (index, seed)
+        if key in self.busy:
+            log.info("chat %s: a handler waiting in listener.wait() did not capture a "
+                     "message; dropped as telepot does", self.chat.chat_id)
+            return
+        self.busy.add(key)
+        try:
+            self._deliver_to(key, factory, msg, seed)
+        finally:
+            self.busy.discard(key)
 
     def _deliver_to(self, key: tuple, factory: Any, msg: dict, seed: Any) -> None:
         job = self.jobs.get(key)

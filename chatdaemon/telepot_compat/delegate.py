@@ -9,7 +9,6 @@ are served one update at a time, in order.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +17,6 @@ from .telepot import flavor
 
 Seeder = Callable[[dict], Any]
 
-_CHAT_FLAVORS = ["chat"]
-_event_spaces = itertools.count()
 
 
 def _none_on_missing(fn: Seeder) -> Seeder:
@@ -144,7 +141,7 @@ def _as_list(seeders: Any) -> list:
 
 def pave_event_space(fn: Callable = pair) -> Callable:
     """Give the handlers an event space (for telepot's timed events; idle is the daemon's)."""
-    event_space = next(_event_spaces)
+    event_space = object()  # only its identity matters
 
     def build(seeders: Any, delegator_factory: Callable, *args: Any, **kwargs: Any) -> tuple:
         return fn(_as_list(seeders), delegator_factory, *args, event_space=event_space, **kwargs)
