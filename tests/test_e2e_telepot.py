@@ -131,9 +131,12 @@ def test_counter_killed_mid_stream_answers_everything_pending_after_restart(
     before = len(telegram.sent_to(7))
     run_program("counter.py", db=db)
     pending = len(ids) - handled
-    assert telegram.wait_for(lambda: len(telegram.sent_to(7)) >= before + pending, timeout=60)
+    expected = [str(n) for n in range(1, pending + 1)]
     # the new process's handler starts from 0 and answers exactly what was not done
-    assert telegram.sent_to(7)[before:] == [str(n) for n in range(1, pending + 1)]
+    assert telegram.wait_for(lambda: telegram.sent_to(7)[-pending:] == expected, timeout=60)
+    # besides: at most the one reply the killed process had in flight, accepted after its
+    # death (Telegram has no idempotency key; its update was not done, so it is answered again)
+    assert len(telegram.sent_to(7)[before:]) - pending <= 1
     assert wait_until(lambda: done_ids(db) >= set(ids), timeout=10)
     assert telegram.confirmed <= done_ids(db)  # nothing acknowledged that is not handled
 
