@@ -398,3 +398,21 @@ def test_one_pattern_failing_does_not_starve_the_others(runtime):
     with pytest.raises(RuntimeError, match="first pattern failed"):
         delegation.deliver(text("a"))
     assert got == ["a"]
+
+
+def test_the_programs_timeout_and_allowed_updates_become_the_daemons(runtime):
+    from chatdaemon.config import Config
+    from chatdaemon.telepot_compat.runner import program_config
+
+    modules = build_modules(runtime)
+    bot = modules["telepot"].DelegatorBot(TOKEN, [
+        tdelegate.pave_event_space()(tdelegate.per_chat_id(), tdelegate.create_open, Recorder,
+                                     timeout=12),
+        tdelegate.pave_event_space()(tdelegate.per_from_id(), tdelegate.create_open, Recorder,
+                                     timeout=4)])
+    runtime.start_loop(bot, None, ["message", "callback_query"], block=False)
+    config = program_config(Config(), runtime)
+    assert config.idle_timeout == 4.0  # the shortest handler timeout
+    assert config.allowed_updates == ("message", "callback_query")
+    with pytest.raises(texception.Unsupported, match="already running"):
+        runtime.start_loop(bot, None, None, block=False)
