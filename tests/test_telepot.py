@@ -416,3 +416,15 @@ def test_the_programs_timeout_and_allowed_updates_become_the_daemons(runtime):
     assert config.allowed_updates == ("message", "callback_query")
     with pytest.raises(texception.Unsupported, match="already running"):
         runtime.start_loop(bot, None, None, block=False)
+
+
+def test_a_factory_returning_a_thread_runs_its_work_in_the_chats_delegate(runtime):
+    import threading
+
+    ran_in = []
+    modules = build_modules(runtime)
+    bot = modules["telepot"].DelegatorBot(TOKEN, [(
+        tdelegate.per_chat_id(),
+        lambda seed_tuple: threading.Thread(target=lambda: ran_in.append(threading.current_thread())))])
+    Delegation(route_for(bot, None), FakeChat()).deliver(text("a"))
+    assert ran_in == [threading.current_thread()]

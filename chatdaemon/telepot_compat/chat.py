@@ -11,6 +11,7 @@ first message (`open`), closed by `close()`, by an error, or when the delegate g
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, ClassVar
 
 from ..chathandler import ChatHandler
@@ -156,7 +157,10 @@ class Delegation:
         seed_tuple.context = self.chat
         if isinstance(factory, OpenFactory):
             return OpenJob(factory(seed_tuple))
-        return RunJob(factory(seed_tuple))
+        made = factory(seed_tuple)
+        if isinstance(made, threading.Thread):  # a custom thread: its work runs in the delegate
+            return RunJob(made.run)
+        return RunJob(made)
 
     def close(self, seconds: float) -> None:
         jobs, self.jobs = list(self.jobs.values()), {}
