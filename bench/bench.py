@@ -10,6 +10,8 @@ Workloads (rate limits off, as for a local Bot API server; durability on):
               (retry_after 1) and with the connection dropped after acceptance → missing/duplicate
   pipeline    the YAML `signup` bot over 1,000 chats (3 messages each) vs the counter on the same shape
   help        `chatdaemon --help` wall time
+  telepot     telepot's counter (handlers/telepot) under `chatdaemon telepot` vs the native counter,
+              10,000 messages over 500 chats → messages/s and CPU seconds of each
 Speeds are medians over --repeat runs; the machine is shared, so compare ratios.
 """
 
@@ -196,8 +198,51 @@ def help_time(runs: int = 7) -> dict:
     return {"median_s": statistics.median(times)}
 
 
+class TelepotRun(Run):
+    """handlers/telepot/counter.py under `chatdaemon telepot`, against a fresh test double."""
+
+    def __init__(self) -> None:  # same set-up as Run, another command
+        self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-")
+        self.telegram = FakeTelegram(TOKEN).start()
+        config_path = Path(self.scratch.name) / "config.yaml"
+        config_path.write_text("polling: {timeout: 5}\nhooks: {port: 0}\nlog_level: WARNING\n")
+        self.log = open(Path(self.scratch.name) / "daemon.log", "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatdaemon", "telepot", "--api-url", self.telegram.url,
+             "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--rate-limits", "off",
+             "--config", str(config_path), str(ROOT / "handlers" / "telepot" / "counter.py"), TOKEN],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+        if not self.telegram.wait_for(
+                lambda: any(c["method"] == "getUpdates" for c in self.telegram.calls), 30):
+            raise RuntimeError("the daemon did not start polling")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def telepot(messages: int = 10000, chats: int = 500) -> dict:
+    """telepot's counter under `chatdaemon telepot` vs the native counter, same load."""
+    def measure(run: Run) -> tuple[float, float]:
+        try:
+            cpu = cpu_seconds(run.process.pid)
+            began = time.monotonic()
+            run.telegram.push_many([(6_000_000 + i % chats, "m") for i in range(messages)])
+            if not run.telegram.wait_for_sent(messages, timeout=600):
+                raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+            return messages / (time.monotonic() - began), cpu_seconds(run.process.pid) - cpu
+        finally:
+            run.close()
+    native_rate, native_cpu = measure(Run("counter"))
+    telepot_rate, telepot_cpu = measure(TelepotRun())
+    return {"telepot_msgs_per_s": telepot_rate, "native_msgs_per_s": native_rate,
+            "telepot_cpu_s": telepot_cpu, "native_cpu_s": native_cpu}
+
+
 WORKLOADS = {"throughput": throughput, "latency": latency, "footprint": footprint,
-             "faults": faults, "pipeline": pipeline, "help": help_time}
+             "faults": faults, "pipeline": pipeline, "help": help_time, "telepot": telepot}
 
 
 def main() -> None:

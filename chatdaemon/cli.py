@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bot_options(chat)
     chat.add_argument("--log-level", metavar="LEVEL", type=_log_level, default=None)
     _add_operating_commands(commands)
+
+    telepot = commands.add_parser(
+        "telepot", help="run an unchanged telepot program on the durable core",
+        description="Run a telepot program: `import telepot` resolves to chatdaemon's telepot "
+                    "API, sys.argv is [SCRIPT, ARGS...], the token is the one the program gives "
+                    "telepot.Bot, and every update goes through the durable inbox. Example: "
+                    "chatdaemon telepot --db counter.sqlite3 counter.py 123:abc")
+    telepot.add_argument("--api-url", metavar="URL",
+                         help="Bot API base URL (default https://api.telegram.org)")
+    telepot.add_argument("--rate-limits", choices=("on", "off"),
+                         help="proactive sending limits (off only for a local Bot API server)")
+    telepot.add_argument("--db", metavar="FILE", help="SQLite database file")
+    telepot.add_argument("--config", metavar="FILE", help="daemon config (YAML)")
+    telepot.add_argument("script", metavar="SCRIPT", help="the telepot program")
+    telepot.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                         help="the program's arguments (its sys.argv[1:])")
     return parser
 
 
@@ -149,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat, "init": cmd_init,
                 "stop": cmd_stop, "status": cmd_status, "chats": cmd_chats,
-                "files": cmd_files}[args.command](args)
+                "files": cmd_files, "telepot": cmd_telepot}[args.command](args)
     except ShuttingDown:
         return EXIT_OK  # stopped (SIGTERM) before it was fully up
     except ChatdaemonError as exc:
@@ -403,6 +419,21 @@ def cmd_chat(args: argparse.Namespace) -> int:
         limits = dataclasses.replace(config.limits, enabled=False)
         config = config.replace(database=database, limits=limits, poll_timeout=1, hook_port=0)
         chat(config, bot, sys.stdin, sys.stdout)
+    return EXIT_OK
+
+
+def cmd_telepot(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import check_api_url, load_config
+    from .telepot_compat.runner import run_program
+    os.umask(0o077)
+    config = load_config(args.config).replace(database=args.db, api_url=args.api_url)
+    if args.rate_limits is not None:
+        config = config.replace(
+            limits=dataclasses.replace(config.limits, enabled=args.rate_limits == "on"))
+    check_api_url(config)
+    run_program(args.script, args.args, config)
     return EXIT_OK
 
 

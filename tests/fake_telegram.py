@@ -151,6 +151,8 @@ class FakeTelegram:
         self._timers: list[threading.Timer] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
+        self.downloads: list[str] = []                  # file paths fetched, in order
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "stopped"
@@ -406,6 +408,9 @@ class FakeTelegram:
         if self.down or self._stopped:
             _hang_up(request)
             return
+        if urllib.parse.urlsplit(request.path).path.startswith("/file/"):
+            self._serve_file(request)
+            return
         try:
             status, body = self._handle(request)
         except _Drop:
@@ -491,6 +496,8 @@ class FakeTelegram:
             return self._send(method, params)
         if method == "getMe":
             return _ok(dict(self.bot))
+        if method == "getFile" and params.get("file_id") in self.files:
+            return self._get_file(params["file_id"])
         if method in ("setWebhook", "deleteWebhook"):
             return self._change_webhook(method, params)
         if method == "getWebhookInfo":
@@ -595,6 +602,42 @@ class FakeTelegram:
                                 for a, b in itertools.pairwise(kept))
         if not pending:
             self._ordered = True
+
+    # -- files: getFile and downloads ---------------------------------------------------------
+
+    def add_file(self, file_id: str, content: bytes, file_path: str | None = None) -> str:
+        """Make `file_id` known: getFile answers a File, and its path serves `content`."""
+        path = file_path or f"documents/file_{len(self.files)}.bin"
+        with self.cond:
+            self.files[file_id] = (path, bytes(content))
+        return path
+
+    def _get_file(self, file_id: str) -> tuple[int, dict]:
+        with self.cond:
+            path, content = self.files[file_id]
+        return _ok({"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(content),
+                    "file_path": path})
+
+    def _serve_file(self, request: BaseHTTPRequestHandler) -> None:
+        """GET {url}/file/bot{token}/{file_path}: the content, or 401/404 as JSON."""
+        path = urllib.parse.urlsplit(request.path).path
+        prefix = f"/file/bot{self.token}/"
+        _read_body(request)
+        if not path.startswith(prefix):
+            _reply(request, *_error(401, "Unauthorized"))
+            return
+        wanted = path[len(prefix):]
+        with self.cond:
+            content = next((data for file_path, data in self.files.values() if file_path == wanted),
+                           None)
+            self.downloads.append(wanted)
+            self.cond.notify_all()
+        if content is None:
+            _reply(request, *_error(404, "Not Found"))
+            return
+        head = (f"HTTP/1.1 200 OK\r\nServer: fake-telegram\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n")
+        request.wfile.write(head.encode("latin-1") + content)
 
 
 # -- helpers ---------------------------------------------------------------------------------
