@@ -145,6 +145,9 @@ def _read_secret(path: str, what: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .signals import EarlySignals
+    early = EarlySignals()
+    early.install()  # before anything slow: from now on SIGHUP/SIGTERM are remembered, not fatal
     os.umask(0o077)
     if args.daemon and not args.pidfile:
         raise ConfigError("--daemon needs --pidfile FILE")
@@ -161,7 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier = Notifier()
         events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
-        App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args)).run()
+        App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
+            early=early).run()
         return EXIT_OK
     # Everything that can fail is checked while the terminal is still attached.
     pidfile = PidFile(args.pidfile)
@@ -179,7 +183,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def serve() -> None:
         configure(config.log_level, secrets=(token,))
         api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
-        App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args)).run()
+        App(config, bot, api, Events(), args.delete_webhook, lambda: _load_for_run(args),
+            early=early).run()
 
     run_detached(pidfile, log_path, os.path.dirname(config.database), serve)
     return EXIT_OK
@@ -215,7 +220,26 @@ def _load_for_run(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config, bot = _load(args)
+    """Load the config and the bot; say what the bot does, or print every error and exit 78."""
+    from .bots import load_bot
+    from .config import Config, check_api_url, load_config
+    from .errors import EXIT_CONFIG
+    from .yamlfile import Problems
+    problems = Problems()
+    config = problems.run(load_config, args.config)
+    checked_bot = config is not None or bool(args.handlers)
+    if checked_bot:
+        config = (config or Config()).replace(handlers=args.handlers)
+        problems.run(check_api_url, config)
+        bot = problems.run(load_bot, config.handlers, config.error_text)
+    if problems:
+        for error in sorted(problems.errors, key=_file_line):
+            print(f"chatdaemon: {_redacted(str(error))}", file=sys.stderr)
+        print(f"chatdaemon: {len(problems)} error(s)", file=sys.stderr)
+        if not checked_bot:
+            print("chatdaemon: the bot was not checked: the config names its directory "
+                  "(or give --handlers DIR)", file=sys.stderr)
+        return EXIT_CONFIG
     for line in bot.describe():
         print(line)
     for warning in bot.warnings:
@@ -224,6 +248,12 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"idle after {config.idle_timeout:.0f} s; rate limits "
           f"{'on' if config.limits.enabled else 'off'}")
     return EXIT_OK
+
+
+def _file_line(error: ConfigError) -> tuple[str, int]:
+    """Sort key: errors in file order, line by line."""
+    path, _, line = (error.where or "").rpartition(":")
+    return (path, int(line)) if line.isdigit() else (error.where or "", 0)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
