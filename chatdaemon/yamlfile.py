@@ -169,7 +169,9 @@ def _load(path: str) -> tuple[Any, str]:
             return None, f"{path}:1"
         return loader.construct_document(node), _place(loader, node)
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError(f"YAML syntax error: {_describe(exc)}", _syntax_where(path, exc)) from None
+        kind = "syntax error" if isinstance(exc, yaml.scanner.ScannerError | yaml.parser.ParserError) \
+            else "error"
+        raise ConfigError(f"YAML {kind}: {_describe(exc)}", _syntax_where(path, exc)) from None
     except yaml.reader.ReaderError as exc:
         line = text[:exc.position].count("\n") + 1
         raise ConfigError(f"YAML error: character {exc.character!r} is not allowed in YAML",
