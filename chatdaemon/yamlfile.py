@@ -162,8 +162,9 @@ def load_mapping(path: str, what: str) -> Mapping | None:
 def _load(path: str) -> tuple[Any, str]:
     """The document in `path` and the file:line where it starts."""
     text = _read_text(path)
-    loader = _Loader(text, path)
+    loader = None
     try:
+        loader = _Loader(text, path)  # the reader checks every character here
         node = loader.get_single_node()
         if node is None:
             return None, f"{path}:1"
@@ -181,7 +182,8 @@ def _load(path: str) -> tuple[Any, str]:
     except RecursionError:  # a net under MAX_DEPTH: never let a file take the process down
         raise ConfigError("nested too deeply to read", path) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _read_text(path: str) -> str:
