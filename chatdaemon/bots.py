@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -216,6 +217,10 @@ def _import_file(path: str, module_name: str) -> Any:
     earlier = _set_aside(package)
     _add_package(PACKAGE, [])
     _add_package(package, [directory])
+    # the package's neighbours are found by a fresh finder whose loader reads the source
+    # every time (the directory is on no other path, so nothing else is affected)
+    sys.path_importer_cache[directory] = importlib.machinery.FileFinder(
+        directory, (_SourceLoader, importlib.machinery.SOURCE_SUFFIXES))
     name = f"{package}.{module_name}"
     try:
         return _execute(path, name)
@@ -224,6 +229,14 @@ def _import_file(path: str, module_name: str) -> Any:
         sys.modules.update(earlier)
         raise ConfigError(f"cannot import {module_name}: {type(exc).__name__}: {exc}",
                           _failure_where(exc, path, directory)) from None
+
+
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles from the source on every import and writes no .pyc: a cached .pyc of an edit
+    made within the same second (and the same size) would bring back the old code."""
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        return self.source_to_code(self.get_data(self.path), self.path)
 
 
 def _execute(path: str, name: str) -> types.ModuleType:

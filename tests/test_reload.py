@@ -254,7 +254,8 @@ def test_two_bots_with_the_same_module_name_do_not_collide(tmp_path):
     assert first.handler_class.__module__ != second.handler_class.__module__
 
 
-def test_loading_again_runs_the_edited_module_and_its_neighbours(tmp_path):
+def test_loading_again_runs_the_edited_module_and_its_neighbours(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as on a Pi: .pyc files are written
     source = """
         from chatdaemon import ChatHandler
         from . import helper
