@@ -129,7 +129,7 @@ class Compiler:
         self.result = Definitions()
         self.problems = Problems()
         self._names: dict[str, str] = {}
-        self._regex: Any = None          # the regex that fills `pattern` in templates compiled now
+        self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
         self._lost_states: set[str] = set()     # named by handlers left out for an error
         self._lost_schedules: set[str] = set()  # schedules left out for an error
 

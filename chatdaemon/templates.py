@@ -119,12 +119,12 @@ class Templates:
 
     def compile(self, source: Any, where: str, parse_mode: str | None = None,
                 extra_names: frozenset[str] = frozenset(), url: bool = False,
-                pattern: Any = None) -> Template:
+                pattern: Any = ANY_PATTERN) -> Template:
         """A compiled template; a syntax error or an unknown name is a ConfigError at `where`.
 
         `url=True` compiles a request URL: every value is percent-encoded on the way in.
         `pattern` is the compiled regex whose groups fill `pattern` (None: no regex, so
-        `pattern` is empty there; ANY_PATTERN: unknown, not checked).
+        `pattern` is empty there; ANY_PATTERN, the default: unknown, not checked).
         """
         if isinstance(source, bool) or source is None:
             raise ConfigError(f"YAML read this value as {source!r}: put it in quotes", where)
@@ -154,7 +154,7 @@ class Templates:
         raise ConfigError(f"unknown parse_mode {parse_mode!r} (HTML, MarkdownV2 or none)", where)
 
 
-def check_fields(tree: nodes.Template, where: str, pattern: Any = None) -> None:
+def check_fields(tree: nodes.Template, where: str, pattern: Any = ANY_PATTERN) -> None:
     """`emoji.NAME`, `pattern.NAME` and the fields of message, user, chat and callback must
     exist; every one that does not is a ConfigError at its line (all of them at once)."""
     local = {node.name for node in tree.find_all(nodes.Name) if node.ctx != "load"}
@@ -162,8 +162,8 @@ def check_fields(tree: nodes.Template, where: str, pattern: Any = None) -> None:
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         key = _field_key(node)
         shape = _shape_of(node.node, local)
-        if key is None or shape is None:
-            continue
+        if key is None or shape is None or str(key).startswith("_"):
+            continue  # _names are the sandbox's to refuse, at render
         problem = _field_problem(shape, _path(node.node), key, pattern)
         if problem:
             problems.append(ConfigError(problem, _shift(where, node.lineno)))
