@@ -287,11 +287,14 @@ class Compiler:
         where = _at(item, "save")
         if not isinstance(save, dict):
             raise ConfigError("save must map variable names to templates", where)
+        part = Problems()
         for name in save:
             if not isinstance(name, str) or not name.isidentifier():
-                raise ConfigError(f"save: {name!r} is not a variable name", where)
-        return {name: self._template(value, _at(save, name, where))
-                for name, value in save.items()}
+                part.add(ConfigError(f"save: {name!r} is not a variable name", _at(save, name, where)))
+        saved = {name: part.run(self._template, value, _at(save, name, where))
+                 for name, value in save.items()}
+        part.raise_any()
+        return saved
 
     # -- responses and requests ------------------------------------------------------------
 
