@@ -96,13 +96,13 @@ def describe_definitions(definitions: Definitions) -> list[str]:
     return lines
 
 
-def definition_files(directory: str) -> list[str]:
+def definition_files(directory: str, where: str | None = None) -> list[str]:
     if not os.path.isdir(directory):
-        raise ConfigError(f"handlers directory {directory} does not exist")
+        raise ConfigError(f"handlers directory {directory} does not exist", where)
     files = sorted(glob.glob(os.path.join(directory, "*.yaml")) +
                    glob.glob(os.path.join(directory, "*.yml")))
     if not files:
-        raise ConfigError(f"no bot definition (*.yaml) in {directory}")
+        raise ConfigError(f"no bot definition (*.yaml) in {directory}", where)
     return files
 
 
@@ -117,13 +117,13 @@ class _Seen:
 
 
 def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
-             environ: dict[str, str] | None = None) -> Bot:
-    """Read every definition in `directory` as one bot.
+             environ: dict[str, str] | None = None, where: str | None = None) -> Bot:
+    """Read every definition in `directory` (named at `where`, if a file named it) as one bot.
 
     Raises ConfigError — ConfigErrors when there are several — naming file:line for every
     mistake in every file, never another exception (a reload must survive any file).
     """
-    files = definition_files(directory)
+    files = definition_files(directory, where)
     compiler = Compiler(Templates(), environ)
     problems = compiler.problems
     seen = _Seen(error_text)

@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace, **overrides: Any):
     config = load_config(args.config).replace(
         handlers=args.handlers, database=getattr(args, "db", None), **overrides)
     check_api_url(config)
-    return config, load_bot(config.handlers, config.error_text)
+    return config, load_bot(config.handlers, config.error_text, where=config.origin("handlers"))
 
 
 def read_token(args: argparse.Namespace) -> str:
@@ -231,7 +231,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if checked_bot:
         config = (config or Config()).replace(handlers=args.handlers)
         problems.run(check_api_url, config)
-        bot = problems.run(load_bot, config.handlers, config.error_text)
+        bot = problems.run(load_bot, config.handlers, config.error_text, None,
+                           config.origin("handlers"))
     if problems:
         for error in sorted(problems.errors, key=_file_line):
             print(f"chatdaemon: {_redacted(str(error))}", file=sys.stderr)

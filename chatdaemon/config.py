@@ -39,9 +39,17 @@ class Config:
     log_level: str = "INFO"
     error_text: str = DEFAULT_ERROR_TEXT
     stop_timeout: float = 20.0
+    # (key, file:line) of the values the config file set, so later errors can say where
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        origins = tuple(origin for origin in self.origins if origin[0] not in changes)
+        return dataclasses.replace(self, **changes, origins=origins)
+
+    def origin(self, key: str) -> str | None:
+        """file:line where the config file set `key`, if it did."""
+        return dict(self.origins).get(key)
 
 
 _TOP_KEYS = {"api_url", "database", "handlers", "delegates", "polling", "rate_limits", "hooks",
@@ -89,7 +97,8 @@ def load_config(path: str | None) -> Config:
     if "rate_limits" in data:
         values["limits"] = problems.run(_limits, data["rate_limits"], data.key_where["rate_limits"])
     problems.raise_any()
-    config = Config(**values)
+    config = Config(**values, origins=tuple((key, where) for key, where in data.key_where.items()
+                                            if isinstance(key, str)))
     _validate(config, data)
     return config
 

@@ -275,6 +275,19 @@ def test_relative_paths_in_a_config_are_relative_to_its_directory(tmp_path):
     assert "bot in ../bots/hello" in result.stdout
 
 
+def test_a_handlers_directory_that_does_not_exist_names_the_config_line(tmp_path):
+    config = write(tmp_path / "etc" / "chatdaemon.yaml", """
+        log_level: INFO
+        handlers: ../nowhere
+    """)
+    result = check("--config", str(config))
+    assert result.returncode == 78
+    assert f"{config}:2: handlers directory {tmp_path / 'etc' / '..' / 'nowhere'} does not exist" \
+        in result.stderr
+    result = check("--config", str(config), "--handlers", "gone", cwd=tmp_path)
+    assert "chatdaemon: handlers directory gone does not exist" in result.stderr  # not the config's
+
+
 @pytest.mark.parametrize("ending", ["raise SystemExit(3)", "raise KeyboardInterrupt"])
 def test_check_on_a_module_that_exits_at_import_is_exit_78(tmp_path, ending):
     write(tmp_path / "bot" / "bot.yaml", "python: mod:Bot\n")
