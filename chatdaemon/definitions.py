@@ -235,7 +235,7 @@ class Compiler:
         return build(item[key], _at(item, key)) if key in item else None
 
     def _schedule_action(self, data: Any, where: str) -> ScheduleAction:
-        check_keys(data, {"start", "stop", "every"}, "a handler's schedule", where)
+        check_keys(data, {"start", "stop", "every"}, "a handler's schedule")
         if ("start" in data) == ("stop" in data):
             raise ConfigError("schedule needs either start: NAME (with every) or stop: NAME|all", where)
         if "stop" in data:
