@@ -29,6 +29,7 @@ from .errors import (
 from .poller import Poller
 from .ratelimit import RateLimiter
 from .sender import Sender
+from .signals import EarlySignals
 from .store import Store
 from .telegram import NOT_JSON, BotAPI
 
@@ -56,6 +57,7 @@ class App:
     delete_webhook: bool = False
     loader: Callable[[], tuple[Config, Bot]] | None = None   # re-reads config and bot on SIGHUP
     owner: str | None = None   # the bot id the database must belong to (dbfile.owner_of_token)
+    early: EarlySignals | None = None    # signals caught while config and bot were loading
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -77,6 +79,9 @@ class App:
         """Run until stopped (SIGTERM/SIGINT or `stop()`); raise the error that ended polling."""
         if install_signals:
             self._install_signals()
+        if self.stop_event.is_set():
+            log.info("stopped before it started")
+            return
         threading.stack_size(STACK_SIZE)
         self.store = Store(self.config.database, owner=self.owner)
         try:
@@ -100,6 +105,12 @@ class App:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_hangup)
+        # what arrived while loading was remembered, not lost and not fatal: act on it now
+        if self.early is not None and self.early.stop:
+            log.info("a stop signal arrived while starting; stopping")
+            self.stop()
+        if self.early is not None and self.early.reload:
+            self._reload_requested = True
 
     def _start(self) -> None:
         config = self.config
@@ -257,7 +268,12 @@ class App:
         try:
             config, bot = self.loader()
         except ChatdaemonError as exc:
-            log.error("reload failed; the running bot stays as it was: %s", exc)
+            for error in getattr(exc, "errors", [exc]):
+                log.error("reload failed; the running bot stays as it was: %s", error)
+            return
+        except BaseException as exc:  # whatever a loader raises, a reload never ends the daemon
+            log.error("reload failed; the running bot stays as it was: %s: %s",
+                      type(exc).__name__, exc, exc_info=True)
             return
         for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout"):
             if getattr(config, name) != getattr(self.config, name):

@@ -1,12 +1,21 @@
-"""Loading a bot: the YAML definitions in a handlers directory, and the ChatHandler they name."""
+"""Loading a bot: the YAML definitions in a handlers directory, and the ChatHandler they name.
+
+A bot's Python modules are imported as `chatdaemon_bots.<hash of the directory>.<module>`,
+never under their bare names: a module called `json` does not shadow the standard library,
+two bots' `handler.py` do not collide, a module imports its neighbours with `from . import x`,
+and every load (a reload) runs the files as they are now.
+"""
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
 import traceback
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +28,7 @@ from .pipeline import Pipeline, PipelineHandler
 from .templates import Templates
 
 DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks"}
+PACKAGE = "chatdaemon_bots"
 
 
 @dataclass
@@ -32,6 +42,7 @@ class Bot:
     files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     definitions: Definitions = field(default_factory=Definitions)
+    python_ref: str | None = None      # `module:Class` as the definition wrote it
 
     @property
     def hooks(self) -> dict:
@@ -46,8 +57,8 @@ class Bot:
         """What `chatdaemon check` prints about this bot."""
         lines = [f"bot in {self.directory} ({len(self.files)} file(s))"]
         if self.handler_class is not None:
-            cls = self.handler_class
-            lines.append(f"  python handler: {cls.__module__}:{cls.__qualname__}")
+            lines.append(f"  python handler: {self.python_ref} "
+                         f"(imported as {self.handler_class.__module__})")
         if self.pipeline is not None:
             lines += describe_definitions(self.definitions)
         for schedule in self.definitions.schedules.values():
@@ -56,8 +67,6 @@ class Bot:
             recipients = ", ".join(str(c) for c in hook.recipients)
             lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {recipients} "
                          f"(at most {hook.rate_limit}/min)")
-        for missing in self.definitions.missing_env:
-            lines.append(f"  missing environment variable: {missing}")
         return lines
 
 
@@ -87,67 +96,90 @@ def describe_definitions(definitions: Definitions) -> list[str]:
     return lines
 
 
-def definition_files(directory: str) -> list[str]:
+def definition_files(directory: str, where: str | None = None) -> list[str]:
     if not os.path.isdir(directory):
-        raise ConfigError(f"handlers directory {directory} does not exist")
+        raise ConfigError(f"handlers directory {directory} does not exist", where)
     files = sorted(glob.glob(os.path.join(directory, "*.yaml")) +
                    glob.glob(os.path.join(directory, "*.yml")))
     if not files:
-        raise ConfigError(f"no bot definition (*.yaml) in {directory}")
+        raise ConfigError(f"no bot definition (*.yaml) in {directory}", where)
     return files
 
 
-def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
-             environ: dict[str, str] | None = None) -> Bot:
-    """Read every definition in `directory` as one bot; ConfigError with file:line on any mistake."""
-    files = definition_files(directory)
-    compiler = Compiler(Templates(), environ)
-    python_ref: tuple[str, str] | None = None
+@dataclass
+class _Seen:
+    """What the files of one bot said so far, for the checks across files."""
+
+    error_text: str
+    python: tuple[Any, str] | None = None    # (module:Class, where)
     fallback_where: str | None = None
     yaml_where: str | None = None
+
+
+def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
+             environ: dict[str, str] | None = None, where: str | None = None) -> Bot:
+    """Read every definition in `directory` (named at `where`, if a file named it) as one bot.
+
+    Raises ConfigError — ConfigErrors when there are several — naming file:line for every
+    mistake in every file, never another exception (a reload must survive any file).
+    """
+    files = definition_files(directory, where)
+    compiler = Compiler(Templates(), environ)
+    problems = compiler.problems
+    seen = _Seen(error_text)
     for path in files:
-        data = yamlfile.load(path)
-        if data is None:
-            continue
-        yamlfile.check_keys(data, DEFINITION_KEYS, "a bot definition")
-        where = data.key_where
-        if "python" in data:
-            if python_ref is not None:
-                raise ConfigError(f"`python` is already set in {python_ref[1]}", where["python"])
-            python_ref = (data["python"], where["python"])
-        if "error_text" in data:
-            error_text = str(data["error_text"])
-        if "env" in data:
-            compiler.add_env(data["env"])
-        if "handlers" in data:
-            compiler.add_handlers(data["handlers"])
-            yaml_where = yaml_where or where["handlers"]
-        if "tree" in data:
-            compiler.add_tree(data["tree"], where["tree"])
-            yaml_where = yaml_where or where["tree"]
-        if "schedules" in data:
-            compiler.add_schedules(data["schedules"])
-        if "hooks" in data:
-            compiler.add_hooks(data["hooks"])
-        if "fallback" in data:
-            if fallback_where is not None:
-                raise ConfigError(f"fallback is already set in {fallback_where}", where["fallback"])
-            fallback_where = where["fallback"]
-            compiler.result.fallback = compiler.response(data["fallback"], fallback_where)
+        problems.run(_read_definition, path, compiler, seen)
     definitions = compiler.finish()
-    if python_ref is not None and yaml_where is not None:
-        raise ConfigError(f"a bot is either `python` ({python_ref[1]}) or YAML handlers, not both",
-                          yaml_where)
-    bot = Bot(directory, error_text=error_text, files=files, warnings=definitions.warnings,
+    handler_class = None
+    if seen.python is not None and seen.yaml_where is not None:
+        problems.add(ConfigError(f"a bot is either `python` ({seen.python[1]}) or YAML handlers, "
+                                 "not both", seen.yaml_where))
+    elif seen.python is not None:
+        handler_class = problems.run(import_handler, directory, *seen.python)
+    elif seen.yaml_where is None and not problems:
+        problems.add(ConfigError(f"no handler defined in {directory}: add `handlers:`, `tree:` or "
+                                 "`python: module:Class`", files[0]))
+    problems.raise_any()
+    bot = Bot(directory, error_text=seen.error_text, files=files, warnings=definitions.warnings,
               definitions=definitions)
-    if python_ref is not None:
-        bot.handler_class = import_handler(directory, *python_ref)
-    elif definitions.handlers or definitions.tree:
-        bot.pipeline = Pipeline(definitions, error_text)
+    if handler_class is not None:
+        bot.handler_class, bot.python_ref = handler_class, seen.python[0]
     else:
-        raise ConfigError(f"no handler defined in {directory}: add `handlers:`, `tree:` or "
-                          "`python: module:Class`", files[0])
+        bot.pipeline = Pipeline(definitions, seen.error_text)
     return bot
+
+
+def _read_definition(path: str, compiler: Compiler, seen: _Seen) -> None:
+    """One definition file into the compiler; every mistake in it is collected."""
+    data = yamlfile.load_mapping(path, "a bot definition")
+    if data is None:
+        return
+    problems = compiler.problems
+    problems.run(yamlfile.check_keys, data, DEFINITION_KEYS, "a bot definition")
+    where = data.key_where
+    if "python" in data:
+        if seen.python is not None:
+            problems.add(ConfigError(f"`python` is already set in {seen.python[1]}", where["python"]))
+        else:
+            seen.python = (data["python"], where["python"])
+    if "error_text" in data:
+        seen.error_text = str(data["error_text"])
+    sections = (("env", compiler.add_env), ("handlers", compiler.add_handlers),
+                ("schedules", compiler.add_schedules), ("hooks", compiler.add_hooks),
+                ("tree", compiler.add_tree))
+    for key, add in sections:
+        if key in data:
+            problems.run(add, data[key], where[key])
+    if ("handlers" in data or "tree" in data) and seen.yaml_where is None:
+        seen.yaml_where = where["handlers" if "handlers" in data else "tree"]
+    if "fallback" in data:
+        if seen.fallback_where is not None:
+            problems.add(ConfigError(f"fallback is already set in {seen.fallback_where}",
+                                     where["fallback"]))
+        else:
+            seen.fallback_where = where["fallback"]
+            compiler.result.fallback = problems.run(compiler.response, data["fallback"],
+                                                    where["fallback"])
 
 
 def import_handler(directory: str, ref: Any, where: str) -> type[ChatHandler]:
@@ -155,6 +187,8 @@ def import_handler(directory: str, ref: Any, where: str) -> type[ChatHandler]:
     if not isinstance(ref, str) or ref.count(":") != 1:
         raise ConfigError(f"python must look like module:Class, not {ref!r}", where)
     module_name, class_name = ref.split(":")
+    if not module_name.isidentifier() or not class_name.isidentifier():
+        raise ConfigError(f"python must look like module:Class, not {ref!r}", where)
     path = os.path.join(directory, module_name + ".py")
     if not os.path.isfile(path):
         raise ConfigError(f"python module {module_name}.py not found in {directory}", where)
@@ -165,18 +199,81 @@ def import_handler(directory: str, ref: Any, where: str) -> type[ChatHandler]:
     return cls
 
 
+def package_name(directory: str) -> str:
+    """The package a handlers directory's modules are imported into."""
+    digest = hashlib.sha256(os.path.realpath(directory).encode()).hexdigest()[:12]
+    return f"{PACKAGE}.d{digest}"
+
+
 def _import_file(path: str, module_name: str) -> Any:
+    """Run `path` as a fresh module of its directory's package.
+
+    The package's modules from an earlier load are set aside first, so that the module and
+    the neighbours it imports are read again; if the import fails they are put back, and the
+    running bot keeps the modules it was built from.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    if directory not in sys.path:
-        sys.path.insert(0, directory)  # so a handler module can import its neighbours
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
+    package = package_name(directory)
+    earlier = _set_aside(package)
+    _add_package(PACKAGE, [])
+    _add_package(package, [directory])
+    # the package's neighbours are found by a fresh finder whose loader reads the source
+    # every time (the directory is on no other path, so nothing else is affected)
+    sys.path_importer_cache[directory] = importlib.machinery.FileFinder(
+        directory, (_SourceLoader, importlib.machinery.SOURCE_SUFFIXES))
+    name = f"{package}.{module_name}"
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == path]
-        lineno = exc.lineno if isinstance(exc, SyntaxError) else (frames[-1].lineno if frames else 1)
+        return _execute(path, name)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: a bot's import never ends the daemon
+        _set_aside(package)
+        sys.modules.update(earlier)
         raise ConfigError(f"cannot import {module_name}: {type(exc).__name__}: {exc}",
-                          f"{path}:{lineno}") from None
-    sys.modules[module_name] = module
+                          _failure_where(exc, path, directory)) from None
+
+
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles from the source on every import and writes no .pyc: a cached .pyc of an edit
+    made within the same second (and the same size) would bring back the old code."""
+
+    def get_code(self, fullname: str) -> types.CodeType:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
+def _execute(path: str, name: str) -> types.ModuleType:
+    with open(path, "rb") as handle:
+        source = handle.read()
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=path)
+    spec.has_location = True
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = path
+    sys.modules[name] = module  # as the import system does, so that circular imports work
+    # compiled from the source every time: a cached .pyc of an edit within the same second
+    # would bring back the old code
+    exec(compile(source, path, "exec"), module.__dict__)
     return module
+
+
+def _set_aside(package: str) -> dict[str, types.ModuleType]:
+    """Remove `package` and its modules from sys.modules and return them."""
+    names = [name for name in sys.modules if name == package or name.startswith(package + ".")]
+    return {name: sys.modules.pop(name) for name in names}
+
+
+def _add_package(name: str, path: list[str]) -> None:
+    if name in sys.modules:
+        return
+    module = types.ModuleType(name)
+    module.__path__ = path
+    module.__package__ = name
+    module.__spec__ = importlib.util.spec_from_loader(name, loader=None, is_package=True)
+    module.__spec__.submodule_search_locations = path
+    sys.modules[name] = module
+
+
+def _failure_where(exc: BaseException, path: str, directory: str) -> str:
+    """file:line of the failure: the last line of the bot's own files in the traceback."""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        return f"{exc.filename}:{exc.lineno}"
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if os.path.dirname(os.path.abspath(frame.filename)) == directory]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else f"{path}:1"

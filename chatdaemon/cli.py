@@ -188,7 +188,7 @@ def _load(args: argparse.Namespace, **overrides: Any):
         handlers=args.handlers, database=getattr(args, "db", None), **overrides)
     config = config.replace(handlers=resolve_handlers(config.handlers))
     check_api_url(config)
-    return config, load_bot(config.handlers, config.error_text)
+    return config, load_bot(config.handlers, config.error_text, where=config.origin("handlers"))
 
 
 def read_token(args: argparse.Namespace) -> str:
@@ -225,6 +225,9 @@ def _read_secret(path: str, what: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .signals import EarlySignals
+    early = EarlySignals()
+    early.install()  # before anything slow: from now on SIGHUP/SIGTERM are remembered, not fatal
     os.umask(0o077)
     if args.daemon and not args.pidfile:
         raise ConfigError("--daemon needs --pidfile FILE")
@@ -237,18 +240,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .telegram import TelegramClient
 
     if args.daemon:
-        return _run_daemon(args, token, config, bot)
+        return _run_daemon(args, token, config, bot, early)
     configure(config.log_level, secrets=(token,))
     notifier = Notifier()
     events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
     api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
     with removing_new_database(config.database, os.path.exists(config.database)):
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
-            owner=owner_of_token(token)).run()
+            owner=owner_of_token(token), early=early).run()
     return EXIT_OK
 
 
-def _run_daemon(args: argparse.Namespace, token: str, config, bot) -> int:
+def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int:
     """--daemon: check in the foreground, detach, and exit with how the daemon's start went."""
     from .app import App, Events
     from .daemon import LogFile, PidFile, StartReport, removing_new_database, run_detached
@@ -278,7 +281,7 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot) -> int:
                         tick=report.tick)
         with removing_new_database(config.database, existed):
             App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
-                owner=owner_of_token(token)).run()
+                owner=owner_of_token(token), early=early).run()
 
     outcome = run_detached(pidfile, log_file, os.path.dirname(config.database), serve,
                            args.start_timeout)
@@ -343,7 +346,27 @@ def _load_for_run(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config, bot = _load(args)
+    """Load the config and the bot; say what the bot does, or print every error and exit 78."""
+    from .bots import load_bot
+    from .config import Config, check_api_url, load_config
+    from .errors import EXIT_CONFIG
+    from .yamlfile import Problems
+    problems = Problems()
+    config = problems.run(load_config, args.config)
+    checked_bot = config is not None or bool(args.handlers)
+    if checked_bot:
+        config = (config or Config()).replace(handlers=args.handlers)
+        problems.run(check_api_url, config)
+        bot = problems.run(load_bot, config.handlers, config.error_text, None,
+                           config.origin("handlers"))
+    if problems:
+        for error in sorted(problems.errors, key=_file_line):
+            print(f"chatdaemon: {_redacted(str(error))}", file=sys.stderr)
+        print(f"chatdaemon: {len(problems)} error(s)", file=sys.stderr)
+        if not checked_bot:
+            print("chatdaemon: the bot was not checked: the config names its directory "
+                  "(or give --handlers DIR)", file=sys.stderr)
+        return EXIT_CONFIG
     for line in bot.describe():
         print(line)
     for warning in bot.warnings:
@@ -404,6 +427,12 @@ def cmd_chats(args: argparse.Namespace) -> int:
     chats = list_chats(open_read_only(args.db), args.limit)
     print(as_json(chats) if args.json else format_chats(chats))
     return EXIT_OK
+
+
+def _file_line(error: ConfigError) -> tuple[str, int]:
+    """Sort key: errors in file order, line by line."""
+    path, _, line = (error.where or "").rpartition(":")
+    return (path, int(line)) if line.isdigit() else (error.where or "", 0)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

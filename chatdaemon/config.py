@@ -1,11 +1,15 @@
 """The daemon configuration: loaded once from YAML into a frozen object and passed explicitly.
 
 Precedence: command-line options, then the config file, then these defaults.
+Relative paths in a config file (`database`, `handlers`) are relative to the directory of
+that file, not to wherever the daemon was started; on the command line they are relative to
+the current directory as usual.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,9 +40,17 @@ class Config:
     log_level: str = "INFO"
     error_text: str = DEFAULT_ERROR_TEXT
     stop_timeout: float = 20.0
+    # (key, file:line) of the values the config file set, so later errors can say where
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Config:
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        origins = tuple(origin for origin in self.origins if origin[0] not in changes)
+        return dataclasses.replace(self, **changes, origins=origins)
+
+    def origin(self, key: str) -> str | None:
+        """file:line where the config file set `key`, if it did."""
+        return dict(self.origins).get(key)
 
     def hook_address(self, bot_defines_hooks: bool) -> tuple[str, int] | None:
         """Where the hook server listens, or None for no server.
@@ -65,44 +77,77 @@ _LIMIT_KEYS = {"enabled": bool, "per_second": float, "per_chat_per_second": floa
 _LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
 
+_PATH_KEYS = ("database", "handlers")
+
+
 def load_config(path: str | None) -> Config:
-    """The config in `path` (defaults for everything it leaves out), or the defaults."""
+    """The config in `path` (defaults for everything it leaves out), or the defaults.
+
+    Raises ConfigError (ConfigErrors when there are several) naming file:line and the key.
+    """
     if path is None:
         return Config()
-    data = yamlfile.load(path)
+    data = yamlfile.load_mapping(path, "the daemon config")
     if data is None:
         return Config()
-    yamlfile.check_keys(data, _TOP_KEYS, "the daemon config")
+    problems = yamlfile.Problems()
+    problems.run(yamlfile.check_keys, data, _TOP_KEYS, "the daemon config")
     values: dict[str, Any] = {}
     for key in ("api_url", "database", "handlers", "log_level", "error_text"):
         if key in data:
-            values[key] = _typed(data, key, str)
+            values[key] = problems.run(_typed, data, key, str)
+    for key in _PATH_KEYS:
+        if isinstance(values.get(key), str):
+            values[key] = _beside(path, values[key])
     if "stop_timeout" in data:
-        values["stop_timeout"] = _typed(data, "stop_timeout", float)
+        values["stop_timeout"] = problems.run(_typed, data, "stop_timeout", float)
     if "operators" in data:
-        values["operators"] = tuple(_int(v, data) for v in _typed(data, "operators", list))
+        values["operators"] = problems.run(_operators, data)
     for section, keys in _SECTIONS.items():
         if section in data:
-            part = data[section]
-            yamlfile.check_keys(part, set(keys), section)
-            for key, (name, kind) in keys.items():
-                if key in part:
-                    values[name] = _typed(part, key, kind)
+            values.update(problems.run(_section, data, section, keys, failed={}))
     if "rate_limits" in data:
-        values["limits"] = _limits(data["rate_limits"])
-    config = Config(**values)
+        values["limits"] = problems.run(_limits, data["rate_limits"], data.key_where["rate_limits"])
+    problems.raise_any()
+    config = Config(**values, origins=tuple((key, where) for key, where in data.key_where.items()
+                                            if isinstance(key, str)))
     _validate(config, data)
     return config
 
 
-def _limits(part: Any) -> Limits:
+def _beside(config_path: str, value: str) -> str:
+    """A path written in the config file, relative to that file's directory."""
+    if not value or os.path.isabs(value):
+        return value
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), value)
+
+
+def _section(data: yamlfile.Mapping, section: str, keys: dict) -> dict[str, Any]:
+    part = data[section]
+    yamlfile.check_keys(part, set(keys), section, data.key_where[section])
+    problems = yamlfile.Problems()
+    values = {name: problems.run(_typed, part, key, kind, section)
+              for key, (name, kind) in keys.items() if key in part}
+    problems.raise_any()
+    return values
+
+
+def _operators(data: yamlfile.Mapping) -> tuple[int, ...]:
+    return tuple(_int(v, data) for v in _typed(data, "operators", list))
+
+
+def _limits(part: Any, where: str) -> Limits:
     if isinstance(part, bool):
         return Limits(enabled=part)
-    yamlfile.check_keys(part, set(_LIMIT_KEYS), "rate_limits")
-    return Limits(**{key: _typed(part, key, kind) for key, kind in _LIMIT_KEYS.items() if key in part})
+    yamlfile.check_keys(part, set(_LIMIT_KEYS), "rate_limits", where)
+    problems = yamlfile.Problems()
+    values = {key: problems.run(_typed, part, key, kind, "rate_limits")
+              for key, kind in _LIMIT_KEYS.items() if key in part}
+    problems.raise_any()
+    return Limits(**values)
 
 
-def _typed(mapping: dict, key: str, kind: type) -> Any:
+def _typed(mapping: dict, key: str, kind: type, section: str = "") -> Any:
     value = mapping[key]
     where = mapping.key_where.get(key) if isinstance(mapping, yamlfile.Mapping) else None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -110,7 +155,8 @@ def _typed(mapping: dict, key: str, kind: type) -> Any:
     if kind is tuple and isinstance(value, list):
         return tuple(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {_name(kind)}, not {value!r}", where)
+        name = f"{section}.{key}" if section else key
+        raise ConfigError(f"{name} must be {_name(kind)}, not {value!r}", where)
     return value
 
 
@@ -135,17 +181,19 @@ def check_api_url(config: Config, where: str | None = None) -> None:
 
 def _validate(config: Config, data: dict) -> None:
     where = data.key_where if isinstance(data, yamlfile.Mapping) else {}
-    check_api_url(config, where.get("api_url"))
-    if config.max_delegates < 1:
-        raise ConfigError("delegates.max must be at least 1", where.get("delegates"))
-    if config.idle_timeout <= 0:
-        raise ConfigError("delegates.idle_timeout must be positive", where.get("delegates"))
-    if not 0 <= config.poll_timeout <= 50:
-        raise ConfigError("polling.timeout must be between 0 and 50 seconds", where.get("polling"))
-    if config.log_level.upper() not in _LOG_LEVELS:
-        raise ConfigError(f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}",
-                          where.get("log_level"))
+    problems = yamlfile.Problems()
+    problems.run(check_api_url, config, where.get("api_url"))
     limits = config.limits
-    if min(limits.per_second, limits.per_chat_per_second, limits.per_group_per_minute) <= 0 \
-            or limits.per_chat_burst < 1:
-        raise ConfigError("rate_limits values must be positive", where.get("rate_limits"))
+    for wrong, message, key in (
+        (config.max_delegates < 1, "delegates.max must be at least 1", "delegates"),
+        (config.idle_timeout <= 0, "delegates.idle_timeout must be positive", "delegates"),
+        (not 0 <= config.poll_timeout <= 50, "polling.timeout must be between 0 and 50 seconds",
+         "polling"),
+        (config.log_level.upper() not in _LOG_LEVELS,
+         f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}", "log_level"),
+        (min(limits.per_second, limits.per_chat_per_second, limits.per_group_per_minute) <= 0
+         or limits.per_chat_burst < 1, "rate_limits values must be positive", "rate_limits"),
+    ):
+        if wrong:
+            problems.add(ConfigError(message, where.get(key)))
+    problems.raise_any()

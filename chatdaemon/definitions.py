@@ -2,6 +2,8 @@
 
 Everything a message needs at run time — regexes, templates, request specs — is compiled
 here once; a mistake is a ConfigError naming file:line, and suspicious things are warnings.
+Mistakes are collected, not raised one at a time: a handler, hook or schedule with an error
+is left out and the next one is still checked, so `check` reports every error of a bot.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 
 from . import yamlfile
 from .errors import ConfigError
-from .templates import Template, Templates
+from .templates import ANY_PATTERN, Template, Templates
 from .tree import Tree, compile_tree
-from .yamlfile import check_keys
+from .yamlfile import Problems, check_keys
 
 HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", "request",
                 "response", "on_error", "save", "handoff", "schedule"}
@@ -115,7 +117,6 @@ class Definitions:
     schedules: dict[str, Schedule] = field(default_factory=dict)
     hooks: dict[str, Hook] = field(default_factory=dict)
     tree: Tree | None = None
-    missing_env: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -126,43 +127,100 @@ class Compiler:
         self.templates = templates
         self.environ = os.environ if environ is None else environ
         self.result = Definitions()
+        self.problems = Problems()
         self._names: dict[str, str] = {}
+        self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
+        self._lost_states: set[str] = set()     # named by handlers left out for an error
+        self._lost_schedules: set[str] = set()  # schedules left out for an error
+
+    def _template(self, source: Any, where: str, parse_mode: str | None = None,
+                  url: bool = False) -> Template:
+        return self.templates.compile(source, where, parse_mode, url=url, pattern=self._regex)
 
     # -- env -------------------------------------------------------------------------------
 
-    def add_env(self, data: Any) -> None:
+    def add_env(self, data: Any, where: str | None = None) -> None:
         if not isinstance(data, dict):
-            raise ConfigError("env must be a mapping of names to values", yamlfile.where_of(data))
+            raise ConfigError("env must be a mapping of names to values",
+                              yamlfile.where_of(data, where or "?"))
         for name, value in data.items():
-            where = data.key_where.get(name, "?") if isinstance(data, yamlfile.Mapping) else "?"
-            if not isinstance(name, str) or not name.isidentifier():
-                raise ConfigError(f"env name {name!r} must be an identifier", where)
-            if name in self.result.env:
-                raise ConfigError(f"env {name} is defined twice", where)
-            self.result.env[name] = self._expand(str(value), name, where)
+            with self.problems.collect():
+                self._add_env_value(name, value, _at(data, name, where or "?"))
+
+    def _add_env_value(self, name: Any, value: Any, where: str) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"env name {name!r} must be an identifier", where)
+        if name in self.result.env:
+            raise ConfigError(f"env {name} is defined twice", where)
+        self.result.env[name] = self._expand(str(value), f"env.{name}", where)
 
     def _expand(self, value: str, name: str, where: str) -> str:
-        def lookup(match: re.Match) -> str:
-            variable, default = match.group(1), match.group(2)
-            if variable in self.environ:
-                return self.environ[variable]
-            if default is None:
-                self.result.missing_env.append(f"{variable} (env.{name}, {where})")
-                return ""
-            return default
-        return _ENV_REFERENCE.sub(lookup, value)
+        """${VAR} and ${VAR:-default} from the environment; a VAR that is not set and has no
+        default is an error naming it (never an empty value that fails later)."""
+        missing = [match.group(1) for match in _ENV_REFERENCE.finditer(value)
+                   if match.group(1) not in self.environ and match.group(2) is None]
+        if missing:
+            raise ConfigError(f"{name}: environment variable {', '.join(missing)} is not set "
+                              f"(set it, or give a default: ${{{missing[0]}:-value}})", where)
+        return _ENV_REFERENCE.sub(lambda match: self.environ.get(match.group(1), match.group(2)),
+                                  value)
 
     # -- handlers --------------------------------------------------------------------------
 
-    def add_handlers(self, items: Any) -> None:
+    def add_handlers(self, items: Any, where: str | None = None) -> None:
         if not isinstance(items, list):
-            raise ConfigError("handlers must be a list", yamlfile.where_of(items))
+            raise ConfigError("handlers must be a list", yamlfile.where_of(items, where or "?"))
         for index, item in enumerate(items):
-            where = items.item_where[index] if isinstance(items, yamlfile.Sequence) else "?"
-            self.result.handlers.append(self._handler(item, where, len(self.result.handlers)))
+            item_where = items.item_where[index] if isinstance(items, yamlfile.Sequence) else "?"
+            handler = self.problems.run(self._handler, item, item_where, len(self.result.handlers))
+            if handler is not None:
+                self.result.handlers.append(handler)
+            else:
+                self._remember_lost(item)
+
+    def _remember_lost(self, item: Any) -> None:
+        """A handler left out for an error still counts for the whole-bot checks, so that
+        its mistake is not reported a second time as "nothing enters state X"."""
+        if not isinstance(item, dict):
+            return
+        for state in (item.get("target_state"), *_as_list(item.get("source_states"))):
+            if isinstance(state, str):
+                self._lost_states.add(state)
 
     def _handler(self, item: Any, where: str, order: int) -> Handler:
-        check_keys(item, HANDLER_KEYS, "a handler")
+        """One handler; raises every mistake in it at once (ConfigErrors)."""
+        if not isinstance(item, dict):
+            raise ConfigError("a handler must be a mapping (name, pattern, response, …)", where)
+        part = Problems()
+        part.run(check_keys, item, HANDLER_KEYS, "a handler", where)
+        name = part.run(self._handler_name, item, where, failed=str(item.get("name") or "?"))
+        if "response" not in item and "handoff" not in item:
+            part.add(ConfigError(f"handler {name} has no response", where))
+        if "handoff" in item:
+            part.add(ConfigError(f"handler {name}: handoff is not supported yet",
+                                 _at(item, "handoff")))
+        regex = part.run(self._pattern, item, name, failed=ANY_PATTERN)
+        self._regex = regex  # response, request, on_error and save see this handler's groups
+        try:
+            handler = Handler(
+                name=name, where=where,
+                pattern=None if regex is ANY_PATTERN else regex,
+                source_states=part.run(self._states, item, name),
+                target_state=part.run(self._state_name, item, "target_state"),
+                priority=part.run(self._priority, item, failed=0),
+                order=order,
+                response=part.run(self._optional, item, "response", self.response),
+                request=part.run(self._optional, item, "request", self._request),
+                on_error=part.run(self._optional, item, "on_error", self.response),
+                save=part.run(self._save, item, failed={}),
+                schedule=part.run(self._optional, item, "schedule", self._schedule_action),
+            )
+        finally:
+            self._regex = None
+        part.raise_any()
+        return handler
+
+    def _handler_name(self, item: dict, where: str) -> str:
         name = item.get("name")
         if isinstance(name, bool):
             raise ConfigError(f"YAML read the handler name as {name}: put it in quotes", where)
@@ -171,24 +229,10 @@ class Compiler:
         if name in self._names:
             raise ConfigError(f"duplicate handler name {name!r} (also at {self._names[name]})", where)
         self._names[name] = where
-        if "response" not in item and "handoff" not in item:
-            raise ConfigError(f"handler {name} has no response", where)
-        if "handoff" in item:
-            raise ConfigError(f"handler {name}: handoff is not supported yet", _at(item, "handoff"))
-        return Handler(
-            name=name, where=where,
-            pattern=self._pattern(item, name),
-            source_states=self._states(item, name),
-            target_state=self._state_name(item, "target_state"),
-            priority=self._priority(item),
-            order=order,
-            response=self.response(item["response"], _at(item, "response")),
-            request=self._request(item["request"], _at(item, "request")) if "request" in item else None,
-            on_error=self.response(item["on_error"], _at(item, "on_error")) if "on_error" in item else None,
-            save=self._save(item),
-            schedule=self._schedule_action(item["schedule"], _at(item, "schedule"))
-            if "schedule" in item else None,
-        )
+        return name
+
+    def _optional(self, item: dict, key: str, build: Any) -> Any:
+        return build(item[key], _at(item, key)) if key in item else None
 
     def _schedule_action(self, data: Any, where: str) -> ScheduleAction:
         check_keys(data, {"start", "stop", "every"}, "a handler's schedule")
@@ -243,31 +287,39 @@ class Compiler:
         where = _at(item, "save")
         if not isinstance(save, dict):
             raise ConfigError("save must map variable names to templates", where)
+        part = Problems()
         for name in save:
             if not isinstance(name, str) or not name.isidentifier():
-                raise ConfigError(f"save: {name!r} is not a variable name", where)
-        return {name: self.templates.compile(value, _at(save, name, where))
-                for name, value in save.items()}
+                part.add(ConfigError(f"save: {name!r} is not a variable name", _at(save, name, where)))
+        saved = {name: part.run(self._template, value, _at(save, name, where))
+                 for name, value in save.items()}
+        part.raise_any()
+        return saved
 
     # -- responses and requests ------------------------------------------------------------
 
     def response(self, data: Any, where: str) -> Response:
+        """A response; raises every mistake in its parts at once (ConfigErrors)."""
         if isinstance(data, str):
             data = {"text": data}
-        check_keys(data, RESPONSE_KEYS, "a response")
+        check_keys(data, RESPONSE_KEYS, "a response", where)
+        part = Problems()
         if "text" not in data:
-            raise ConfigError("a response needs text", where)
-        mode = self.templates.mode_of(data.get("parse_mode"), _at(data, "parse_mode", where))
-        return Response(
-            text=self.templates.compile(data["text"], _at(data, "text", where), mode),
+            part.add(ConfigError("a response needs text", where))
+        mode = part.run(self.templates.mode_of, data.get("parse_mode"),
+                        _at(data, "parse_mode", where), failed="none")
+        response = Response(
+            text=part.run(self._template, data.get("text", "-"), _at(data, "text", where), mode),
             parse_mode=None if mode == "none" else mode,
-            keyboard=self._keyboard(data.get("keyboard"), _at(data, "keyboard", where)),
-            buttons=self._buttons(data.get("buttons"), _at(data, "buttons", where)),
+            keyboard=part.run(self._keyboard, data.get("keyboard"), _at(data, "keyboard", where)),
+            buttons=part.run(self._buttons, data.get("buttons"), _at(data, "buttons", where)),
             remove_keyboard=bool(data.get("remove_keyboard", False)),
             one_time_keyboard=bool(data.get("one_time_keyboard", False)),
             disable_web_page_preview=bool(data.get("disable_web_page_preview", False)),
             where=where,
         )
+        part.raise_any()
+        return response
 
     def _rows(self, rows: Any, where: str, what: str) -> list[list[Any]]:
         if not isinstance(rows, list) or not rows:
@@ -277,7 +329,7 @@ class Compiler:
     def _keyboard(self, rows: Any, where: str) -> list[list[Template]] | None:
         if rows is None:
             return None
-        return [[self.templates.compile(label, where) for label in row]
+        return [[self._template(label, where) for label in row]
                 for row in self._rows(rows, where, "keyboard")]
 
     def _buttons(self, rows: Any, where: str) -> list[list[Button]] | None:
@@ -291,7 +343,7 @@ class Compiler:
     def _button(self, button: Any, where: str) -> Button:
         if isinstance(button, str):
             button = {"text": button, "data": button}
-        check_keys(button, {"text", "data", "url"}, "an inline button")
+        check_keys(button, {"text", "data", "url"}, "an inline button", where)
         if "text" not in button:
             raise ConfigError("an inline button needs text", where)
         where = yamlfile.where_of(button, where)
@@ -301,49 +353,65 @@ class Compiler:
         if isinstance(data, str) and "{" not in data and len(data.encode()) > 64:
             raise ConfigError("button data is longer than Telegram's 64 bytes", where)
         return Button(
-            text=self.templates.compile(button["text"], where),
-            data=self.templates.compile(data, where) if data is not None else None,
-            url=self.templates.compile(button["url"], where, url=True) if "url" in button else None,
+            text=self._template(button["text"], where),
+            data=self._template(data, where) if data is not None else None,
+            url=self._template(button["url"], where, url=True) if "url" in button else None,
         )
 
     def _request(self, data: Any, where: str) -> Request:
-        check_keys(data, REQUEST_KEYS, "a request")
+        """A request step; raises every mistake in it at once (ConfigErrors)."""
+        check_keys(data, REQUEST_KEYS, "a request", where)
+        part = Problems()
         method = str(data.get("method", "GET")).upper()
         if method not in METHODS:
-            raise ConfigError(f"request method {method} is not one of {', '.join(sorted(METHODS))}",
-                              _at(data, "method", where))
+            part.add(ConfigError(f"request method {method} is not one of "
+                                 f"{', '.join(sorted(METHODS))}", _at(data, "method", where)))
         if "url" not in data:
-            raise ConfigError("a request needs a url", where)
+            part.add(ConfigError("a request needs a url", where))
         if "json" in data and "data" in data:
-            raise ConfigError("a request has either json or data, not both", where)
-        url = self.templates.compile(data["url"], _at(data, "url", where), url=True)
+            part.add(ConfigError("a request has either json or data, not both", where))
+        url = part.run(self._url, data["url"], _at(data, "url", where)) if "url" in data else None
+        timeout = part.run(self._timeout, data, where, failed=10.0)
+        request = Request(
+            method=method, url=url,
+            params=part.run(self._template_map, data.get("params"), _at(data, "params", where),
+                            "params"),
+            headers=part.run(self._template_map, data.get("headers"), _at(data, "headers", where),
+                             "headers"),
+            json=part.run(self._template_tree, data["json"], _at(data, "json", where))
+            if "json" in data else None,
+            data=part.run(self._template_tree, data["data"], _at(data, "data", where))
+            if "data" in data else None,
+            timeout=timeout, where=where,
+        )
+        part.raise_any()
+        return request
+
+    def _url(self, source: Any, where: str) -> Template:
+        url = self._template(source, where, url=True)
         if not re.match(r"(https?://|\{\{)", url.source):
             raise ConfigError("request url must start with http:// or https:// (or an env value)",
-                              _at(data, "url", where))
+                              where)
+        return url
+
+    def _timeout(self, data: dict, where: str) -> float:
         timeout = data.get("timeout", 10)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
                 or not 0 < timeout <= MAX_TIMEOUT:
             raise ConfigError(f"request timeout must be a number of seconds, at most {MAX_TIMEOUT:.0f}",
                               _at(data, "timeout", where))
-        return Request(
-            method=method, url=url,
-            params=self._template_map(data.get("params"), _at(data, "params", where), "params"),
-            headers=self._template_map(data.get("headers"), _at(data, "headers", where), "headers"),
-            json=self._template_tree(data["json"], _at(data, "json", where)) if "json" in data else None,
-            data=self._template_tree(data["data"], _at(data, "data", where)) if "data" in data else None,
-            timeout=float(timeout), where=where,
-        )
+        return float(timeout)
 
     def _template_map(self, mapping: Any, where: str, what: str) -> dict[str, Template]:
         if mapping is None:
             return {}
         if not isinstance(mapping, dict):
             raise ConfigError(f"{what} must be a mapping", where)
-        return {str(k): self.templates.compile(v, _at(mapping, k, where)) for k, v in mapping.items()}
+        return {str(k): self._template(v, _at(mapping, k, where)) for k, v in mapping.items()}
 
     def _template_tree(self, value: Any, where: str) -> Any:
         if isinstance(value, str):
-            return self.templates.compile(value, where)
+            return self._template(value, where)
         if isinstance(value, dict):
             return {k: self._template_tree(v, _at(value, k, where)) for k, v in value.items()}
         if isinstance(value, list):
@@ -352,56 +420,83 @@ class Compiler:
 
     # -- schedules and hooks -----------------------------------------------------------------
 
-    def add_schedules(self, items: Any) -> None:
-        for item, where in self._items(items, "schedules"):
-            check_keys(item, SCHEDULE_KEYS, "a schedule")
-            name = item.get("name")
-            if not isinstance(name, str) or not name or name == "all":
-                raise ConfigError("every schedule needs a name (not 'all')", where)
-            if name in self.result.schedules:
-                raise ConfigError(f"duplicate schedule name {name!r}", where)
-            if "response" not in item:
-                raise ConfigError(f"schedule {name} has no response", where)
-            self.result.schedules[name] = Schedule(
-                name, where, self.response(item["response"], _at(item, "response")),
-                self._request(item["request"], _at(item, "request")) if "request" in item else None,
-                self.response(item["on_error"], _at(item, "on_error")) if "on_error" in item else None)
+    def add_schedules(self, items: Any, where: str | None = None) -> None:
+        for item, item_where in self._items(items, "schedules", where):
+            schedule = self.problems.run(self._schedule, item, item_where)
+            if schedule is not None:
+                self.result.schedules[schedule.name] = schedule
+            elif isinstance(item, dict) and isinstance(item.get("name"), str):
+                self._lost_schedules.add(item["name"])
 
-    def add_hooks(self, items: Any) -> None:
-        for item, where in self._items(items, "hooks"):
-            check_keys(item, HOOK_KEYS, "a hook")
-            name = item.get("name")
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
-                raise ConfigError("a hook needs a name of letters, digits, - and _", where)
-            if name in self.result.hooks:
-                raise ConfigError(f"duplicate hook name {name!r}", where)
-            key = self._expand(str(item.get("key") or ""), f"hooks.{name}.key", where)
-            if not key:
-                raise ConfigError(f"hook {name} needs a key (the secret a sender must present)", where)
-            if len(key) < 16:
-                self.result.warnings.append(f"{where}: hook {name}'s key is short; use 16+ characters")
-            recipients = item.get("recipients")
-            if not isinstance(recipients, list) or not recipients:
-                raise ConfigError(f"hook {name} needs recipients: a list of chat ids", where)
-            chats = []
-            for chat in recipients:
-                chat = self._expand(str(chat), f"hooks.{name}.recipients", where)
-                if not re.fullmatch(r"-?\d+", chat.strip()):
-                    raise ConfigError(f"hook {name}: recipient {chat!r} is not a chat id", where)
-                chats.append(int(chat))
-            if "response" not in item:
-                raise ConfigError(f"hook {name} has no response", where)
-            rate = item.get("rate_limit", 600)
-            if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
-                raise ConfigError(f"hook {name}: rate_limit is POSTs per minute, a positive integer",
-                                  where)
-            self.result.hooks[name] = Hook(name, where, key, tuple(chats),
-                                           self.response(item["response"], _at(item, "response")),
-                                           rate)
+    def _schedule(self, item: Any, where: str) -> Schedule:
+        check_keys(item, SCHEDULE_KEYS, "a schedule", where)
+        name = item.get("name")
+        if not isinstance(name, str) or not name or name == "all":
+            raise ConfigError("every schedule needs a name (not 'all')", where)
+        if name in self.result.schedules:
+            raise ConfigError(f"duplicate schedule name {name!r}", where)
+        if "response" not in item:
+            raise ConfigError(f"schedule {name} has no response", where)
+        part = Problems()
+        schedule = Schedule(
+            name, where, part.run(self.response, item["response"], _at(item, "response")),
+            part.run(self._optional, item, "request", self._request),
+            part.run(self._optional, item, "on_error", self.response))
+        part.raise_any()
+        return schedule
 
-    def _items(self, items: Any, what: str):
+    def add_hooks(self, items: Any, where: str | None = None) -> None:
+        for item, item_where in self._items(items, "hooks", where):
+            hook = self.problems.run(self._hook, item, item_where)
+            if hook is not None:
+                self.result.hooks[hook.name] = hook
+
+    def _hook(self, item: Any, where: str) -> Hook:
+        check_keys(item, HOOK_KEYS, "a hook", where)
+        name = item.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ConfigError("a hook needs a name of letters, digits, - and _", where)
+        if name in self.result.hooks:
+            raise ConfigError(f"duplicate hook name {name!r}", where)
+        part = Problems()
+        key = part.run(self._hook_key, item, name, where, failed="?" * 16)
+        recipients = part.run(self._recipients, item, name, where, failed=())
+        if "response" not in item:
+            part.add(ConfigError(f"hook {name} has no response", where))
+        rate = item.get("rate_limit", 600)
+        if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
+            part.add(ConfigError(f"hook {name}: rate_limit is POSTs per minute, a positive integer",
+                                 _at(item, "rate_limit", where)))
+        response = part.run(self._optional, item, "response", self.response)
+        part.raise_any()
+        return Hook(name, where, key, recipients, response, rate)
+
+    def _hook_key(self, item: dict, name: str, where: str) -> str:
+        key_where = _at(item, "key", where)
+        key = self._expand(str(item.get("key") or ""), f"hooks.{name}.key", key_where)
+        if not key:
+            raise ConfigError(f"hook {name} needs a key (the secret a sender must present)", where)
+        if len(key) < 16:
+            self.result.warnings.append(f"{key_where}: hook {name}'s key is short; "
+                                        "use 16+ characters")
+        return key
+
+    def _recipients(self, item: dict, name: str, where: str) -> tuple[int, ...]:
+        recipients = item.get("recipients")
+        where = _at(item, "recipients", where)
+        if not isinstance(recipients, list) or not recipients:
+            raise ConfigError(f"hook {name} needs recipients: a list of chat ids", where)
+        chats = []
+        for chat in recipients:
+            chat = self._expand(str(chat), f"hooks.{name}.recipients", where)
+            if not re.fullmatch(r"-?\d+", chat.strip()):
+                raise ConfigError(f"hook {name}: recipient {chat!r} is not a chat id", where)
+            chats.append(int(chat))
+        return tuple(chats)
+
+    def _items(self, items: Any, what: str, where: str | None):
         if not isinstance(items, list):
-            raise ConfigError(f"{what} must be a list", yamlfile.where_of(items))
+            raise ConfigError(f"{what} must be a list", yamlfile.where_of(items, where or "?"))
         for index, item in enumerate(items):
             yield item, items.item_where[index] if isinstance(items, yamlfile.Sequence) else "?"
 
@@ -414,6 +509,7 @@ class Compiler:
     # -- the whole bot ---------------------------------------------------------------------
 
     def finish(self) -> Definitions:
+        """The whole-bot checks; the problems of the whole load are left in `problems`."""
         self._check_states()
         self._check_schedules()
         self.result.handlers.sort(key=lambda h: (-h.priority, h.order))
@@ -436,19 +532,21 @@ class Compiler:
             action = handler.schedule
             if action is None or (action.action == "stop" and action.name == "all"):
                 continue
-            if action.name not in self.result.schedules:
-                raise ConfigError(f"handler {handler.name}: no schedule named {action.name!r} "
-                                  "under schedules:", handler.where)
+            if action.name not in self.result.schedules and action.name not in self._lost_schedules:
+                self.problems.add(ConfigError(f"handler {handler.name}: no schedule named "
+                                              f"{action.name!r} under schedules:", handler.where))
 
     def _check_states(self) -> None:
         handlers = self.result.handlers
         tree_states = self.result.tree.states() if self.result.tree else set()
-        targets = {h.target_state for h in handlers if h.target_state} | tree_states
+        targets = {h.target_state for h in handlers if h.target_state} | tree_states \
+            | self._lost_states
         for handler in handlers:
             for state in handler.source_states or ():
                 if state not in targets:
-                    raise ConfigError(f"handler {handler.name}: no handler has target_state "
-                                      f"{state!r}, so this handler can never run", handler.where)
+                    self.problems.add(ConfigError(
+                        f"handler {handler.name}: no handler has target_state {state!r}, "
+                        "so this handler can never run", handler.where))
         catch_all = any(h.source_states is None for h in handlers)
         sources = {s for h in handlers for s in (h.source_states or ())}
         for handler in handlers:
@@ -493,6 +591,10 @@ def parse_duration(value: Any, where: str) -> float:
     if seconds < 5:
         raise ConfigError("a schedule ticks at most every 5 seconds", where)
     return seconds
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def _at(mapping: Any, key: Any, default: str = "?") -> str:

@@ -2,6 +2,7 @@
 
     ChatdaemonError                     anything chatdaemon raises on purpose
     ├── ConfigError        exit 78      bad daemon config, bot definition, template, token source
+    │   ├── ConfigErrors   exit 78      several of those, every one found in one load
     │   ├── BadToken       exit 78      Telegram answered 401/404 to the token
     │   └── UnusableDatabase exit 78    newer schema, another application's or a damaged file,
     │       │                           or files that cannot be made private (carries path, reason)
@@ -52,6 +53,18 @@ class ConfigError(ChatdaemonError):
         self.message = message
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigErrors(ConfigError):
+    """Every ConfigError one load found (`errors`), so that all of them are reported at once."""
+
+    def __init__(self, errors: list[ConfigError]):
+        flat: list[ConfigError] = []
+        for error in errors:
+            flat.extend(error.errors if isinstance(error, ConfigErrors) else [error])
+        self.errors = flat
+        super().__init__("\n".join(str(error) for error in flat), None)
+        self.where = flat[0].where if flat else None
 
 
 class BadToken(ConfigError):

@@ -98,8 +98,9 @@ class PipelineHandler(ChatHandler):
                  callback: dict | None) -> dict:
         pattern: dict[Any, Any] = {}
         if found is not None:
-            pattern = {i: g for i, g in enumerate(found.groups(), start=1)}
-            pattern.update({k: v for k, v in found.groupdict().items()})
+            # an optional group that did not match is empty text, not None (rendered "None")
+            pattern = {i: g for i, g in enumerate(found.groups(default=""), start=1)}
+            pattern.update({k: v for k, v in found.groupdict(default="").items()})
             pattern[0] = found.group(0)
         return {
             "message": message,

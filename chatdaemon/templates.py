@@ -10,14 +10,15 @@ Undefined names fail loudly (StrictUndefined), and rendered text has a size boun
 from __future__ import annotations
 
 import datetime
+import difflib
 import re
 from typing import Any
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors
 
 MAX_OUTPUT = 64 * 1024
 _MARKDOWN_V2_RESERVED = re.compile(r"([_*\[\]()~`>#+\-=|{}.!\\])")
@@ -39,6 +40,46 @@ EMOJI = {
     "up": "⬆️", "down": "⬇️", "house": "🏠", "pizza": "🍕", "coffee": "☕", "beer": "🍺",
     "sad": "😢", "thinking": "🤔", "eyes": "👀", "100": "💯",
 }
+
+EMOJI_NAMES = tuple(sorted(EMOJI))  # what `{{ emoji.NAME }}` accepts, for the documentation
+
+# The fields of the Bot API objects a template sees (message, user, chat, callback), so a typo
+# like user.frist_name is a load error instead of a failure when a user first triggers it.
+USER_FIELDS = frozenset({
+    "id", "is_bot", "first_name", "last_name", "username", "language_code", "is_premium",
+    "added_to_attachment_menu", "can_join_groups", "can_read_all_group_messages",
+    "supports_inline_queries", "can_connect_to_business", "has_main_web_app"})
+CHAT_FIELDS = frozenset({"id", "type", "title", "username", "first_name", "last_name", "is_forum"})
+MESSAGE_FIELDS = frozenset({
+    "message_id", "message_thread_id", "from", "sender_chat", "sender_boost_count",
+    "sender_business_bot", "date", "business_connection_id", "chat", "forward_origin",
+    "forward_from", "forward_from_chat", "forward_from_message_id", "forward_signature",
+    "forward_sender_name", "forward_date", "is_topic_message", "is_automatic_forward",
+    "reply_to_message", "external_reply", "quote", "reply_to_story", "via_bot", "edit_date",
+    "has_protected_content", "is_from_offline", "media_group_id", "author_signature", "text",
+    "entities", "link_preview_options", "effect_id", "animation", "audio", "document",
+    "paid_media", "photo", "sticker", "story", "video", "video_note", "voice", "caption",
+    "caption_entities", "show_caption_above_media", "has_media_spoiler", "contact", "dice",
+    "game", "poll", "venue", "location", "new_chat_members", "left_chat_member",
+    "new_chat_title", "new_chat_photo", "delete_chat_photo", "group_chat_created",
+    "supergroup_chat_created", "channel_chat_created", "message_auto_delete_timer_changed",
+    "migrate_to_chat_id", "migrate_from_chat_id", "pinned_message", "invoice",
+    "successful_payment", "refunded_payment", "users_shared", "chat_shared",
+    "connected_website", "write_access_allowed", "passport_data", "proximity_alert_triggered",
+    "boost_added", "chat_background_set", "forum_topic_created", "forum_topic_edited",
+    "forum_topic_closed", "forum_topic_reopened", "general_forum_topic_hidden",
+    "general_forum_topic_unhidden", "giveaway_created", "giveaway", "giveaway_winners",
+    "giveaway_completed", "video_chat_scheduled", "video_chat_started", "video_chat_ended",
+    "video_chat_participants_invited", "web_app_data", "reply_markup"})
+CALLBACK_FIELDS = frozenset({"id", "from", "message", "inline_message_id", "chat_instance", "data",
+                             "game_short_name"})
+_SHAPES = {"message": ("Message", MESSAGE_FIELDS), "user": ("User", USER_FIELDS),
+           "chat": ("Chat", CHAT_FIELDS), "callback": ("CallbackQuery", CALLBACK_FIELDS)}
+_NESTED = {("message", "chat"): "chat", ("message", "sender_chat"): "chat",
+           ("message", "from"): "user", ("message", "reply_to_message"): "message",
+           ("callback", "from"): "user", ("callback", "message"): "message"}
+_DICT_METHODS = frozenset({"get", "items", "keys", "values"})
+ANY_PATTERN = object()  # compile(pattern=ANY_PATTERN): the regex is unknown, check no pattern.NAME
 
 
 def escape_markdown_v2(value: Any) -> str:
@@ -77,10 +118,13 @@ class Templates:
         self._envs = {mode: _build(mode) for mode in (*self.MODES, "url")}
 
     def compile(self, source: Any, where: str, parse_mode: str | None = None,
-                extra_names: frozenset[str] = frozenset(), url: bool = False) -> Template:
+                extra_names: frozenset[str] = frozenset(), url: bool = False,
+                pattern: Any = ANY_PATTERN) -> Template:
         """A compiled template; a syntax error or an unknown name is a ConfigError at `where`.
 
         `url=True` compiles a request URL: every value is percent-encoded on the way in.
+        `pattern` is the compiled regex whose groups fill `pattern` (None: no regex, so
+        `pattern` is empty there; ANY_PATTERN, the default: unknown, not checked).
         """
         if isinstance(source, bool) or source is None:
             raise ConfigError(f"YAML read this value as {source!r}: put it in quotes", where)
@@ -96,6 +140,7 @@ class Templates:
         if unknown:
             raise ConfigError(f"template uses unknown name(s): {', '.join(sorted(unknown))} "
                               f"(known: {', '.join(sorted(CONTEXT_NAMES))})", where)
+        check_fields(tree, where, pattern)
         return Template(source, compiled, where)
 
     def mode_of(self, parse_mode: str | None, where: str) -> str:
@@ -107,6 +152,83 @@ class Templates:
         if str(parse_mode) == "Markdown":
             raise ConfigError("parse_mode Markdown is legacy: use MarkdownV2 or HTML", where)
         raise ConfigError(f"unknown parse_mode {parse_mode!r} (HTML, MarkdownV2 or none)", where)
+
+
+def check_fields(tree: nodes.Template, where: str, pattern: Any = ANY_PATTERN) -> None:
+    """`emoji.NAME`, `pattern.NAME` and the fields of message, user, chat and callback must
+    exist; every one that does not is a ConfigError at its line (all of them at once)."""
+    local = {node.name for node in tree.find_all(nodes.Name) if node.ctx != "load"}
+    problems = []
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        key = _field_key(node)
+        shape = _shape_of(node.node, local)
+        if key is None or shape is None or str(key).startswith("_"):
+            continue  # _names are the sandbox's to refuse, at render
+        problem = _field_problem(shape, _path(node.node), key, pattern)
+        if problem:
+            problems.append(ConfigError(problem, _shift(where, node.lineno)))
+    if problems:
+        raise ConfigErrors(problems)
+
+
+def _field_key(node: nodes.Getattr | nodes.Getitem) -> Any:
+    if isinstance(node, nodes.Getattr):
+        return node.attr
+    return node.arg.value if isinstance(node.arg, nodes.Const) else None
+
+
+def _shape_of(node: nodes.Node, local: set[str]) -> str | None:
+    """Which known object `node` is: a context name, or a field of one with a known shape."""
+    if isinstance(node, nodes.Name):
+        return node.name if node.name not in local else None
+    if isinstance(node, nodes.Getattr):
+        parent = _shape_of(node.node, local)
+        return _NESTED.get((parent, node.attr)) if parent else None
+    return None
+
+
+def _path(node: nodes.Node) -> str:
+    if isinstance(node, nodes.Getattr):
+        return f"{_path(node.node)}.{node.attr}"
+    return getattr(node, "name", "?")
+
+
+def _field_problem(shape: str, path: str, key: Any, pattern: Any) -> str | None:
+    if shape == "emoji":
+        if key in EMOJI:
+            return None
+        return f"emoji.{key} is not one of the {len(EMOJI)} emoji names{_hint(key, EMOJI)}"
+    if shape == "pattern":
+        return _pattern_problem(key, pattern)
+    if shape not in _SHAPES:
+        return None
+    type_name, fields = _SHAPES[shape]
+    if key in fields or key in _DICT_METHODS:
+        return None
+    return f"{path}.{key} is not a field of a Telegram {type_name}{_hint(key, fields)}"
+
+
+def _pattern_problem(key: Any, pattern: Any) -> str | None:
+    if pattern is ANY_PATTERN:
+        return None
+    if pattern is None:
+        return (f"pattern.{key} is always empty here: only a handler's own pattern "
+                "fills `pattern`")
+    groups = getattr(pattern, "groupindex", {})  # the same for re, regex and their kin
+    if isinstance(key, int) and not isinstance(key, bool):
+        if 0 <= key <= getattr(pattern, "groups", 0):
+            return None
+        return f"pattern[{key}]: the pattern {pattern.pattern!r} has no group {key}"
+    if key in groups:
+        return None
+    named = ", ".join(sorted(groups)) or "none"
+    return (f"pattern.{key}: the pattern {pattern.pattern!r} has no group named {key!r} "
+            f"(its named groups: {named}){_hint(key, groups)}")
+
+
+def _hint(key: Any, names: Any) -> str:
+    close = difflib.get_close_matches(str(key), [str(name) for name in names], n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 class TemplateError(Exception):

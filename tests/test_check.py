@@ -56,8 +56,9 @@ def test_missing_env_variable_without_default_is_reported(tmp_path):
           - {name: a, response: {text: "x"}}
     """)
     result = run_check(directory)
-    assert result.returncode == 0
-    assert "missing environment variable: NO_SUCH_VARIABLE_SET" in result.stdout
+    assert result.returncode == 78
+    assert "a.yaml:2: env.api: environment variable NO_SUCH_VARIABLE_SET is not set" \
+        in result.stderr
 
 
 def test_duplicate_handler_names_across_files(tmp_path):

@@ -176,7 +176,11 @@ def test_sample_config_lists_every_key_and_loads_to_the_defaults():
     keys |= set(config._LIMIT_KEYS)
     missing = [key for key in sorted(keys) if not re.search(rf"^\s*(# )?{key}:", text, re.M)]
     assert missing == [], f"keys missing from {sample}: {missing}"
-    assert load_config(str(sample)) == Config()
+    loaded = load_config(str(sample))
+    # paths in a config file are relative to that file's directory
+    assert loaded.database == str(sample.parent / Config().database)
+    assert os.path.realpath(loaded.handlers) == str(ROOT / Config().handlers)
+    assert loaded.replace(database=Config().database, handlers=Config().handlers) == Config()
 
 
 def test_init_writes_a_bot_and_a_config_that_check_accepts_and_never_overwrites(tmp_path, capsys):
