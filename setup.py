@@ -14,6 +14,7 @@ setup(
         "jinja2>=3.1.6,<4",
         "PyYAML>=6.0,<7",
         "python-daemon>=3.0,<4",
+        "regex>=2023.12.25,<2028",  # authors' patterns: re's dialect, a timeout, no GIL held
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.4"],

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import yamlfile
 from .errors import ConfigError
+from .patterns import Pattern, PatternError, compile_pattern
 from .templates import Template, Templates
 from .tree import Tree, compile_tree
 from .yamlfile import check_keys
@@ -92,7 +93,7 @@ class Hook:
 class Handler:
     name: str
     where: str
-    pattern: re.Pattern | None
+    pattern: Pattern | None
     source_states: tuple[str, ...] | None
     target_state: str | None
     priority: int
@@ -200,7 +201,7 @@ class Compiler:
             raise ConfigError("schedule start needs every (like 60, 30s, 5m, 1h)", where)
         return ScheduleAction("start", str(data["start"]), parse_duration(data["every"], where))
 
-    def _pattern(self, item: dict, name: str) -> re.Pattern | None:
+    def _pattern(self, item: dict, name: str) -> Pattern | None:
         if "pattern" not in item:
             return None
         source = item["pattern"]
@@ -208,8 +209,8 @@ class Compiler:
         if not isinstance(source, str):
             raise ConfigError(f"handler {name}: pattern must be a string", where)
         try:
-            return re.compile(source)
-        except re.error as exc:
+            return compile_pattern(source)
+        except PatternError as exc:
             raise ConfigError(f"handler {name}: pattern does not compile: {exc}", where) from None
 
     def _states(self, item: dict, name: str) -> tuple[str, ...] | None:
