@@ -15,6 +15,7 @@ setup(
         "PyYAML>=6.0,<7",
         "python-daemon>=3.0,<4",
         "regex>=2023.12.25,<2028",  # authors' patterns: re's dialect, a timeout, no GIL held
+        "urllib3>=1.26,<3",  # its connection classes let a request's total deadline cut it off
     ],
     extras_require={
         "test": ["pytest>=8", "ruff>=0.4"],

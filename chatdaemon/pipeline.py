@@ -14,11 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
-from .httpcall import RequestFailed, Trusted, perform
+from .httpcall import RequestFailed, Trusted, new_session, perform
 from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
 from .templates import EMOJI, Template, TemplateError
 from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
@@ -36,7 +34,7 @@ class Pipeline:
     error_text: str
 
     def __post_init__(self) -> None:
-        self.session = requests.Session()
+        self.session = new_session()
         self.env = {name: Trusted(value) for name, value in self.definitions.env.items()}
 
     def match(self, text: str, state: str | None) -> tuple[Handler | None, Match | None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import urllib.parse
 from typing import Any
 
 import jinja2
@@ -49,8 +50,18 @@ def _finalize_markdown(value: Any) -> Any:
     return escape_markdown_v2(value) if value is not None else ""
 
 
+class Trusted(str):
+    """A value of the bot author's (an env value): inserted into URLs without encoding."""
+
+
+def url_value(value: Any) -> str:
+    """How a template value goes into a URL: trusted as is, everything else fully encoded."""
+    if isinstance(value, Trusted):
+        return str(value)
+    return urllib.parse.quote(str(value), safe="")
+
+
 def _finalize_url(value: Any) -> Any:
-    from .httpcall import url_value
     return url_value(value) if value is not None else ""
 
 
