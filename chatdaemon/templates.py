@@ -151,8 +151,8 @@ class Template:
         try:
             return self._env.render(self._compiled, context, MAX_OUTPUT)
         except BoundExceeded as exc:
-            raise TemplateError(self.where, f"past the {exc.bound} bound: {exc}",
-                                bound=exc.bound) from None
+            raise TemplateError(self.where, f"past the {exc.bound} bound ({exc.limit:g}): "
+                                f"{exc.detail}", bound=exc.bound) from None
         except jinja2.TemplateError as exc:
             raise TemplateError(self.where, f"{type(exc).__name__}: {exc}") from None
         except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
