@@ -13,7 +13,7 @@ from typing import Any
 
 from . import yamlfile
 from .errors import ConfigError
-from .patterns import Pattern, PatternError, compile_pattern
+from .patterns import MATCH_SECONDS, Pattern, PatternError, compile_pattern, probe
 from .templates import Template, Templates
 from .tree import Tree, compile_tree
 from .yamlfile import check_keys
@@ -209,9 +209,16 @@ class Compiler:
         if not isinstance(source, str):
             raise ConfigError(f"handler {name}: pattern must be a string", where)
         try:
-            return compile_pattern(source)
+            pattern = compile_pattern(source)
         except PatternError as exc:
             raise ConfigError(f"handler {name}: pattern does not compile: {exc}", where) from None
+        slow = probe(pattern)
+        if slow is not None:
+            self.result.warnings.append(
+                f"{where}: handler {name}: pattern is slow on text like {slow[:12]!r}… "
+                f"({len(slow)} characters), it backtracks; a message it cannot decide within "
+                f"{MATCH_SECONDS:g} s gets the error text")
+        return pattern
 
     def _states(self, item: dict, name: str) -> tuple[str, ...] | None:
         if "source_states" not in item:

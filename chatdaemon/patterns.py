@@ -14,6 +14,11 @@ import time
 import regex
 
 MATCH_SECONDS = 0.25  # what matching one message may cost, all of a bot's patterns together
+PROBE_SECONDS = 0.02  # what one probe of a pattern may cost at load
+# texts that make a backtracking pattern try every way to split a run: a run of one kind
+# of character, then one that breaks the match at the very end
+_PROBE_RUNS = ("a", "1", " ", "a ", "ab", "_", ".", "-")
+_PROBE_ENDS = ("!", "\x00")
 
 Pattern = regex.Pattern
 Match = regex.Match
@@ -49,3 +54,18 @@ def search(pattern: Pattern, text: str, deadline: float, owner: str, where: str)
         return pattern.search(text, timeout=remaining)
     except TimeoutError:
         raise PatternTimeout(owner, where, pattern.pattern, len(text), MATCH_SECONDS) from None
+
+
+def probe(pattern: Pattern) -> str | None:
+    """A text the pattern cannot decide about in PROBE_SECONDS (it backtracks badly), or
+    None. Used at load to warn; the per-message bound holds either way."""
+    for length in (32, 4096):  # exponential blow-ups show on short runs, polynomial on long
+        for run in _PROBE_RUNS:
+            for end in _PROBE_ENDS:
+                text = (run * length)[:length] + end
+                try:
+                    pattern.search(text, timeout=PROBE_SECONDS)
+                except TimeoutError:
+                    return text
+    return None
+

@@ -115,7 +115,22 @@ def test_named_groups_still_reach_the_template():
     assert handler.response.text.render({"pattern": found.groupdict()}) == "Order 42"
 
 
-def test_a_pattern_that_does_not_compile_is_refused_at_load_with_its_line():
+def test_a_pattern_that_backtracks_is_named_with_its_line_at_load():
+    compiler = Compiler(Templates(), environ={})
+    compiler.add_handlers([{"name": "fine", "pattern": r"^/start$", "response": "x"},
+                           {"name": "stuck", "pattern": r"^(a|aa)+$", "response": "x"}])
+    warnings = [w for w in compiler.finish().warnings if "is slow on text like" in w]
+    assert len(warnings) == 1 and "handler stuck" in warnings[0]
+
+
+@pytest.mark.parametrize("bot", sorted(p.parent.name for p in HANDLERS.glob("*/bot.yaml")))
+def test_example_bots_load_without_slow_pattern_warnings(bot):
+    from chatdaemon.bots import load_bot
+    loaded = load_bot(str(HANDLERS / bot))
+    assert not [w for w in loaded.warnings if "is slow on text like" in w]
+
+
+def test_a_pattern_that_does_not_compile_is_refused_at_load():
     with pytest.raises(ConfigError, match="pattern does not compile"):
         pipeline_of([{"name": "bad", "pattern": "(unclosed", "response": "x"}])
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
-from conftest import TEST_HANDLERS
+from conftest import ROOT, TEST_HANDLERS
 from test_bounded import HOSTILE_TEXT, TrickleServer
 
 HOSTILE = TEST_HANDLERS / "hostile"
@@ -73,3 +76,15 @@ def test_a_trickling_upstream_costs_its_timeout_and_the_chat_goes_on(
     assert upstream.requests == ["/slow-headers"]
     assert daemon.stop() == 0
     assert "handler fetch" in daemon.log()
+
+
+def test_check_names_the_backtracking_pattern_with_its_line():
+    env = {**os.environ, "UPSTREAM_URL": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "chatdaemon", "check", "--handlers",
+                             str(HOSTILE)], capture_output=True, text=True, timeout=60,
+                            cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    slow = [line for line in result.stdout.splitlines()
+            if "is slow on text like" in line and "handler backtrack" in line]
+    assert len(slow) == 1, result.stdout
+    assert slow[0].startswith(f"warning: {HOSTILE / 'bot.yaml'}:19: handler backtrack"), slow[0]
