@@ -14,7 +14,8 @@ from test_bounded import HOSTILE_TEXT, TrickleServer
 HOSTILE = TEST_HANDLERS / "hostile"
 ERROR_TEXT = "Sorry, that broke."
 ATTACKS = [HOSTILE_TEXT] * 4 + ["/mul 300000000", "/loops " + "x" * 4000,
-                                "/print " + "y" * 4000, "/deep"]
+                                "/print " + "y" * 4000, "/deep", "/nest compare",
+                                "/nest print", "/nest json", "/nest pprint"]
 
 
 @pytest.fixture
@@ -56,6 +57,7 @@ def test_attacks_get_the_error_text_and_other_chats_are_answered_meanwhile(
     assert "handler loops" in log and "past the iterations bound" in log
     assert "handler print" in log
     assert "handler deep" in log and "RecursionError" in log
+    assert log.count("handler nest") == 4  # deep structures end in RecursionError, not SIGSEGV
 
 
 def test_a_trickling_upstream_costs_its_timeout_and_the_chat_goes_on(
