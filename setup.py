@@ -54,6 +54,8 @@ setup(
         # connection; tabulate (a dependency of sqlite-utils) prints tables as its CLI does
         "sqlite-utils>=4,<5",
         "tabulate>=0.9",
+        "regex>=2023.12.25,<2028",  # authors' patterns: re's dialect, a timeout, no GIL held
+        "urllib3>=1.26,<3",  # its connection classes let a request's total deadline cut it off
     ],
     extras_require={
         "test": ["pytest>=8", "wheel>=0.40"],   # wheel: tests/test_install.py builds one

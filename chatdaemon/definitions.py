@@ -15,6 +15,7 @@ from typing import Any
 
 from . import yamlfile
 from .errors import ConfigError
+from .patterns import MATCH_SECONDS, Pattern, PatternError, compile_pattern, probe
 from .templates import ANY_PATTERN, Template, Templates
 from .tree import Tree, compile_tree
 from .yamlfile import Problems, check_keys
@@ -94,7 +95,7 @@ class Hook:
 class Handler:
     name: str
     where: str
-    pattern: re.Pattern | None
+    pattern: Pattern | None
     source_states: tuple[str, ...] | None
     target_state: str | None
     priority: int
@@ -244,7 +245,7 @@ class Compiler:
             raise ConfigError("schedule start needs every (like 60, 30s, 5m, 1h)", where)
         return ScheduleAction("start", str(data["start"]), parse_duration(data["every"], where))
 
-    def _pattern(self, item: dict, name: str) -> re.Pattern | None:
+    def _pattern(self, item: dict, name: str) -> Pattern | None:
         if "pattern" not in item:
             return None
         source = item["pattern"]
@@ -252,9 +253,16 @@ class Compiler:
         if not isinstance(source, str):
             raise ConfigError(f"handler {name}: pattern must be a string", where)
         try:
-            return re.compile(source)
-        except re.error as exc:
+            pattern = compile_pattern(source)
+        except PatternError as exc:
             raise ConfigError(f"handler {name}: pattern does not compile: {exc}", where) from None
+        slow = probe(pattern)
+        if slow is not None:
+            self.result.warnings.append(
+                f"{where}: handler {name}: pattern is slow on text like {slow[:12]!r}… "
+                f"({len(slow)} characters), it backtracks; a message it cannot decide within "
+                f"{MATCH_SECONDS:g} s gets the error text")
+        return pattern
 
     def _states(self, item: dict, name: str) -> tuple[str, ...] | None:
         if "source_states" not in item:

@@ -6,23 +6,34 @@ What keeps it safe:
 - after rendering, the URL's scheme, host and port must equal those of the same template
   rendered with every user-derived value replaced by a placeholder: user text can never
   choose or change the host;
-- no redirects are followed, the timeout covers connect and read, a total deadline bounds
-  a slow trickle, and the body is read only up to a size cap.
+- no redirects are followed; `timeout` bounds the connect and each read, and it is also a
+  total deadline from the connect to the body's last byte (a server trickling its status
+  line, headers or body a byte at a time is cut off), and the body is read only up to a
+  size cap.
+
+`Trusted` and `url_value` live in templates.py (its URL mode encodes with them); they are
+imported here for the callers that know them as httpcall's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
-import time
 import urllib.parse
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from .definitions import Request
-from .templates import Template
+from .templates import Template, Trusted, url_value
+
+__all__ = ["DeadlineAdapter", "RequestFailed", "Trusted", "new_session", "perform",
+           "render_url", "url_value"]
 
 MAX_BODY = 1024 * 1024
 USER_AGENT = "chatdaemon"
@@ -35,10 +46,6 @@ class RequestFailed(Exception):
         self.reason = reason
         self.response = response
         super().__init__(reason)
-
-
-class Trusted(str):
-    """A value of the bot author's (an env value): inserted into URLs without encoding."""
 
 
 class _Placeholder:
@@ -61,13 +68,6 @@ class _Placeholder:
 
     def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
         return self
-
-
-def url_value(value: Any) -> str:
-    """How a template value goes into a URL: trusted as is, everything else fully encoded."""
-    if isinstance(value, Trusted):
-        return str(value)
-    return urllib.parse.quote(str(value), safe="")
 
 
 def render_url(template: Template, context: dict) -> str:
@@ -120,8 +120,20 @@ def render_tree(value: Any, context: dict) -> Any:
     return value
 
 
+def new_session() -> requests.Session:
+    """A session whose requests a total deadline can cut off, the response headers included."""
+    session = requests.Session()
+    adapter = DeadlineAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def perform(request: Request, context: dict, session: requests.Session) -> dict:
-    """Make the request; return {status, data, headers} for a 2xx answer, else RequestFailed."""
+    """Make the request; return {status, data, headers} for a 2xx answer, else RequestFailed.
+
+    `session` comes from new_session(): its adapter lets the deadline cut the exchange off.
+    """
     url = render_url(request.url, context)
     kwargs: dict[str, Any] = {
         "params": {k: t.render(context) for k, t in request.params.items()} or None,
@@ -135,70 +147,170 @@ def perform(request: Request, context: dict, session: requests.Session) -> dict:
         kwargs["json"] = render_tree(request.json, context)
     elif request.data is not None:
         kwargs["data"] = render_tree(request.data, context)
-    deadline = time.monotonic() + request.timeout
-    try:
-        with session.request(request.method, url, **kwargs) as answer:
-            timer = _cut_off_at(answer, deadline)
-            try:
-                body = _read_capped(answer, deadline)
-            except (requests.exceptions.RequestException, OSError):
-                if time.monotonic() >= deadline:
-                    raise requests.exceptions.Timeout() from None
-                raise
-            finally:
-                timer.cancel()
-            response = {"status": answer.status_code, "headers": dict(answer.headers),
-                        "data": _decode(body, answer.headers.get("Content-Type", ""))}
-    except requests.exceptions.Timeout:
-        raise RequestFailed(f"no answer within {request.timeout:g} s", _no_answer("timeout")) from None
-    except requests.exceptions.RequestException as exc:
-        raise RequestFailed(f"request failed: {type(exc).__name__}", _no_answer("connection")) from None
+    adapter = session.get_adapter(url)
+    if not isinstance(adapter, DeadlineAdapter):
+        raise TypeError("perform() needs a session from httpcall.new_session()")
+    # the invariant: the whole exchange, from connect to the body's last byte, ends by
+    # `timeout` after it began; the (connect, read) timeout still bounds each single read
+    with adapter.deadline(request.timeout) as watch:
+        try:
+            response = _exchange(session, request.method, url, kwargs, watch)
+        except requests.exceptions.Timeout:
+            raise RequestFailed(f"no answer within {request.timeout:g} s",
+                                _no_answer("timeout")) from None
+        except (requests.exceptions.RequestException, OSError) as exc:
+            if watch.expired:
+                raise RequestFailed(f"no complete answer within {request.timeout:g} s",
+                                    _no_answer("timeout")) from None
+            raise RequestFailed(f"request failed: {type(exc).__name__}",
+                                _no_answer("connection")) from None
     if not 200 <= response["status"] < 300:
         raise RequestFailed(f"answered {response['status']}", response)
     return response
+
+
+def _exchange(session: requests.Session, method: str, url: str, kwargs: dict,
+              watch: Watch) -> dict:
+    with session.request(method, url, **kwargs) as answer:
+        try:
+            body = _read_capped(answer, watch)
+        finally:
+            watch.finish()  # before the connection goes back to the pool: never cut it there
+        return {"status": answer.status_code, "headers": dict(answer.headers),
+                "data": _decode(body, answer.headers.get("Content-Type", ""))}
 
 
 def _no_answer(error: str) -> dict:
     return {"status": None, "data": None, "headers": {}, "error": error}
 
 
-def _cut_off_at(answer: requests.Response, deadline: float) -> threading.Timer:
-    """Shut the connection down at the deadline: a server trickling a byte at a time must
-    not hold the chat's delegate past the request's timeout (the read timeout is per read)."""
-    sock = _socket_of(answer)
+class Watch:
+    """The sockets one request uses, shut down by a timer at its deadline.
 
-    def cut() -> None:
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    Shutting a socket down wakes the thread blocked reading it, whatever the server is
+    trickling; its read then fails and the request ends as a timeout.
+    """
 
-    timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._done = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self.expire)
+        self._timer.daemon = True
+
+    def start(self) -> None:
+        self._timer.start()
+
+    def add(self, sock: Any) -> None:
+        """A socket this request reads from; shut at once if the deadline already passed."""
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            if self._done:
+                return
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+    def finish(self) -> None:
+        """The exchange is over (or failed): the timer must not touch its sockets any more."""
+        with self._lock:
+            self._done = True
+            self._sockets.clear()
+        self._timer.cancel()
 
 
-def _socket_of(answer: requests.Response) -> socket.socket | None:
-    """The socket under a streamed answer (urllib3 keeps it inside http.client's reader)."""
-    sock = getattr(getattr(answer.raw, "connection", None), "sock", None)
-    if sock is None:
-        reader = getattr(getattr(answer.raw, "_fp", None), "fp", None)
-        sock = getattr(getattr(reader, "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
+def _shut(sock: socket.socket) -> None:
+    try:
+        # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would unwrap the
+        # TLS state that the reading thread is still using
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
-def _read_capped(answer: requests.Response, deadline: float) -> bytes:
+class _Watched:
+    """Mixed into urllib3's connections: each socket a request uses is shown to its Watch."""
+
+    adapter: DeadlineAdapter  # set on the adapter's own subclasses
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        self.adapter.note(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.adapter.note(getattr(self, "sock", None))  # a kept-alive connection, reused
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class DeadlineAdapter(HTTPAdapter):
+    """requests' adapter, with connections that report their sockets to the current Watch."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._current = threading.local()  # the Watch of the request this thread is making
+        super().__init__(*args, **kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self._watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        self._watch_pools(manager)
+        return manager
+
+    def _watch_pools(self, manager: Any) -> None:
+        manager.pool_classes_by_scheme = {
+            "http": _subclass(HTTPConnectionPool, HTTPConnection, self),
+            "https": _subclass(HTTPSConnectionPool, HTTPSConnection, self),
+        }
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float):
+        """Watch what this thread's next request reads, and cut it off after `seconds`."""
+        watch = Watch(seconds)
+        self._current.watch = watch
+        watch.start()
+        try:
+            yield watch
+        finally:
+            watch.finish()
+            self._current.watch = None
+
+    def note(self, sock: Any) -> None:
+        watch = getattr(self._current, "watch", None)
+        if watch is not None:
+            watch.add(sock)
+
+
+def _subclass(pool: type, connection: type, adapter: DeadlineAdapter) -> type:
+    """`pool` whose connections are `connection` reporting to `adapter`."""
+    watched = type(f"Watched{connection.__name__}", (_Watched, connection), {"adapter": adapter})
+    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": watched})
+
+
+def _read_capped(answer: requests.Response, watch: Watch) -> bytes:
     chunks, size = [], 0
     for chunk in answer.iter_content(16384):
         size += len(chunk)
         if size > MAX_BODY:
             raise RequestFailed(f"answer larger than {MAX_BODY} bytes", _no_answer("too large"))
-        if time.monotonic() > deadline:
+        if watch.expired:
             raise requests.exceptions.Timeout()
         chunks.append(chunk)
-    if time.monotonic() > deadline:
+    if watch.expired:
         raise requests.exceptions.Timeout()
     return b"".join(chunks)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
-from .httpcall import RequestFailed, Trusted, perform
+from .httpcall import RequestFailed, Trusted, new_session, perform
+from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
 from .templates import EMOJI, Template, TemplateError
 from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
 
@@ -34,20 +34,36 @@ class Pipeline:
     error_text: str
 
     def __post_init__(self) -> None:
-        self.session = requests.Session()
+        self.session = new_session()
         self.env = {name: Trusted(value) for name, value in self.definitions.env.items()}
 
-    def match(self, text: str, state: str | None) -> tuple[Handler | None, re.Match | None]:
-        """The first handler (highest priority, then file order) whose state and pattern fit."""
+    def match(self, text: str, state: str | None) -> tuple[Handler | None, Match | None]:
+        """The first handler (highest priority, then file order) whose state and pattern fit.
+
+        A pattern that cannot decide within the message's bound raises PatternTimeout rather
+        than counting as "no match": a lower handler or the fallback would answer text its
+        author meant for the stuck handler, and the user would not learn that the bot failed.
+        """
+        deadline = time.monotonic() + MATCH_SECONDS
         for handler in self.definitions.handlers:
             if not handler.accepts(state):
                 continue
             if handler.pattern is None:
                 return handler, None
-            found = handler.pattern.search(text)
+            found = search(handler.pattern, text, deadline, f"handler {handler.name}",
+                           handler.where)
             if found:
                 return handler, found
         return None, None
+
+    def starts_tree(self, text: str) -> bool:
+        """Whether the text opens the decision tree (its pattern, within the same bound)."""
+        tree = self.definitions.tree
+        if tree is None:
+            return False
+        deadline = time.monotonic() + MATCH_SECONDS
+        return search(tree.pattern, text, deadline, "tree", tree.pattern_where or tree.where) \
+            is not None
 
 
 class PipelineHandler(ChatHandler):
@@ -75,9 +91,15 @@ class PipelineHandler(ChatHandler):
             # (the tree uses reply keyboards only) still reaches the handlers
             self._walk_tree(tree, text, self._context(message, source, None, callback))
             return
-        handler, found = self.pipeline.match(text, self.state)
+        try:
+            handler, found = self.pipeline.match(text, self.state)
+            starts_tree = handler is None and self.pipeline.starts_tree(text)
+        except PatternTimeout as exc:
+            log.error("%s; answering with the error text", exc)
+            self._send_error_text()
+            return
         context = self._context(message, source, found, callback)
-        if handler is None and tree is not None and tree.pattern.search(text):
+        if starts_tree:
             self._say_node(tree, tree.root, "", context)
             return
         if handler is None:

@@ -4,7 +4,8 @@ One sandboxed environment per escaping mode:
 - none: values go out as they are;
 - HTML: every value is HTML-escaped (autoescape), so user text cannot inject tags;
 - MarkdownV2: every value has Telegram's reserved characters backslash-escaped.
-Undefined names fail loudly (StrictUndefined), and rendered text has a size bound.
+Undefined names fail loudly (StrictUndefined). A render is bounded in time, memory and
+output (sandbox.py); past a bound it fails like any template error, naming the bound.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import datetime
 import difflib
 import re
+import urllib.parse
 from typing import Any
 
 import jinja2
 from jinja2 import meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import ConfigError, ConfigErrors
+from .sandbox import BoundedEnvironment, BoundExceeded
 
 MAX_OUTPUT = 64 * 1024
 _MARKDOWN_V2_RESERVED = re.compile(r"([_*\[\]()~`>#+\-=|{}.!\\])")
@@ -90,12 +92,22 @@ def _finalize_markdown(value: Any) -> Any:
     return escape_markdown_v2(value) if value is not None else ""
 
 
+class Trusted(str):
+    """A value of the bot author's (an env value): inserted into URLs without encoding."""
+
+
+def url_value(value: Any) -> str:
+    """How a template value goes into a URL: trusted as is, everything else fully encoded."""
+    if isinstance(value, Trusted):
+        return str(value)
+    return urllib.parse.quote(str(value), safe="")
+
+
 def _finalize_url(value: Any) -> Any:
-    from .httpcall import url_value
     return url_value(value) if value is not None else ""
 
 
-def _build(mode: str) -> SandboxedEnvironment:
+def _build(mode: str) -> BoundedEnvironment:
     options: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "keep_trailing_newline": False}
     if mode == "HTML":
         options["autoescape"] = True
@@ -103,7 +115,7 @@ def _build(mode: str) -> SandboxedEnvironment:
         options["finalize"] = _finalize_markdown
     elif mode == "url":
         options["finalize"] = _finalize_url
-    env = SandboxedEnvironment(**options)
+    env = BoundedEnvironment(**options)
     env.globals["now"] = datetime.datetime.now
     env.filters.pop("safe", None)  # `| safe` would let user text past the escaping
     return env
@@ -133,15 +145,15 @@ class Templates:
         env = self._envs["url" if url else self.mode_of(parse_mode, where)]
         try:
             tree = env.parse(source)
-            compiled = env.from_string(tree)
+            unknown = meta.find_undeclared_variables(tree) - CONTEXT_NAMES - extra_names
+            compiled = env.from_string(env.guard(tree))
         except jinja2.TemplateSyntaxError as exc:
             raise ConfigError(f"template error: {exc.message}", _shift(where, exc.lineno)) from None
-        unknown = meta.find_undeclared_variables(tree) - CONTEXT_NAMES - extra_names
         if unknown:
             raise ConfigError(f"template uses unknown name(s): {', '.join(sorted(unknown))} "
                               f"(known: {', '.join(sorted(CONTEXT_NAMES))})", where)
         check_fields(tree, where, pattern)
-        return Template(source, compiled, where)
+        return Template(source, compiled, where, env)
 
     def mode_of(self, parse_mode: str | None, where: str) -> str:
         if parse_mode is None or str(parse_mode).lower() in ("", "none", "text"):
@@ -232,34 +244,41 @@ def _hint(key: Any, names: Any) -> str:
 
 
 class TemplateError(Exception):
-    """A template failed while rendering (an undefined name, a sandbox violation, too long)."""
+    """A template failed while rendering (an undefined name, a sandbox violation, a bound).
 
-    def __init__(self, where: str, message: str):
+    `bound` names the bound a render went past ("time", "output", "size", "memory",
+    "width", "iterations"), or is None for any other failure.
+    """
+
+    def __init__(self, where: str, message: str, bound: str | None = None):
         self.where = where
+        self.bound = bound
         super().__init__(f"{where}: {message}")
 
 
 class Template:
-    __slots__ = ("source", "_compiled", "where", "is_literal")
+    __slots__ = ("source", "_compiled", "where", "is_literal", "_env")
 
-    def __init__(self, source: str, compiled: jinja2.Template, where: str):
+    def __init__(self, source: str, compiled: jinja2.Template, where: str,
+                 env: BoundedEnvironment):
         self.source = source
         self._compiled = compiled
         self.where = where
         self.is_literal = "{" not in source
+        self._env = env
 
     def render(self, context: dict) -> str:
         if self.is_literal:
             return self.source
         try:
-            text = self._compiled.render(context)
+            return self._env.render(self._compiled, context, MAX_OUTPUT)
+        except BoundExceeded as exc:
+            raise TemplateError(self.where, f"past the {exc.bound} bound ({exc.limit:g}): "
+                                f"{exc.detail}", bound=exc.bound) from None
         except jinja2.TemplateError as exc:
             raise TemplateError(self.where, f"{type(exc).__name__}: {exc}") from None
         except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
             raise TemplateError(self.where, f"{type(exc).__name__}: {exc}") from None
-        if len(text) > MAX_OUTPUT:
-            raise TemplateError(self.where, f"rendered text is longer than {MAX_OUTPUT} characters")
-        return text
 
 
 def _shift(where: str, lineno: int | None) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import yamlfile
 from .errors import ConfigError
+from .patterns import Pattern, PatternError, compile_pattern
 from .templates import Template, Templates
 from .yamlfile import check_keys
 
@@ -44,7 +45,7 @@ class Node:
 
 @dataclass
 class Tree:
-    pattern: re.Pattern
+    pattern: Pattern
     root: Node
     where: str
     not_understood: Template
@@ -52,6 +53,7 @@ class Tree:
     parse_mode: str | None = None
     target_state: str | None = None
     fingerprint: str = ""          # changes when the tree's answers change (a reload)
+    pattern_where: str = ""        # file:line of `pattern`, for a pattern that times out
 
     def state_of(self, path: str) -> str:
         """The state for a place in this tree: its fingerprint and the path of answers taken."""
@@ -114,8 +116,8 @@ def compile_tree(data: Any, where: str, templates: Templates,
     if not isinstance(source, str):
         raise ConfigError("tree: pattern must be a string", _at(data, "pattern", where))
     try:
-        pattern = re.compile(source)
-    except re.error as exc:
+        pattern = compile_pattern(source)
+    except PatternError as exc:
         raise ConfigError(f"tree: pattern does not compile: {exc}", _at(data, "pattern", where)) \
             from None
     root = _node(data, where, templates, mode, state_name, root=True)
@@ -127,6 +129,7 @@ def compile_tree(data: Any, where: str, templates: Templates,
     goodbye = data.get("goodbye", DEFAULT_GOODBYE.format(pattern=shown))
     return Tree(
         pattern=pattern, root=root, where=where, fingerprint=_fingerprint(root),
+        pattern_where=_at(data, "pattern", where),
         not_understood=templates.compile(not_understood, _at(data, "not_understood", where), mode),
         goodbye=templates.compile(goodbye, _at(data, "goodbye", where), mode),
         parse_mode=None if mode == "none" else mode,
