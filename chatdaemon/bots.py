@@ -37,10 +37,11 @@ class Bot:
     def hooks(self) -> dict:
         return self.definitions.hooks
 
-    def create_handler(self, delegate: Any, conversation: Any, sender: Any) -> ChatHandler:
+    def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
+        """The chat's handler; `context` is the update transaction (a ChatContext)."""
         if self.pipeline is not None:
-            return PipelineHandler(delegate, conversation, sender, self.pipeline)
-        return self.handler_class(delegate, conversation, sender)
+            return PipelineHandler(context, conversation, sender, self.pipeline)
+        return self.handler_class(context, conversation, sender)
 
     def describe(self) -> list[str]:
         """What `chatdaemon check` prints about this bot."""

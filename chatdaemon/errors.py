@@ -9,7 +9,11 @@
     │   └── RetryAfter                  429: carries retry_after seconds
     ├── NetworkError                    no answer: connection refused/reset, timeout, DNS
     ├── ShuttingDown                    a wait was cut short because the daemon is stopping
-    └── WaitTooLong                     listener.wait(timeout) saw no update in time
+    ├── WaitTooLong                     listener.wait(timeout) saw no update in time
+    ├── Abandoned                       an update ran past its deadline: its thread may no longer
+    │                                   commit or send (carries chat_id)
+    └── UpdateFailed                    a bot's handler failed on an update and rolls it back
+                                        (carries answered: the user already got an error reply)
 
 Exceptions carry their data as attributes; nothing is classified by matching message text,
 except that Telegram's 409 description tells a webhook from another poller.
@@ -108,3 +112,24 @@ class WaitTooLong(ChatdaemonError):
     def __init__(self, seconds: float):
         self.seconds = seconds
         super().__init__(f"no update within {seconds} s")
+
+
+class Abandoned(ChatdaemonError):
+    """The update this thread was handling ran past its deadline and was given up."""
+
+    def __init__(self, chat_id: int):
+        self.chat_id = chat_id
+        super().__init__(f"chat {chat_id}: the update was given up after its deadline")
+
+
+class UpdateFailed(ChatdaemonError):
+    """A handler failed on an update: everything it changed rolls back.
+
+    `answered` is true when the user already got an error reply (the handler's on_error),
+    so the bot's generic error text is not sent on top of it.
+    """
+
+    def __init__(self, cause: str, answered: bool):
+        self.cause = cause
+        self.answered = answered
+        super().__init__(cause)
