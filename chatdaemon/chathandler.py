@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import TelegramError
+from .errors import BadToken, TelegramError
 
 if TYPE_CHECKING:
     from .sender import Sender
@@ -64,6 +64,9 @@ class ChatContext(Protocol):
     def check_current(self) -> None:
         """Raise Abandoned when the update was given up: its handler may no longer send."""
 
+    def refused(self) -> None:
+        """Telegram rejected the token on a send: this update must not be marked done."""
+
 
 def glance(msg: dict, flavor: str | None = None) -> tuple:
     """telepot's glance: the few fields a handler looks at first.
@@ -87,8 +90,14 @@ class BotSender:
         self._context = context
 
     def call(self, method: str, **params: Any) -> Any:
-        check = self._context.check_current if self._context is not None else None
-        return self._sender.call(method, params, check=check)
+        context = self._context
+        if context is None:
+            return self._sender.call(method, params)
+        try:
+            return self._sender.call(method, params, check=context.check_current)
+        except BadToken:
+            context.refused()  # even if the handler swallows it, the update stays pending
+            raise
 
     def __getattr__(self, method: str):
         if method.startswith("_"):
@@ -123,8 +132,12 @@ class ChatSender:
         context = self._context
         if context is None:
             return self._sender.call(method, params)
-        return self._sender.call(method, params, on_migrate=context.migrated,
-                                 check=context.check_current)
+        try:
+            return self._sender.call(method, params, on_migrate=context.migrated,
+                                     check=context.check_current)
+        except BadToken:
+            context.refused()  # even if the handler swallows it, the update stays pending
+            raise
 
     def _answer_callback(self, params: dict) -> Any:
         """Best effort: a press that waited in the inbox (downtime, a backlog) is too old for

@@ -114,6 +114,7 @@ class UpdateTransaction:
         self._before = self._conversation.snapshot()
         self._answered: set[str] = set()
         self._moved_to: int | None = None
+        self._refused = False        # a send of this transaction met a rejected token
         self.moved_on = False        # listener.wait took later rows: the caller's list is stale
         self._handler = self._create_handler()
 
@@ -244,9 +245,10 @@ class UpdateTransaction:
                 delay = min(delay * 2, MAX_COMMIT_BACKOFF)
 
     def _guard(self) -> None:
-        """Runs inside the store transaction: a given-up thread or a revoked token commits nothing."""
+        """Runs inside the store transaction: a given-up thread commits nothing, nor an update
+        whose send met a revoked token (a failed send is never a done update)."""
         self.check_current()
-        if self.sender.token_rejected:
+        if self._refused:
             raise BadToken("Telegram rejected the bot token; the update stays pending")
 
     # -- set aside ------------------------------------------------------------------------
@@ -266,6 +268,9 @@ class UpdateTransaction:
     def check_current(self) -> None:
         if self._slot.abandoned:
             raise Abandoned(self.chat_id)
+
+    def refused(self) -> None:
+        self._refused = True
 
     def callback_answered(self, query_id: str | None) -> None:
         if query_id:
@@ -338,7 +343,10 @@ class UpdateTransaction:
         try:  # best effort: the update itself is done either way
             self.sender.call("answerCallbackQuery", {"callback_query_id": query_id},
                              check=self.check_current)
-        except (Abandoned, BadToken):
+        except Abandoned:
+            raise
+        except BadToken:
+            self._refused = True
             raise
         except (TelegramError, ShuttingDown) as exc:
             log.info("chat %s: could not answer callback query: %s", self.chat_id, exc)
@@ -350,7 +358,10 @@ class UpdateTransaction:
         try:
             self.sender.call("sendMessage", {"chat_id": self.chat_id, "text": text},
                              on_migrate=self.migrated, check=self.check_current)
-        except (Abandoned, BadToken):
+        except Abandoned:
+            raise
+        except BadToken:
+            self._refused = True
             raise
         except ShuttingDown:
             log.info("chat %s: stopping before the error text went out", self.chat_id)
