@@ -47,7 +47,8 @@ class Sender:
         self._stop = stop
         self._on_migrate = on_migrate
         self._max_backoff = max_backoff
-        self.stats = {"sent": 0, "retries": 0, "throttled_429": 0}
+        self._stats_lock = threading.Lock()  # delegates send from many threads at once
+        self._stats = {"sent": 0, "retries": 0, "throttled_429": 0}
         self.token_rejected = False
 
     def call(self, method: str, params: dict | None = None, *,
@@ -89,7 +90,7 @@ class Sender:
             try:
                 result = self.api.call(method, params)
             except RetryAfter as exc:
-                self.stats["throttled_429"] += 1
+                self._count("throttled_429")
                 log.warning("%s: Telegram asks to wait %.0f s (429)", method, exc.retry_after)
                 self.limiter.pause(chat_id, exc.retry_after)
                 if not limited:
@@ -111,14 +112,23 @@ class Sender:
                 self._retry_later(method, exc, min(backoff, MAX_NETWORK_BACKOFF))
             else:
                 if limited:
-                    self.stats["sent"] += 1
+                    self._count("sent")
                 return result
             backoff = min(backoff * 2, self._max_backoff)
 
     def _retry_later(self, method: str, exc: Exception, backoff: float) -> None:
-        self.stats["retries"] += 1
+        self._count("retries")
         log.warning("%s failed (%s); retrying in %.1f s", method, exc, backoff)
         self._sleep(backoff)
+
+    @property
+    def stats(self) -> dict:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self._stats[name] += 1
 
     def _check_allowed(self, method: str, check: Callable[[], None] | None) -> None:
         """A rejected token stops every call; `check` may cancel this one (a given-up update)."""

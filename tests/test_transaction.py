@@ -337,3 +337,45 @@ def test_a_silent_bot_still_creates_the_conversation_once(store, sender, slot, c
             transaction(store, sender, slot, PythonBot(Silent)).handle(row)
     assert store.conversation_count() == 1
     assert sum("first talked" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- the sender's part ------------------------------------------------------------------------
+
+class ScriptedAPI:
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls: list[tuple[str, dict]] = []
+
+    def call(self, method, params):
+        self.calls.append((method, dict(params)))
+        answer = self.answers.pop(0) if self.answers else {"message_id": 1}
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def real_sender(api):
+    import threading
+
+    from chatdaemon.ratelimit import Limits, RateLimiter
+    from chatdaemon.sender import Sender
+    return Sender(api, RateLimiter(Limits(enabled=False)), threading.Event())
+
+
+def test_after_a_401_the_sender_refuses_every_call_without_asking_telegram():
+    api = ScriptedAPI(TelegramError("sendMessage", 401, "Unauthorized"))
+    out = real_sender(api)
+    for _ in range(2):
+        with pytest.raises(BadToken):
+            out.call("sendMessage", {"chat_id": 1, "text": "x"})
+    assert len(api.calls) == 1 and out.token_rejected
+
+
+def test_a_migration_is_told_to_the_caller_of_that_send():
+    api = ScriptedAPI(TelegramError("sendMessage", 400, "Bad Request: group chat was upgraded",
+                                    {"migrate_to_chat_id": -1007}))
+    moved = []
+    real_sender(api).call("sendMessage", {"chat_id": -7, "text": "x"},
+                          on_migrate=lambda old, new: moved.append((old, new)))
+    assert moved == [(-7, -1007)]
+    assert [params["chat_id"] for _, params in api.calls] == [-7, -1007]
