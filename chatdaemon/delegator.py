@@ -408,8 +408,8 @@ class Delegate(threading.Thread):
                     transaction = self._open()
                 transaction.handle(row)
                 log.debug("chat %s: update %s (%s) done", self.chat_id, row.update_id, row.kind)
-                if delegator.update_done(self):
-                    transaction.close("evicted")
+                if delegator.update_done(self) and self.store.pending(self.chat_id, limit=1):
+                    transaction.close("evicted")  # a standing backlog: others get a turn
                     return True
                 if transaction.moved_on:
                     break

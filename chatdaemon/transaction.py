@@ -190,8 +190,11 @@ class UpdateTransaction:
     def _fail(self, exc: Exception, tell_user: bool, detail: bool) -> None:
         self._rollback()
         self._slot.count("failed")
-        log.error("chat %s: handler failed on update %s: %s", self.chat_id, self._update_id(), exc,
-                  exc_info=detail)
+        if self._row is None:
+            log.error("chat %s: on_close failed: %s", self.chat_id, exc, exc_info=detail)
+        else:
+            log.error("chat %s: handler failed on update %s: %s", self.chat_id,
+                      self._row.update_id, exc, exc_info=detail)
         if tell_user and self._row is not None:
             self._tell_user_it_failed(self._row)
 
