@@ -205,9 +205,11 @@ class Delegator:
             self._release(chat_id)
 
     def set_busy(self, delegate: Delegate, update_id: int | None, busy: bool) -> None:
-        with self._lock:
-            delegate.busy_since = self._clock() if busy else None
-            delegate.busy_update = update_id
+        """Twice per update, so without the lock: each field is one reference, written only by
+        its own thread; `abandon_overdue` reads them under the lock and at worst sees the value
+        of a moment ago, and a thread it gives up that had just finished is refused its commit."""
+        delegate.busy_update = update_id
+        delegate.busy_since = self._clock() if busy else None
 
     def update_done(self, delegate: Delegate) -> bool:
         """Count a handled update; True when the delegate should yield its slot to a waiting chat."""
@@ -340,7 +342,7 @@ class Delegate(threading.Thread):
         self.store = delegator.store
         self.chat_id = chat_id
         self.cond = cond
-        # the fields below change under the delegator's lock
+        # the fields below change under the delegator's lock (busy_*: see Delegator.set_busy)
         self.poked = False
         self.abandoned = False
         self.busy_since: float | None = None
