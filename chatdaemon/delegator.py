@@ -16,7 +16,8 @@ A delegate whose update runs past `update_timeout` is given up: its slot is free
 the update gets one more attempt counted (three and it is quarantined), the chat is served
 by a fresh delegate, and the old thread can never commit or send again.
 
-All of the delegator's state changes under its one lock, through its own methods.
+All of the delegator's state changes under its one lock, through its own methods (the
+per-update deadline marks, written by each delegate's own thread, excepted: see set_busy).
 """
 
 from __future__ import annotations

@@ -173,7 +173,7 @@ class UpdateTransaction:
         except WaitTooLong as exc:  # telepot style: a handler that stops waiting just ends
             log.info("chat %s: the handler stopped waiting (%s)", self.chat_id, exc)
             self._rollback()
-        except UpdateFailed as exc:  # the bot's handler failed and logged why
+        except UpdateFailed as exc:  # the bot's handler failed; the cause names where
             self._fail(exc, tell_user=not exc.answered, detail=False)
         except TelegramError as exc:
             if exc.status == BLOCKED:  # final for this chat: nobody to tell
