@@ -137,11 +137,30 @@ class UpdateTransaction:
             if row.attempts >= self._quarantine_after:
                 self._quarantine(row)
                 return
+            self._follow_migration(row)
             self._begin(row)
             self._run(lambda: self._handler.on_update(row.kind, payload_of(row)))
             self._finish_current()
         finally:
             self._release_migration()
+
+    def _follow_migration(self, row: InboxRow) -> None:
+        """Telegram's service messages of a group's move to a supergroup: the old group's
+        ("migrate_to_chat_id") copies the conversation with its commit; the supergroup's
+        ("migrate_from_chat_id"), if it comes first, starts from the group's conversation."""
+        if row.kind != "message":
+            return
+        payload = payload_of(row)
+        moved_to = payload.get("migrate_to_chat_id")
+        if type(moved_to) is int:
+            self.migrated(self.chat_id, moved_to)
+        moved_from = payload.get("migrate_from_chat_id")
+        if type(moved_from) is int and self._conversation.is_new:
+            old = self.store.load_conversation(moved_from)
+            if not old.is_new:
+                conversation = self._conversation
+                conversation.state, conversation.vars = old.state, old.vars
+                conversation.state_context = old.state_context
 
     def close(self, reason: str) -> None:
         """The handler's on_close, in a transaction of its own: what it changes is saved."""

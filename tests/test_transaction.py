@@ -379,3 +379,27 @@ def test_a_migration_is_told_to_the_caller_of_that_send():
                           on_migrate=lambda old, new: moved.append((old, new)))
     assert moved == [(-7, -1007)]
     assert [params["chat_id"] for _, params in api.calls] == [-7, -1007]
+
+
+def service_message(update_id, chat_id, **fields):
+    return to_row({"update_id": update_id, "message": {
+        "message_id": update_id, "chat": {"id": chat_id, "type": "group"}, **fields}})
+
+
+def test_the_old_groups_service_message_moves_the_conversation_in_its_commit(store, sender, slot):
+    store.finish(None, Conversation(CHAT, "menu", {"count": 2}))
+    rows = queued(store, service_message(5, CHAT, migrate_to_chat_id=-1042))
+    transaction(store, sender, slot, PythonBot(Silent)).handle(rows[0])
+    moved = store.load_conversation(-1042)
+    assert (moved.state, moved.vars) == ("menu", {"count": 2})
+    assert slot.held == [-1042] and slot.released == [(-1042, {"count": 2})]
+
+
+def test_the_supergroups_first_message_starts_from_the_groups_conversation(store, sender, slot):
+    store.finish(None, Conversation(CHAT, "menu", {"count": 2}))
+    store.add_updates([service_message(6, -1042, migrate_from_chat_id=CHAT)])
+    row = store.pending(-1042)[0]
+    txn = UpdateTransaction(-1042, store, sender, PythonBot(Counter), slot, sleep=lambda s: False)
+    txn.handle(row)
+    moved = store.load_conversation(-1042)
+    assert (moved.state, moved.vars) == ("menu", {"count": 3})
