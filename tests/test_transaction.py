@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import pytest
 
@@ -403,3 +404,42 @@ def test_the_supergroups_first_message_starts_from_the_groups_conversation(store
     txn.handle(row)
     moved = store.load_conversation(-1042)
     assert (moved.state, moved.vars) == ("menu", {"count": 3})
+
+
+class DiskFull(Store):
+    """A store whose next `failures` commits fail as on a full SD card."""
+
+    failures = 0
+
+    def finish(self, *args, **options):
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().finish(*args, **options)
+
+
+def test_a_full_disk_after_the_reply_retries_only_the_commit_with_back_off(tmp_path, sender, caplog):
+    store = DiskFull(str(tmp_path / "full.sqlite3"))
+    store.failures = 3
+    waits: list[float] = []
+    rows = queued(store, message(1))
+    txn = UpdateTransaction(CHAT, store, sender, PythonBot(Counter), FakeSlot(store),
+                            sleep=lambda seconds: waits.append(seconds) or False)
+    txn.handle(rows[0])
+    assert sender.texts() == ["1"]  # sent once: the handler did not run again
+    assert waits == [0.5, 1.0, 2.0]
+    assert store.is_done(1) and store.load_conversation(CHAT).vars == {"count": 1}
+    store.close()
+
+
+def test_stopping_while_the_commit_waits_leaves_the_update_pending(tmp_path, sender):
+    from chatdaemon.errors import ShuttingDown
+    store = DiskFull(str(tmp_path / "full.sqlite3"))
+    store.failures = 1
+    rows = queued(store, message(1))
+    txn = UpdateTransaction(CHAT, store, sender, PythonBot(Counter), FakeSlot(store),
+                            sleep=lambda seconds: True)
+    with pytest.raises(ShuttingDown):
+        txn.handle(rows[0])
+    assert not store.is_done(1)  # replayed on the next start (its reply may repeat)
+    store.close()
