@@ -43,14 +43,18 @@ class FrozenDict(dict):
     update = clear = pop = popitem = setdefault = _refuse
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # immutable already: no call needed
+
+
 def frozen(value: Any) -> Any:
     """A read-only deep copy of JSON-like data: dicts become FrozenDicts, lists tuples."""
     if isinstance(value, FrozenDict):
         return value
     if isinstance(value, dict):
-        return FrozenDict({key: frozen(item) for key, item in value.items()})
+        return FrozenDict({key: item if type(item) in _PLAIN else frozen(item)
+                           for key, item in value.items()})
     if isinstance(value, (list, tuple)):
-        return tuple(frozen(item) for item in value)
+        return tuple(item if type(item) in _PLAIN else frozen(item) for item in value)
     return value
 
 
@@ -133,11 +137,19 @@ class PipelineHandler(ChatHandler):
             pattern.update({k: v for k, v in found.groupdict().items()})
             pattern[0] = found.group(0)
         # read-only copies: a template must not change the conversation or anything shared
+        # (each part copied once: the message is the source, or inside the callback query)
+        read_source = frozen(source)
+        if message is source:
+            read_message = read_source
+        elif message is source.get("message"):
+            read_message = read_source["message"]
+        else:
+            read_message = frozen(message)
         return {
-            "message": frozen(message),
-            "chat": frozen(message.get("chat") or {"id": self.chat_id}),
-            "user": frozen(source.get("from") or message.get("from") or {}),
-            "callback": frozen(callback or {}),
+            "message": read_message,
+            "chat": read_message.get("chat") or FrozenDict({"id": self.chat_id}),
+            "user": read_source.get("from") or read_message.get("from") or FrozenDict(),
+            "callback": read_source if callback is source else frozen(callback or {}),
             "pattern": frozen(pattern),
             "state": self.state,
             "state_context": frozen(self._conversation.state_context),
