@@ -111,7 +111,9 @@ class UpdateTransaction:
         self._quarantine_after = quarantine_after
         self._conversation = store.load_conversation(chat_id)
         self._row: InboxRow | None = None
+        # between updates `_before` is the snapshot of the conversation as saved
         self._before = self._conversation.snapshot()
+        self._checked: str | None = None  # the snapshot taken when handler code returned
         self._answered: set[str] = set()
         self._moved_to: int | None = None
         self._refused = False        # a send of this transaction met a rejected token
@@ -165,10 +167,9 @@ class UpdateTransaction:
     def close(self, reason: str) -> None:
         """The handler's on_close, in a transaction of its own: what it changes is saved."""
         self._row = None
-        self._before = self._conversation.snapshot()
         try:
             self._run(lambda: self._handler.on_close(reason), what="on_close")
-            if self._conversation.snapshot() != self._before:
+            if self._checked != self._before:
                 self._commit(None)
         finally:
             self._release_migration()
@@ -176,6 +177,7 @@ class UpdateTransaction:
     def _begin(self, row: InboxRow) -> None:
         self._row = row
         self._before = self._conversation.snapshot()
+        self._checked = None
         self._slot.handling(row.update_id)
 
     def _run(self, call: Callable[[], None], what: str = "handler") -> None:
@@ -185,7 +187,7 @@ class UpdateTransaction:
             self._slot.handling(None)
         try:
             call()
-            self._check_saveable()
+            self._checked = self._check_saveable()
         except _LEAVE_PENDING:
             self._rollback()
             raise
@@ -220,15 +222,16 @@ class UpdateTransaction:
     def _update_id(self) -> int | None:
         return self._row.update_id if self._row is not None else None
 
-    def _check_saveable(self) -> None:
+    def _check_saveable(self) -> str:
         """vars must be JSON: a set or an object there fails this update, not the delegate."""
         try:
-            self._conversation.snapshot()
+            return self._conversation.snapshot()
         except (TypeError, ValueError) as exc:
             raise TypeError(f"self.vars can hold only JSON values: {exc}") from None
 
     def _rollback(self) -> None:
         self._conversation.restore(self._before)
+        self._checked = self._before
 
     def _finish_current(self) -> None:
         row = self._row
@@ -240,7 +243,8 @@ class UpdateTransaction:
     def _commit(self, update_id: int | None) -> None:
         """The update's effect, its done mark and a migration's copy: one store transaction."""
         conversation = self._conversation
-        after = conversation.snapshot()
+        after = self._checked if self._checked is not None else conversation.snapshot()
+        self._checked = None
         greet = conversation.is_new and self._row is not None
         # a new conversation is saved even unchanged: it is created once, with its first update
         changed = after != self._before or conversation.is_new or self._moved_to is not None
@@ -249,7 +253,7 @@ class UpdateTransaction:
             guard=self._guard))
         self._before = after
         self._release_migration()
-        if greet:
+        if greet and log.isEnabledFor(logging.INFO):
             log_first_contact(self.chat_id, self._row)
 
     def _retry_commit(self, commit: Callable[[], None]) -> None:
@@ -320,7 +324,7 @@ class UpdateTransaction:
         Hook notifications and schedule ticks that arrive meanwhile are handled on the way
         (sent and committed); only Telegram's updates are handed to the waiting handler.
         """
-        self._check_saveable()
+        self._checked = self._check_saveable()
         self._slot.handled()
         self._finish_current()
         self._slot.count("handled")
