@@ -111,8 +111,9 @@ class UpdateTransaction:
         self._quarantine_after = quarantine_after
         self._conversation = store.load_conversation(chat_id)
         self._row: InboxRow | None = None
-        # between updates `_before` is the snapshot of the conversation as saved
-        self._before = self._conversation.snapshot()
+        # between updates `_before` is the snapshot of the conversation as saved (made when
+        # first needed: a delegate often serves a chat for one update, and _begin takes its own)
+        self._before: str | None = None
         self._checked: str | None = None  # the snapshot taken when handler code returned
         self._answered: set[str] = set()
         self._moved_to: int | None = None
@@ -167,6 +168,8 @@ class UpdateTransaction:
     def close(self, reason: str) -> None:
         """The handler's on_close, in a transaction of its own: what it changes is saved."""
         self._row = None
+        if self._before is None:
+            self._before = self._conversation.snapshot()
         try:
             self._run(lambda: self._handler.on_close(reason), what="on_close")
             if self._checked != self._before:
