@@ -121,15 +121,10 @@ class App:
         # The sender stops later than the poller: on SIGTERM a reply waiting for its send
         # slot still goes out, and its update commits instead of replaying (and re-sending
         # what that update had already sent) on the next start.
-        self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.send_stop,
-                                      on_migrate=lambda old, new: self.delegator.chat_migrated(old, new))
-        self.delegator = Delegator(self.store, self.bot, sender,
-                                   max_delegates=config.max_delegates,
-                                   idle_timeout=config.idle_timeout)
-        pending = self.store.pending_chats()
-        if pending:
-            log.info("replaying pending updates of %d chat(s)", len(pending))
-        self.delegator.notify(pending)
+        self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.send_stop)
+        self.delegator = Delegator(self.store, self.bot, sender, on_fatal=self._fail,
+                                   **delegate_limits(config))
+        self.delegator.replay()
         self.poller = Poller(self.api, self.store, self.delegator.notify, self.stop_event,
                              poll_timeout=config.poll_timeout,
                              allowed_updates=config.allowed_updates,
@@ -173,6 +168,11 @@ class App:
             if self.stop_event.wait(wait):
                 raise ShuttingDown()
             backoff = min(backoff * 2, 30.0)
+
+    def _fail(self, exc: BaseException) -> None:
+        """An error that ends the daemon (a revoked token): the main thread exits with its status."""
+        self.failure = exc
+        self.stop()
 
     def _poll(self) -> None:
         try:
@@ -251,6 +251,7 @@ class App:
         last_prune = time.monotonic()
         while not self.stop_event.wait(1.0):
             self._queue_schedule_ticks()
+            self.delegator.abandon_overdue()
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
@@ -280,9 +281,7 @@ class App:
                 log.warning("reload: %s changed; that takes effect only after a restart", name)
                 config = config.replace(**{name: getattr(self.config, name)})
         self.config, self.bot = config, bot
-        self.delegator.bot = bot
-        self.delegator.max_delegates = config.max_delegates
-        self.delegator.idle_timeout = config.idle_timeout
+        self.delegator.swap(bot, **delegate_limits(config))
         self.sender.limiter = self.sender.limiter.with_limits(config.limits)
         log.info("reloaded: %s (open chats switch at their next update)", bot.directory)
 
@@ -316,3 +315,10 @@ class App:
             "last_poll_age": (time.monotonic() - poller.last_poll) if poller and poller.last_poll else None,
             "last_error": poller.last_error if poller else None,
         }
+
+
+def delegate_limits(config: Config) -> dict:
+    """The delegator's settings from the daemon config."""
+    return {"max_delegates": config.max_delegates, "idle_timeout": config.idle_timeout,
+            "update_timeout": config.update_timeout, "yield_after": config.yield_after,
+            "yield_seconds": config.yield_seconds}

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import yamlfile
-from .chathandler import ChatHandler
-from .config import DEFAULT_ERROR_TEXT
+from .chathandler import DEFAULT_ERROR_TEXT, ChatHandler
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
 from .pipeline import Pipeline, PipelineHandler
@@ -48,10 +47,11 @@ class Bot:
     def hooks(self) -> dict:
         return self.definitions.hooks
 
-    def create_handler(self, delegate: Any, conversation: Any, sender: Any) -> ChatHandler:
+    def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
+        """The chat's handler; `context` is the update transaction (a ChatContext)."""
         if self.pipeline is not None:
-            return PipelineHandler(delegate, conversation, sender, self.pipeline)
-        return self.handler_class(delegate, conversation, sender)
+            return PipelineHandler(context, conversation, sender, self.pipeline)
+        return self.handler_class(context, conversation, sender)
 
     def describe(self) -> list[str]:
         """What `chatdaemon check` prints about this bot."""

@@ -3,21 +3,26 @@
 A ChatHandler instance serves one chat from its delegate thread. It sees that chat's
 updates one at a time, in update_id order, and keeps what it must remember in `self.vars`
 and `self.state`: both are saved with the update's "done" mark when the handler returns.
+
+A handler knows nothing of the thread that runs it: it talks to a `ChatContext` (the
+update transaction implements it), never to the delegator.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import TelegramError
+from .errors import BadToken, TelegramError
 
 if TYPE_CHECKING:
-    from .delegator import Delegate
     from .sender import Sender
     from .store import Conversation
 
 log = logging.getLogger(__name__)
+
+# What a user is told when handling their update fails, unless the bot or the config says otherwise.
+DEFAULT_ERROR_TEXT = "Sorry, something went wrong on my side. Please try again later."
 
 CONTENT_TYPES = (
     "text", "animation", "audio", "document", "photo", "sticker", "story", "video",
@@ -47,6 +52,25 @@ MIN_SCHEDULE_SECONDS = 5
 _NO_CHAT_ID = {"answerCallbackQuery", "answerInlineQuery", "getMe", "getFile"}
 
 
+class ChatContext(Protocol):
+    """What a chat's handler may ask of the transaction running its update."""
+
+    def next_payload(self, timeout: float | None) -> dict:
+        """Commit the update in hand, then wait for the chat's next one (listener.wait)."""
+
+    def callback_answered(self, query_id: str | None) -> None:
+        """The handler answered this button press itself; no automatic answer is owed."""
+
+    def migrated(self, old_chat_id: int, new_chat_id: int) -> None:
+        """A send found the group moved to a supergroup: the conversation moves with this commit."""
+
+    def check_current(self) -> None:
+        """Raise Abandoned when the update was given up: its handler may no longer send."""
+
+    def refused(self) -> None:
+        """Telegram rejected the token on a send: this update must not be marked done."""
+
+
 def glance(msg: dict, flavor: str | None = None) -> tuple:
     """telepot's glance: the few fields a handler looks at first.
 
@@ -64,25 +88,33 @@ def glance(msg: dict, flavor: str | None = None) -> tuple:
 class BotSender:
     """Any Bot API method, by name: `bot.sendMessage(chat_id=…, text=…)`, through the sender."""
 
-    def __init__(self, sender: Sender):
+    def __init__(self, sender: Sender, context: ChatContext | None = None):
         self._sender = sender
+        self._context = context
 
     def call(self, method: str, **params: Any) -> Any:
-        return self._sender.call(method, params)
+        context = self._context
+        if context is None:
+            return self._sender.call(method, params)
+        try:
+            return self._sender.call(method, params, check=context.check_current)
+        except BadToken:
+            context.refused()  # even if the handler swallows it, the update stays pending
+            raise
 
     def __getattr__(self, method: str):
         if method.startswith("_"):
             raise AttributeError(method)
-        return lambda **params: self._sender.call(method, params)
+        return lambda **params: self.call(method, **params)
 
 
 class ChatSender:
     """telepot's Sender: the send methods with this chat's id filled in."""
 
-    def __init__(self, sender: Sender, chat_id: int, delegate: Delegate | None = None):
+    def __init__(self, sender: Sender, chat_id: int, context: ChatContext | None = None):
         self._sender = sender
         self._chat_id = chat_id
-        self._delegate = delegate
+        self._context = context
 
     def sendMessage(self, text: str, **params: Any) -> Any:  # noqa: N802 - Bot API name
         return self.call("sendMessage", text=text, **params)
@@ -96,15 +128,27 @@ class ChatSender:
             params.setdefault("chat_id", self._chat_id)
         if method == "answerCallbackQuery":
             return self._answer_callback(params)
-        return self._sender.call(method, params)
+        return self._send(method, params)
+
+    def _send(self, method: str, params: dict) -> Any:
+        """Through the sender, with this chat's transaction hearing of a migration."""
+        context = self._context
+        if context is None:
+            return self._sender.call(method, params)
+        try:
+            return self._sender.call(method, params, on_migrate=context.migrated,
+                                     check=context.check_current)
+        except BadToken:
+            context.refused()  # even if the handler swallows it, the update stays pending
+            raise
 
     def _answer_callback(self, params: dict) -> Any:
         """Best effort: a press that waited in the inbox (downtime, a backlog) is too old for
         Telegram to accept an answer (400), but it must still be handled, not fail."""
-        if self._delegate is not None:
-            self._delegate.callback_answered(params.get("callback_query_id"))
+        if self._context is not None:
+            self._context.callback_answered(params.get("callback_query_id"))
         try:
-            return self._sender.call("answerCallbackQuery", params)
+            return self._send("answerCallbackQuery", params)
         except TelegramError as exc:
             description = exc.description.lower()
             if exc.status != 400 or "query" not in description or not (
@@ -122,8 +166,8 @@ class ChatSender:
 class Listener:
     """Lets a handler written in telepot's blocking style wait for the chat's next update."""
 
-    def __init__(self, delegate: Delegate):
-        self._delegate = delegate
+    def __init__(self, context: ChatContext):
+        self._context = context
 
     def wait(self, timeout: float | None = None) -> dict:
         """Return the next message (or callback query, …) of this chat.
@@ -132,18 +176,18 @@ class Listener:
         keep in `self.vars` what must survive a restart while waiting. Raises WaitTooLong
         after `timeout` seconds without an update.
         """
-        return self._delegate.next_payload(timeout)
+        return self._context.next_payload(timeout)
 
 
 class ChatHandler:
     """Base class of a chat's handler; subclass it and define the `on_…` methods you need."""
 
-    def __init__(self, delegate: Delegate, conversation: Conversation, sender: Sender):
+    def __init__(self, context: ChatContext, conversation: Conversation, sender: Sender):
         self.chat_id: int = conversation.chat_id
         self._conversation = conversation
-        self.sender = ChatSender(sender, conversation.chat_id, delegate)
-        self.bot = BotSender(sender)
-        self.listener = Listener(delegate)
+        self.sender = ChatSender(sender, conversation.chat_id, context)
+        self.bot = BotSender(sender, context)
+        self.listener = Listener(context)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
 
     @property
@@ -223,4 +267,5 @@ class ChatHandler:
         log.info("chat %s: no handler for a %s update; marked done", self.chat_id, kind)
 
     def on_close(self, reason: str) -> None:
-        """The delegate is going away: 'idle' (timeout) or 'evicted' (its slot went to another chat)."""
+        """The delegate is going away: 'idle' (timeout), 'evicted' (its slot went to another chat)
+        or 'reload' (a new bot takes over). Changes to `vars` and `state` made here are saved."""

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import yamlfile
+from .chathandler import DEFAULT_ERROR_TEXT
 from .errors import ConfigError
 from .inbox import DEFAULT_ALLOWED_UPDATES
 from .ratelimit import Limits
 from .telegram import DEFAULT_API_URL
 
 DEFAULT_HOOK_PORT = 8787
-DEFAULT_ERROR_TEXT = "Sorry, something went wrong on my side. Please try again later."
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class Config:
     handlers: str = "handlers/counter"
     max_delegates: int = 64
     idle_timeout: float = 300.0
+    update_timeout: float = 60.0          # a handler still busy with one update after this is given up
+    yield_after: int = 20                 # a busy chat hands its slot to a waiting one after this many…
+    yield_seconds: float = 5.0            # …updates or seconds
     poll_timeout: int = 25
     conflict_grace: float | None = None   # seconds of 409 before giving up (2 poll periods + 10)
     allowed_updates: tuple[str, ...] = DEFAULT_ALLOWED_UPDATES
@@ -67,7 +70,9 @@ class Config:
 _TOP_KEYS = {"api_url", "database", "handlers", "delegates", "polling", "rate_limits", "hooks",
              "operators", "log_level", "error_text", "stop_timeout"}
 _SECTIONS = {
-    "delegates": {"max": ("max_delegates", int), "idle_timeout": ("idle_timeout", float)},
+    "delegates": {"max": ("max_delegates", int), "idle_timeout": ("idle_timeout", float),
+                  "update_timeout": ("update_timeout", float), "yield_after": ("yield_after", int),
+                  "yield_seconds": ("yield_seconds", float)},
     "polling": {"timeout": ("poll_timeout", int), "allowed_updates": ("allowed_updates", tuple),
                 "conflict_grace": ("conflict_grace", float)},
     "hooks": {"bind": ("hook_bind", str), "port": ("hook_port", int)},
@@ -187,6 +192,8 @@ def _validate(config: Config, data: dict) -> None:
     for wrong, message, key in (
         (config.max_delegates < 1, "delegates.max must be at least 1", "delegates"),
         (config.idle_timeout <= 0, "delegates.idle_timeout must be positive", "delegates"),
+        (config.update_timeout <= 0 or config.yield_after < 1 or config.yield_seconds <= 0,
+         "delegates.update_timeout, yield_after and yield_seconds must be positive", "delegates"),
         (not 0 <= config.poll_timeout <= 50, "polling.timeout must be between 0 and 50 seconds",
          "polling"),
         (config.log_level.upper() not in _LOG_LEVELS,

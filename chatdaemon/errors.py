@@ -14,7 +14,11 @@
     │   └── RetryAfter                  429: carries retry_after seconds
     ├── NetworkError                    no answer: connection refused/reset, timeout, DNS
     ├── ShuttingDown                    a wait was cut short because the daemon is stopping
-    └── WaitTooLong                     listener.wait(timeout) saw no update in time
+    ├── WaitTooLong                     listener.wait(timeout) saw no update in time
+    ├── Abandoned                       an update ran past its deadline: its thread may no longer
+    │                                   commit or send (carries chat_id)
+    └── UpdateFailed                    a bot's handler failed on an update and rolls it back
+                                        (carries answered: the user already got an error reply)
 
 DatabaseInUse shares 75 (EX_TEMPFAIL) with Conflict rather than 78: both mean "another
 process holds what this one needs", which ends when that process does (a `chatdaemon chat`
@@ -165,3 +169,24 @@ class DatabaseInUse(ChatdaemonError):
 
 def _owner(owner: str) -> str:
     return "the terminal chat (`chatdaemon chat`)" if owner == "terminal" else f"bot {owner}"
+
+
+class Abandoned(ChatdaemonError):
+    """The update this thread was handling ran past its deadline and was given up."""
+
+    def __init__(self, chat_id: int):
+        self.chat_id = chat_id
+        super().__init__(f"chat {chat_id}: the update was given up after its deadline")
+
+
+class UpdateFailed(ChatdaemonError):
+    """A handler failed on an update: everything it changed rolls back.
+
+    `answered` is true when the user already got an error reply (the handler's on_error),
+    so the bot's generic error text is not sent on top of it.
+    """
+
+    def __init__(self, cause: str, answered: bool):
+        self.cause = cause
+        self.answered = answered
+        super().__init__(cause)

@@ -2,20 +2,26 @@
 
 A handler's target state, saved variables and state context change only when every step
 succeeded; a failing request or template answers with the handler's `on_error` (or the
-bot's error text), logs the cause with the handler's name and file:line, and leaves the
-conversation as it was.
+bot's error text) and raises UpdateFailed, carrying the cause with the handler's name and
+file:line: the update transaction rolls back whatever the update changed (one mechanism
+for every failure) and logs it.
+
+Templates get read-only data: every value in their context is a copy that refuses changes
+(`FrozenDict`, tuples), so no template can alter a conversation, `emoji`, `env` or another
+chat's data.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
+from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
 from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
 from .templates import EMOJI, Template, TemplateError
@@ -24,6 +30,34 @@ from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_TEXT = 16 * 1024  # a response kept in state_context is dropped past this size
+
+
+class FrozenDict(dict):
+    """A dict a template can read but not change: every method that would change it raises."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("template data is read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    update = clear = pop = popitem = setdefault = _refuse
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # immutable already: no call needed
+
+
+def frozen(value: Any) -> Any:
+    """A read-only deep copy of JSON-like data: dicts become FrozenDicts, lists tuples."""
+    if isinstance(value, FrozenDict):
+        return value
+    if isinstance(value, dict):
+        return FrozenDict({key: item if type(item) in _PLAIN else frozen(item)
+                           for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(item if type(item) in _PLAIN else frozen(item) for item in value)
+    return value
+
+
+READ_ONLY_EMOJI = frozen(EMOJI)
 
 
 @dataclass
@@ -35,7 +69,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.session = new_session()
-        self.env = {name: Trusted(value) for name, value in self.definitions.env.items()}
+        self.env = frozen({name: Trusted(value) for name, value in self.definitions.env.items()})
 
     def match(self, text: str, state: str | None) -> tuple[Handler | None, Match | None]:
         """The first handler (highest priority, then file order) whose state and pattern fit.
@@ -69,8 +103,8 @@ class Pipeline:
 class PipelineHandler(ChatHandler):
     """A chat's handler for a bot written as YAML."""
 
-    def __init__(self, delegate: Any, conversation: Any, sender: Any, pipeline: Pipeline):
-        super().__init__(delegate, conversation, sender)
+    def __init__(self, context: Any, conversation: Any, sender: Any, pipeline: Pipeline):
+        super().__init__(context, conversation, sender)
         self.pipeline = pipeline
 
     def on_chat_message(self, msg: dict) -> None:
@@ -94,10 +128,8 @@ class PipelineHandler(ChatHandler):
         try:
             handler, found = self.pipeline.match(text, self.state)
             starts_tree = handler is None and self.pipeline.starts_tree(text)
-        except PatternTimeout as exc:
-            log.error("%s; answering with the error text", exc)
-            self._send_error_text()
-            return
+        except PatternTimeout as exc:  # the transaction answers with the bot's error text
+            raise UpdateFailed(str(exc), answered=False) from None
         context = self._context(message, source, found, callback)
         if starts_tree:
             self._say_node(tree, tree.root, "", context)
@@ -107,7 +139,7 @@ class PipelineHandler(ChatHandler):
             return
         try:
             if handler.request is not None:
-                context["response"] = perform(handler.request, context, self.pipeline.session)
+                context["response"] = frozen(perform(handler.request, context, self.pipeline.session))
             reply = render_reply(handler.response, context)
             saved = {name: template.render(context) for name, template in handler.save.items()}
         except (RequestFailed, TemplateError) as exc:
@@ -116,7 +148,7 @@ class PipelineHandler(ChatHandler):
         self.sender.sendMessage(**reply)
         self._transition(handler, context, saved)
 
-    def _context(self, message: dict, source: dict, found: re.Match | None,
+    def _context(self, message: dict, source: dict, found: Match | None,
                  callback: dict | None) -> dict:
         pattern: dict[Any, Any] = {}
         if found is not None:
@@ -124,18 +156,27 @@ class PipelineHandler(ChatHandler):
             pattern = {i: g for i, g in enumerate(found.groups(default=""), start=1)}
             pattern.update({k: v for k, v in found.groupdict(default="").items()})
             pattern[0] = found.group(0)
+        # read-only copies: a template must not change the conversation or anything shared
+        # (each part copied once: the message is the source, or inside the callback query)
+        read_source = frozen(source)
+        if message is source:
+            read_message = read_source
+        elif message is source.get("message"):
+            read_message = read_source["message"]
+        else:
+            read_message = frozen(message)
         return {
-            "message": message,
-            "chat": message.get("chat") or {"id": self.chat_id},
-            "user": source.get("from") or message.get("from") or {},
-            "callback": callback or {},
-            "pattern": pattern,
+            "message": read_message,
+            "chat": read_message.get("chat") or FrozenDict({"id": self.chat_id}),
+            "user": read_source.get("from") or read_message.get("from") or FrozenDict(),
+            "callback": read_source if callback is source else frozen(callback or {}),
+            "pattern": frozen(pattern),
             "state": self.state,
-            "state_context": self._conversation.state_context,
-            "vars": dict(self.vars),
+            "state_context": frozen(self._conversation.state_context),
+            "vars": frozen(self.vars),
             "env": self.pipeline.env,
-            "emoji": EMOJI,
-            "response": {},
+            "emoji": READ_ONLY_EMOJI,
+            "response": FrozenDict(),
         }
 
     def _transition(self, handler: Handler, context: dict, saved: dict) -> None:
@@ -192,9 +233,7 @@ class PipelineHandler(ChatHandler):
         try:
             reply = render_reply(Response(template, parse_mode, where=template.where), context)
         except TemplateError as exc:
-            log.error("tree (%s) failed: %s", template.where, exc)
-            self._send_error_text()
-            return
+            raise UpdateFailed(f"tree ({template.where}) failed: {exc}", answered=False) from None
         reply["reply_markup"] = markup
         self.sender.sendMessage(**reply)
         self.state = state
@@ -207,18 +246,18 @@ class PipelineHandler(ChatHandler):
             self.stop_schedule(tick.get("name"))
             return
         context = self._context({"chat": {"id": self.chat_id}}, {}, None, None)
-        context["tick"] = tick
+        context["tick"] = frozen(tick)
         try:
             if schedule.request is not None:
-                context["response"] = perform(schedule.request, context, self.pipeline.session)
+                context["response"] = frozen(perform(schedule.request, context, self.pipeline.session))
             reply = render_reply(schedule.response, context)
         except (RequestFailed, TemplateError) as exc:
-            log.error("schedule %s (%s) failed: %s", schedule.name, schedule.where, exc)
             if isinstance(exc, RequestFailed):
-                context["response"] = exc.response
+                context["response"] = frozen(exc.response)
             if schedule.on_error is not None:
                 self.sender.sendMessage(**render_reply(schedule.on_error, context))
-            return
+            raise UpdateFailed(f"schedule {schedule.name} ({schedule.where}) failed: {exc}",
+                               answered=schedule.on_error is not None) from None
         self.sender.sendMessage(**reply)
 
     def _reply_fallback(self, context: dict) -> None:
@@ -227,26 +266,25 @@ class PipelineHandler(ChatHandler):
             log.info("chat %s: no handler matched and the bot has no fallback", self.chat_id)
             return
         try:
-            self.sender.sendMessage(**render_reply(fallback, context))
+            reply = render_reply(fallback, context)
         except TemplateError as exc:
-            log.error("fallback: %s", exc)
-            self._send_error_text()
+            raise UpdateFailed(f"fallback: {exc}", answered=False) from None
+        self.sender.sendMessage(**reply)
 
     def _reply_error(self, handler: Handler, exc: Exception, context: dict) -> None:
-        log.error("handler %s (%s) failed: %s", handler.name, handler.where, exc)
+        """Answer with the handler's on_error if it has one, then fail the update (rolled back)."""
+        cause = f"handler {handler.name} ({handler.where}) failed: {exc}"
         if isinstance(exc, RequestFailed):
-            context["response"] = exc.response
+            context["response"] = frozen(exc.response)
         if handler.on_error is not None:
             try:
-                self.sender.sendMessage(**render_reply(handler.on_error, context))
-                return
+                reply = render_reply(handler.on_error, context)
             except TemplateError as second:
-                log.error("handler %s: on_error failed too: %s", handler.name, second)
-        self._send_error_text()
-
-    def _send_error_text(self) -> None:
-        if self.pipeline.error_text:
-            self.sender.sendMessage(self.pipeline.error_text)
+                cause += f"; on_error failed too: {second}"
+            else:
+                self.sender.sendMessage(**reply)
+                raise UpdateFailed(cause, answered=True)
+        raise UpdateFailed(cause, answered=False)
 
 
 def render_reply(response: Response, context: dict) -> dict:
@@ -301,5 +339,10 @@ def _kept_context(context: dict) -> dict:
     if response:
         data = response.get("data")
         if len(repr(data)) <= MAX_CONTEXT_TEXT:
-            kept["response"] = {"status": response.get("status"), "data": data}
+            kept["response"] = {"status": response.get("status"), "data": _thawed(data)}
     return kept
+
+
+def _thawed(value: Any) -> Any:
+    """Plain JSON data again (dicts and lists) for the conversation to keep."""
+    return json.loads(json.dumps(value))

@@ -4,16 +4,20 @@ Every outgoing call passes through `Sender.call`, which applies the proactive fl
 obeys 429 `retry_after` for that scope, retries 5xx and network errors with capped
 back-off (a reply is never dropped because Telegram hiccuped), follows a group's
 migration to a supergroup, and splits text longer than 4096 UTF-16 units.
+
+A 401 on any call means the token was revoked: the sender raises BadToken and refuses every
+later call, so no update is marked done for a reply that could not go out.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import NetworkError, RetryAfter, ShuttingDown, TelegramError
+from .errors import BadToken, NetworkError, RetryAfter, ShuttingDown, TelegramError
 from .ratelimit import RateLimiter
 from .telegram import BotAPI
 from .textsplit import split_text, utf16_len
@@ -43,27 +47,37 @@ class Sender:
         self._stop = stop
         self._on_migrate = on_migrate
         self._max_backoff = max_backoff
-        self.stats = {"sent": 0, "retries": 0, "throttled_429": 0}
+        self._stats_lock = threading.Lock()  # delegates send from many threads at once
+        self._stats = {"sent": 0, "retries": 0, "throttled_429": 0}
+        self.token_rejected = False
 
-    def call(self, method: str, params: dict | None = None) -> Any:
+    def call(self, method: str, params: dict | None = None, *,
+             on_migrate: Callable[[int, int], None] | None = None,
+             check: Callable[[], None] | None = None) -> Any:
         """Call `method`; a sendMessage too long for one message goes out in parts.
 
-        Returns Telegram's result (for split text, the last part's message).
+        Returns Telegram's result (for split text, the last part's message). `on_migrate`
+        hears of a group's move to a supergroup found by this call (instead of the
+        sender-wide callback); `check` runs before every attempt and may raise to cancel it.
         """
         params = dict(params or {})
         text = params.get("text")
+        send = functools.partial(self._call_until_answered,
+                                 on_migrate=on_migrate or self._on_migrate, check=check)
         if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > MAX_TEXT:
             parts = split_text(text, params.get("parse_mode"))
             markup = params.pop("reply_markup", None)
             for part in parts[:-1]:
-                self._call_until_answered(method, {**params, "text": part})
+                send(method, {**params, "text": part})
             last = {**params, "text": parts[-1]}
             if markup is not None:
                 last["reply_markup"] = markup  # the keyboard goes with the last part only
-            return self._call_until_answered(method, last)
-        return self._call_until_answered(method, params)
+            return send(method, last)
+        return send(method, params)
 
-    def _call_until_answered(self, method: str, params: dict) -> Any:
+    def _call_until_answered(self, method: str, params: dict,
+                             on_migrate: Callable[[int, int], None] | None = None,
+                             check: Callable[[], None] | None = None) -> Any:
         backoff = 0.5
         limited = is_flood_limited(method)
         while True:
@@ -72,10 +86,11 @@ class Sender:
                 # Stopping while waiting for a slot leaves the update undone: it replays,
                 # and since nothing was sent yet, nothing is sent twice.
                 self._sleep(self.limiter.reserve(chat_id))
+            self._check_allowed(method, check)
             try:
                 result = self.api.call(method, params)
             except RetryAfter as exc:
-                self.stats["throttled_429"] += 1
+                self._count("throttled_429")
                 log.warning("%s: Telegram asks to wait %.0f s (429)", method, exc.retry_after)
                 self.limiter.pause(chat_id, exc.retry_after)
                 if not limited:
@@ -84,8 +99,12 @@ class Sender:
                 continue
             except TelegramError as exc:
                 if exc.migrate_to_chat_id is not None and chat_id is not None:
-                    self._migrate(chat_id, exc.migrate_to_chat_id, params)
+                    self._migrate(chat_id, exc.migrate_to_chat_id, params, on_migrate)
                     continue
+                if exc.status == 401:
+                    self.token_rejected = True
+                    raise BadToken(f"Telegram rejected the bot token on {method} (401 "
+                                   f"{exc.description}); was it revoked?") from None
                 if exc.status < 500:
                     raise
                 self._retry_later(method, exc, backoff)
@@ -93,20 +112,37 @@ class Sender:
                 self._retry_later(method, exc, min(backoff, MAX_NETWORK_BACKOFF))
             else:
                 if limited:
-                    self.stats["sent"] += 1
+                    self._count("sent")
                 return result
             backoff = min(backoff * 2, self._max_backoff)
 
     def _retry_later(self, method: str, exc: Exception, backoff: float) -> None:
-        self.stats["retries"] += 1
+        self._count("retries")
         log.warning("%s failed (%s); retrying in %.1f s", method, exc, backoff)
         self._sleep(backoff)
 
-    def _migrate(self, chat_id: int, new_chat_id: int, params: dict) -> None:
+    @property
+    def stats(self) -> dict:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self._stats[name] += 1
+
+    def _check_allowed(self, method: str, check: Callable[[], None] | None) -> None:
+        """A rejected token stops every call; `check` may cancel this one (a given-up update)."""
+        if self.token_rejected:
+            raise BadToken(f"{method}: not sent, Telegram rejected the bot token")
+        if check is not None:
+            check()
+
+    def _migrate(self, chat_id: int, new_chat_id: int, params: dict,
+                 on_migrate: Callable[[int, int], None] | None) -> None:
         log.info("chat %s moved to supergroup %s", chat_id, new_chat_id)
         params["chat_id"] = new_chat_id
-        if self._on_migrate is not None:
-            self._on_migrate(chat_id, new_chat_id)
+        if on_migrate is not None:
+            on_migrate(chat_id, new_chat_id)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and self._stop.wait(seconds):
@@ -115,3 +151,4 @@ class Sender:
     def _give_up_if_stopping(self) -> None:
         if self._stop.is_set():
             raise ShuttingDown()
+

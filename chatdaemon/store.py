@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .dbfile import (
@@ -109,6 +109,7 @@ class InboxRow:
     chat_id: int | None
     kind: str
     payload: dict
+    attempts: int = 0   # times handling it was cut short by a crash, a kill or a hang
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Conversation:
     vars: dict
     state_context: dict = field(default_factory=dict)
     schedules: dict = field(default_factory=dict)   # name -> {"every": seconds}
+    is_new: bool = field(default=False, compare=False)  # no row in the database yet
 
     def snapshot(self) -> str:
         return json.dumps([self.state, self.vars, self.state_context, self.schedules])
@@ -318,11 +320,12 @@ class Store:
         """The chat's unhandled updates in update_id order."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT update_id, kind, payload FROM inbox WHERE chat_id = ? AND done = 0"
+                "SELECT update_id, kind, payload, attempts FROM inbox WHERE chat_id = ? AND done = 0"
                 " ORDER BY update_id LIMIT ?",
                 (chat_id, limit),
             ).fetchall()
-        return [InboxRow(uid, chat_id, kind, json.loads(payload)) for uid, kind, payload in rows]
+        return [InboxRow(uid, chat_id, kind, json.loads(payload), attempts)
+                for uid, kind, payload, attempts in rows]
 
     def is_done(self, update_id: int) -> bool:
         with self._lock:
@@ -352,30 +355,91 @@ class Store:
                 (chat_id,),
             ).fetchone()
         if row is None:
-            return Conversation(chat_id, None, {})
+            return Conversation(chat_id, None, {}, is_new=True)
         return Conversation(chat_id, row[0], *(json.loads(value) for value in row[1:]))
 
-    def finish(self, update_id: int, conversation: Conversation | None) -> None:
+    def finish(self, update_id: int | None, conversation: Conversation | None, *,
+               moved_to: int | None = None, guard: Callable[[], None] | None = None) -> None:
         """Mark an update done and save the conversation it changed, in one transaction.
 
         This is the one place where an update's effect becomes permanent: state and the
         done mark commit together, so a replayed update never changes state twice.
+        `moved_to` (a group became that supergroup) copies the conversation as it stands
+        after this update to the new chat id in the same commit. `guard` runs inside the
+        transaction, under the store's lock, and may raise to refuse the commit: a check
+        made there cannot be overtaken by another thread's reads. `update_id` None saves
+        the conversation alone (a handler closing).
         """
         now = time.time()
         with self._transaction() as db:
+            if guard is not None:
+                guard()
             if conversation is not None:
-                db.execute(
-                    "INSERT INTO conversations(chat_id, state, vars, state_context, schedules,"
-                    " updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
-                    " state = excluded.state, vars = excluded.vars,"
-                    " state_context = excluded.state_context, schedules = excluded.schedules,"
-                    " updated = excluded.updated",
-                    (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
-                     json.dumps(conversation.state_context), json.dumps(conversation.schedules),
-                     now),
-                )
-                self._index_schedules(db, conversation, now)
-            db.execute("UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?", (now, update_id))
+                self._save_conversation(db, conversation, now)
+            if moved_to is not None and conversation is not None:
+                self._copy_conversation(db, conversation.chat_id, moved_to)
+            if update_id is not None:
+                db.execute("UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?",
+                           (now, update_id))
+        if conversation is not None:
+            conversation.is_new = False
+
+    def _save_conversation(self, db: sqlite3.Connection, conversation: Conversation,
+                           now: float) -> None:
+        db.execute(
+            "INSERT INTO conversations(chat_id, state, vars, state_context, schedules,"
+            " updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
+            " state = excluded.state, vars = excluded.vars,"
+            " state_context = excluded.state_context, schedules = excluded.schedules,"
+            " updated = excluded.updated",
+            (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
+             json.dumps(conversation.state_context), json.dumps(conversation.schedules), now),
+        )
+        self._index_schedules(db, conversation, now)
+
+    # -- attempts and quarantine --------------------------------------------------------
+
+    def count_interrupted(self) -> int:
+        """At start-up after an unclean end: one more attempt for each chat's first pending row.
+
+        That row is the one that was in flight if the process crashed, froze or was killed
+        (rows behind it were never started). One transaction for all chats, and none at
+        all after a clean stop, so a backlog that merely waited is not counted.
+        """
+        if self._take_clean_stop():
+            return 0
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN (SELECT MIN(update_id)"
+                " FROM inbox WHERE done = 0 AND chat_id IS NOT NULL GROUP BY chat_id)")
+        return cur.rowcount
+
+    def note_clean_stop(self) -> None:
+        """Every delegate ended in time: nothing was in flight, so the next start counts nothing."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_stop', '1')")
+
+    def _take_clean_stop(self) -> bool:
+        with self._transaction() as db:
+            cur = db.execute("DELETE FROM meta WHERE key = 'clean_stop'")
+        return cur.rowcount > 0
+
+    def add_attempt(self, update_id: int) -> None:
+        """An update's handler ran past its deadline and was given up."""
+        with self._transaction() as db:
+            db.execute("UPDATE inbox SET attempts = attempts + 1 WHERE update_id = ?", (update_id,))
+
+    def quarantine(self, update_id: int, reason: str) -> None:
+        """Set an update aside for good: done, with the reason kept for the owner to see."""
+        with self._transaction() as db:
+            db.execute("UPDATE inbox SET done = 1, handled = ?, quarantined = ? WHERE update_id = ?",
+                       (time.time(), reason, update_id))
+
+    def quarantined_count(self) -> int:
+        with self._lock:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM inbox WHERE quarantined IS NOT NULL").fetchone()
+        return count
 
     @staticmethod
     def _index_schedules(db: sqlite3.Connection, conversation: Conversation, now: float) -> None:
@@ -436,10 +500,14 @@ class Store:
         has a conversation keeps it.
         """
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO conversations(chat_id, state, vars, state_context, schedules,"
-                " updated) SELECT ?, state, vars, state_context, '{}', updated FROM conversations"
-                " WHERE chat_id = ?", (new_chat_id, old_chat_id))
+            self._copy_conversation(db, old_chat_id, new_chat_id)
+
+    @staticmethod
+    def _copy_conversation(db: sqlite3.Connection, old_chat_id: int, new_chat_id: int) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO conversations(chat_id, state, vars, state_context, schedules,"
+            " updated) SELECT ?, state, vars, state_context, '{}', updated FROM conversations"
+            " WHERE chat_id = ?", (new_chat_id, old_chat_id))
 
     def conversation_count(self) -> int:
         with self._lock:

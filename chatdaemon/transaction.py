@@ -1,0 +1,419 @@
+"""The update transaction: one update's effect on a conversation, all of it or none of it.
+
+    begin (snapshot) → handler → commit: state + done mark (+ a migration's copy), one store
+                                 transaction
+                               → or roll back to the snapshot, then commit the done mark
+                                 (and the user gets the bot's error text)
+
+This is the one place conversation state is saved (through `Store.finish`). It also owns
+what an update owes the user whatever its handler did: the answer to a button press and
+the error text; and it sets aside (quarantines) an update that was cut short too often.
+
+It knows the thread running it only as a `Slot` and the bot only as `Bot` / `Handler`:
+no handler code is imported here, and handlers see it only as their `ChatContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .errors import (
+    Abandoned,
+    BadToken,
+    ShuttingDown,
+    TelegramError,
+    UpdateFailed,
+    WaitTooLong,
+)
+from .inbox import payload_of
+from .sender import Sender
+from .store import Conversation, InboxRow, Store
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_AFTER = 3        # cut-short attempts (crash, kill, hang) before an update is set aside
+MAX_COMMIT_BACKOFF = 30.0   # a commit that fails (disk full) is retried at least this often
+REPLY_KINDS = ("message", "callback_query")   # updates whose user expects an answer
+LOCAL_KINDS = ("hook", "schedule")            # rows the daemon itself queued for a chat
+BLOCKED = 403               # the user blocked the bot, or it was removed from the chat
+
+# Errors that leave the update pending: it is rolled back and replays later, or never
+# (the daemon stops, or this thread was given up and another one serves the chat).
+_LEAVE_PENDING = (ShuttingDown, Abandoned, BadToken)
+
+
+class Handler(Protocol):
+    def on_update(self, kind: str, payload: dict) -> None: ...
+
+    def on_close(self, reason: str) -> None: ...
+
+
+class Bot(Protocol):
+    error_text: str
+
+    def create_handler(self, context: Any, conversation: Conversation, sender: Sender) -> Handler: ...
+
+
+class Slot(Protocol):
+    """What a transaction needs of the thread running it."""
+
+    abandoned: bool
+
+    def handling(self, update_id: int | None) -> None:
+        """Handler code starts running: the per-update deadline starts."""
+
+    def handled(self) -> None:
+        """Handler code returned: the deadline stops."""
+
+    def wait_for_work(self, timeout: float | None) -> str | None:
+        """Block until an update is announced (None), or say why not ('stop', 'idle')."""
+
+    def hold_chat(self, chat_id: int) -> None:
+        """Start no delegate for `chat_id` until `release_chat`: its conversation is coming."""
+
+    def release_chat(self, chat_id: int) -> None: ...
+
+    def count(self, name: str) -> None: ...
+
+
+class _Broken:
+    """Stands in for a handler whose creation failed: every update fails with that error."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        raise RuntimeError(f"the bot's handler could not be created: {self.error}")
+
+    def on_close(self, reason: str) -> None:
+        pass
+
+
+class UpdateTransaction:
+    """A chat's conversation and handler while one delegate serves it; one update at a time.
+
+    Implements the handlers' `ChatContext`: `next_payload` (listener.wait),
+    `callback_answered`, `migrated`, `check_current`.
+    """
+
+    def __init__(self, chat_id: int, store: Store, sender: Sender, bot: Bot, slot: Slot, *,
+                 sleep: Callable[[float], bool], quarantine_after: int = QUARANTINE_AFTER):
+        self.chat_id = chat_id
+        self.store = store
+        self.sender = sender
+        self.bot = bot
+        self._slot = slot
+        self._sleep = sleep          # waits; True when the daemon is stopping
+        self._quarantine_after = quarantine_after
+        self._conversation = store.load_conversation(chat_id)
+        self._row: InboxRow | None = None
+        # between updates `_before` is the snapshot of the conversation as saved (made when
+        # first needed: a delegate often serves a chat for one update, and _begin takes its own)
+        self._before: str | None = None
+        self._checked: str | None = None  # the snapshot taken when handler code returned
+        self._answered: set[str] = set()
+        self._moved_to: int | None = None
+        self._refused = False        # a send of this transaction met a rejected token
+        self.moved_on = False        # listener.wait took later rows: the caller's list is stale
+        self._handler = self._create_handler()
+
+    def _create_handler(self) -> Handler:
+        try:
+            return self.bot.create_handler(self, self._conversation, self.sender)
+        except Exception as exc:
+            log.exception("chat %s: the bot's handler could not be created", self.chat_id)
+            return _Broken(exc)
+
+    # -- one update ---------------------------------------------------------------------
+
+    def handle(self, row: InboxRow) -> None:
+        """Run the handler on one update and commit, or set the update aside.
+
+        Raises ShuttingDown, Abandoned or BadToken with the update rolled back and pending.
+        """
+        self.moved_on = False
+        try:
+            if row.attempts >= self._quarantine_after:
+                self._quarantine(row)
+                return
+            self._follow_migration(row)
+            self._begin(row)
+            self._run(lambda: self._handler.on_update(row.kind, payload_of(row)))
+            self._finish_current()
+        finally:
+            self._release_migration()
+
+    def _follow_migration(self, row: InboxRow) -> None:
+        """Telegram's service messages of a group's move to a supergroup: the old group's
+        ("migrate_to_chat_id") copies the conversation with its commit; the supergroup's
+        ("migrate_from_chat_id"), if it comes first, starts from the group's conversation."""
+        if row.kind != "message":
+            return
+        payload = payload_of(row)
+        moved_to = payload.get("migrate_to_chat_id")
+        if type(moved_to) is int:
+            self.migrated(self.chat_id, moved_to)
+        moved_from = payload.get("migrate_from_chat_id")
+        if type(moved_from) is int and self._conversation.is_new:
+            old = self.store.load_conversation(moved_from)
+            if not old.is_new:
+                conversation = self._conversation
+                conversation.state, conversation.vars = old.state, old.vars
+                conversation.state_context = old.state_context
+
+    def close(self, reason: str) -> None:
+        """The handler's on_close, in a transaction of its own: what it changes is saved."""
+        self._row = None
+        if self._before is None:
+            self._before = self._conversation.snapshot()
+        try:
+            self._run(lambda: self._handler.on_close(reason), what="on_close")
+            if self._checked != self._before:
+                self._commit(None)
+        finally:
+            self._release_migration()
+
+    def _begin(self, row: InboxRow) -> None:
+        self._row = row
+        self._before = self._conversation.snapshot()
+        self._checked = None
+        self._slot.handling(row.update_id)
+
+    def _run(self, call: Callable[[], None], what: str = "handler") -> None:
+        """Run handler code. A failure rolls back everything it changed; only the errors
+        that leave the update pending get out of here."""
+        if what == "on_close":
+            self._slot.handling(None)
+        try:
+            call()
+            self._checked = self._check_saveable()
+        except _LEAVE_PENDING:
+            self._rollback()
+            raise
+        except WaitTooLong as exc:  # telepot style: a handler that stops waiting just ends
+            log.info("chat %s: the handler stopped waiting (%s)", self.chat_id, exc)
+            self._rollback()
+        except UpdateFailed as exc:  # the bot's handler failed; the cause names where
+            self._fail(exc, tell_user=not exc.answered, detail=False)
+        except TelegramError as exc:
+            if exc.status == BLOCKED:  # final for this chat: nobody to tell
+                self._rollback()
+                log.info("chat %s: Telegram refused a send (%s %s); update %s done without a "
+                         "reply", self.chat_id, exc.status, exc.description, self._update_id())
+            else:
+                self._fail(exc, tell_user=True, detail=False)
+        except Exception as exc:  # one bad update must not stop the chat
+            self._fail(exc, tell_user=what == "handler", detail=True)
+        finally:
+            self._slot.handled()
+
+    def _fail(self, exc: Exception, tell_user: bool, detail: bool) -> None:
+        self._rollback()
+        self._slot.count("failed")
+        if self._row is None:
+            log.error("chat %s: on_close failed: %s", self.chat_id, exc, exc_info=detail)
+        else:
+            log.error("chat %s: handler failed on update %s: %s", self.chat_id,
+                      self._row.update_id, exc, exc_info=detail)
+        if tell_user and self._row is not None:
+            self._tell_user_it_failed(self._row)
+
+    def _update_id(self) -> int | None:
+        return self._row.update_id if self._row is not None else None
+
+    def _check_saveable(self) -> str:
+        """vars must be JSON: a set or an object there fails this update, not the delegate."""
+        try:
+            return self._conversation.snapshot()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"self.vars can hold only JSON values: {exc}") from None
+
+    def _rollback(self) -> None:
+        self._conversation.restore(self._before)
+        self._checked = self._before
+
+    def _finish_current(self) -> None:
+        row = self._row
+        self._answer_callback_if_needed(row)
+        self._commit(row.update_id)
+
+    # -- the commit -----------------------------------------------------------------------
+
+    def _commit(self, update_id: int | None) -> None:
+        """The update's effect, its done mark and a migration's copy: one store transaction."""
+        conversation = self._conversation
+        after = self._checked if self._checked is not None else conversation.snapshot()
+        self._checked = None
+        greet = conversation.is_new and self._row is not None
+        # a new conversation is saved even unchanged: it is created once, with its first update
+        changed = after != self._before or conversation.is_new or self._moved_to is not None
+        self._retry_commit(lambda: self.store.finish(
+            update_id, conversation if changed else None, moved_to=self._moved_to,
+            guard=self._guard))
+        self._before = after
+        self._release_migration()
+        if greet and log.isEnabledFor(logging.INFO):
+            log_first_contact(self.chat_id, self._row)
+
+    def _retry_commit(self, commit: Callable[[], None]) -> None:
+        """A reply may already be out: retry only the commit, never the handler."""
+        delay = 0.5
+        while True:
+            try:
+                commit()
+                return
+            except (sqlite3.Error, OSError) as exc:  # disk full, I/O error
+                log.error("chat %s: could not commit update %s (%s); retrying the commit in "
+                          "%.1f s", self.chat_id, self._update_id(), exc, delay)
+                if self._sleep(delay):
+                    raise ShuttingDown() from None
+                delay = min(delay * 2, MAX_COMMIT_BACKOFF)
+
+    def _guard(self) -> None:
+        """Runs inside the store transaction: a given-up thread commits nothing, nor an update
+        whose send met a revoked token (a failed send is never a done update)."""
+        self.check_current()
+        if self._refused:
+            raise BadToken("Telegram rejected the bot token; the update stays pending")
+
+    # -- set aside ------------------------------------------------------------------------
+
+    def _quarantine(self, row: InboxRow) -> None:
+        reason = f"cut short {row.attempts} times (a crash, a kill or a hang while handling it)"
+        log.warning("chat %s: update %s (%s) quarantined: %s", self.chat_id, row.update_id,
+                    row.kind, reason)
+        self._row = row
+        self._slot.count("quarantined")
+        self._tell_user_it_failed(row)
+        self._answer_callback_if_needed(row)
+        self._retry_commit(lambda: self.store.quarantine(row.update_id, reason))
+
+    # -- ChatContext: what the handler may ask ----------------------------------------------
+
+    def check_current(self) -> None:
+        if self._slot.abandoned:
+            raise Abandoned(self.chat_id)
+
+    def refused(self) -> None:
+        self._refused = True
+
+    def callback_answered(self, query_id: str | None) -> None:
+        if query_id:
+            self._answered.add(query_id)
+
+    def migrated(self, old_chat_id: int, new_chat_id: int) -> None:
+        """The group became a supergroup: the conversation goes along with this update's commit.
+
+        Until then no delegate starts for the new chat, so none reads it before the copy.
+        """
+        if old_chat_id != self.chat_id or new_chat_id == self._moved_to:
+            return
+        self._release_migration()
+        self._moved_to = new_chat_id
+        self._slot.hold_chat(new_chat_id)
+
+    def _release_migration(self) -> None:
+        if self._moved_to is not None:
+            self._slot.release_chat(self._moved_to)
+            self._moved_to = None
+
+    def next_payload(self, timeout: float | None) -> dict:
+        """Commit the current update, then return the chat's next one (telepot's listener.wait).
+
+        Hook notifications and schedule ticks that arrive meanwhile are handled on the way
+        (sent and committed); only Telegram's updates are handed to the waiting handler.
+        """
+        self._checked = self._check_saveable()
+        self._slot.handled()
+        self._finish_current()
+        self._slot.count("handled")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.check_current()
+            rows = self.store.pending(self.chat_id, limit=1)
+            if rows and rows[0].attempts >= self._quarantine_after:
+                self._quarantine(rows[0])
+                continue
+            if rows and rows[0].kind in LOCAL_KINDS:
+                self._handle_local(rows[0])
+                continue
+            if rows:
+                self._begin(rows[0])
+                self.moved_on = True
+                return payload_of(rows[0])
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            reason = self._slot.wait_for_work(remaining)
+            if reason == "stop":
+                raise ShuttingDown()
+            if reason == "idle":
+                raise WaitTooLong(timeout or 0.0)
+
+    def _handle_local(self, row: InboxRow) -> None:
+        self._begin(row)
+        self._run(lambda: self._handler.on_update(row.kind, payload_of(row)))
+        self._finish_current()
+        self._slot.count("handled")
+        self.moved_on = True
+
+    # -- what the update owes the user --------------------------------------------------------
+
+    def _answer_callback_if_needed(self, row: InboxRow) -> None:
+        """Stop the client's spinner even when the handler did not answer the button press."""
+        answered, self._answered = self._answered, set()
+        if row.kind != "callback_query":
+            return
+        query_id = payload_of(row).get("id")
+        if not query_id or query_id in answered:
+            return
+        try:  # best effort: the update itself is done either way
+            self.sender.call("answerCallbackQuery", {"callback_query_id": query_id},
+                             check=self.check_current)
+        except Abandoned:
+            raise
+        except BadToken:
+            self._refused = True
+            raise
+        except (TelegramError, ShuttingDown) as exc:
+            log.info("chat %s: could not answer callback query: %s", self.chat_id, exc)
+
+    def _tell_user_it_failed(self, row: InboxRow) -> None:
+        text = self.bot.error_text
+        if not text or row.kind not in REPLY_KINDS:
+            return
+        try:
+            self.sender.call("sendMessage", {"chat_id": self.chat_id, "text": text},
+                             on_migrate=self.migrated, check=self.check_current)
+        except Abandoned:
+            raise
+        except BadToken:
+            self._refused = True
+            raise
+        except ShuttingDown:
+            log.info("chat %s: stopping before the error text went out", self.chat_id)
+        except Exception as exc:
+            log.error("chat %s: could not send the error text: %s", self.chat_id, exc)
+
+
+def log_first_contact(chat_id: int, row: InboxRow) -> None:
+    """One INFO line when a chat first talks to the bot, so an owner can find its chat id."""
+    name, username = who_is(payload_of(row))
+    log.info("chat %s first talked to the bot: %r%s", chat_id, name,
+             f" (@{username})" if username else "")
+
+
+def who_is(payload: dict) -> tuple[str, str | None]:
+    """A chat's name and @username from an update's message or callback query (untrusted)."""
+    message = payload.get("message") if isinstance(payload.get("message"), dict) else payload
+    chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
+    user = payload.get("from") if isinstance(payload.get("from"), dict) else {}
+    for source in (chat, user):
+        name = source.get("title") or " ".join(
+            str(part) for part in (source.get("first_name"), source.get("last_name")) if part)
+        if name:
+            username = source.get("username") or user.get("username")
+            return str(name), str(username) if username else None
+    return "?", None
