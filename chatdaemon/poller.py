@@ -29,7 +29,7 @@ from .errors import (
     is_bad_token,
 )
 from .inbox import Rejection, parse_update, usable_update_id
-from .retry import MAX_BACKOFF, RetryPolicy
+from .retry import RetryPolicy
 from .store import InboxRow, Store
 from .telegram import BotAPI
 
@@ -125,10 +125,11 @@ class Poller:
         self.received = 0
         self.rejected = 0
         self.polls = 0
+        self.policy = RetryPolicy()
 
     def run(self) -> None:
         """Poll until `stop` is set; raise BadToken/Conflict/WebhookActive when polling can't go on."""
-        policy = RetryPolicy()
+        policy = self.policy = RetryPolicy()
         watch = ConflictWatch(self.conflict_grace)
         while not self.stop.is_set():
             try:
@@ -144,12 +145,14 @@ class Poller:
                 self._note(exc.detail)
                 self._wait(policy.delay(exc))
                 continue
-            policy.succeeded()
             self.last_error = None
             if not watch.settled:
+                policy.succeeded()
                 watch.on_answer(updates)
                 self._wait(0 if watch.settled else PROBE_EVERY)
-            elif updates:
+            elif not updates:
+                policy.succeeded()
+            else:
                 self._step(STORE_BUDGET)
                 self._store(updates)
 
@@ -191,10 +194,12 @@ class Poller:
         last_id = _last_usable_id(updates)
         if last_id is None:
             # Nothing in the batch can be acknowledged: storing it would store it again on
-            # every poll. Leave it with Telegram, say so, and back off.
-            self._note(f"{len(updates)} update(s) without a usable update_id; cannot acknowledge")
-            self._wait(MAX_BACKOFF)
+            # every poll. Leave it with Telegram, say why, and back off (1 s, 2 s, … 30 s).
+            self._note(f"{len(updates)} update(s) without a usable update_id, so none can be "
+                       f"acknowledged: {'; '.join(sorted({r.reason for r in rejections}))}")
+            self._wait(self.policy.backoff())
             return
+        self.policy.succeeded()
         unhandled = [row.update_id for row in rows if not self.handles(row)]
         new = self.store.add_updates(rows, done=unhandled, rejected=[
             (rejection.reason, rejection.payload_text()) for rejection in rejections])
