@@ -183,7 +183,10 @@ class Poller:
         self.last_poll = time.monotonic()
         if self.polls == 1:
             self.on_polling()
-        return updates if isinstance(updates, list) else []
+        if not isinstance(updates, list):
+            self._note(f"the result is a {type(updates).__name__}, not a list of updates; ignored")
+            return []
+        return updates
 
     def _store(self, updates: list) -> None:
         rows: list[InboxRow] = []

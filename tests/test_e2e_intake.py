@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 
+import pytest
 from conftest import wait_until
 from test_e2e_service import NotifySocket
 
@@ -152,20 +153,23 @@ def test_ready_comes_within_a_second_on_an_idle_bot(telegram, start_daemon, tmp_
         assert daemon.stop() == 0
 
 
-def push_traffic(telegram, chats, stop: threading.Event, pushed: dict[int, int], pause: float):
-    """Messages round-robin over `chats` every `pause` s until `stop` (at most 60 s)."""
+def push_traffic(telegram, chats, stop: threading.Event, pushed: dict[int, int], pause: float,
+                 burst: int):
+    """`burst` messages round-robin over `chats` every `pause` s until `stop` (at most 60 s)."""
     deadline = time.monotonic() + 60
     i = 0
     while not stop.is_set() and time.monotonic() < deadline:
-        chat = chats[i % len(chats)]
-        telegram.push_message(chat, "m")
-        pushed[chat] = pushed.get(chat, 0) + 1
-        i += 1
+        batch = [chats[(i + k) % len(chats)] for k in range(burst)]
+        telegram.push_many([(chat, "m") for chat in batch])
+        for chat in batch:
+            pushed[chat] = pushed.get(chat, 0) + 1
+        i += burst
         stop.wait(pause)
 
 
+@pytest.mark.parametrize("pause, burst", [(0.03, 1), (0.1, 40)], ids=["steady", "bursts"])
 def test_a_second_daemon_exits_75_within_two_poll_periods_and_the_first_answers_all(
-        telegram, start_daemon, tmp_path):
+        telegram, start_daemon, tmp_path, pause, burst):
     poll = 2
     config = {"polling": {"timeout": poll, "conflict_grace": 2 * poll}}
     first = start_daemon(config=config)
@@ -173,7 +177,8 @@ def test_a_second_daemon_exits_75_within_two_poll_periods_and_the_first_answers_
     chats = [3001, 3002, 3003, 3004]
     pushed: dict[int, int] = {}
     stop = threading.Event()
-    traffic = threading.Thread(target=push_traffic, args=(telegram, chats, stop, pushed, 0.03))
+    traffic = threading.Thread(target=push_traffic,
+                               args=(telegram, chats, stop, pushed, pause, burst))
     traffic.start()
     try:
         began = time.monotonic()
