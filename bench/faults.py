@@ -71,9 +71,9 @@ class Run:
             cwd=str(ROOT))
         log.close()
         since = len(self.telegram.calls_to("getUpdates"))
-        settled = self.telegram.wait_for(   # past its first probes: it long-polls
-            lambda: any(str(c["params"].get("timeout")) == "2"
-                        for c in self.telegram.calls_to("getUpdates")[since:]), 30)
+        settled = self.telegram.wait_for(   # past its probes (one of them long): it stores
+            lambda: sum(str(c["params"].get("timeout")) == "2"
+                        for c in self.telegram.calls_to("getUpdates")[since:]) >= 2, 30)
         if not settled:
             raise RuntimeError("the daemon did not start polling")
         return process

@@ -5,11 +5,11 @@ an update when a later getUpdates carries an offset above its id, and that later
 made only once the batch is on disk; a crash before then means Telegram sends it again,
 and the inbox recognises it by its exact update_id.
 
-A new poller first listens without acknowledging anything (`ConflictWatch`): a few quick
-getUpdates with timeout 0, its answers left with Telegram. Only when they show no other
-poller on the token does it start storing; a 409 past the restart grace, or updates it
-saw vanishing without its acknowledgement, mean it is the second poller, and it exits
-before it has taken a single update from the first.
+A new poller first listens without acknowledging anything (`ConflictWatch`): quick
+getUpdates with timeout 0 and one long poll among them, their answers left with Telegram.
+Only when they show no other poller on the token does it start storing; a 409 past the
+restart grace, or updates it saw vanishing without its acknowledgement, mean it is the
+second poller, and it exits before it has taken a single update from the first.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ STEP_SLACK = 10.0           # how far past its own bound a step may run before i
 STORE_BUDGET = 60.0         # one inbox batch commit, even on a slow SD card
 ME_TIMEOUT = 30.0           # getMe, asked to confirm a 401/404 from getUpdates
 SETTLE_PROBES = 5           # answered 409-free probes in a row before a new poller stores
+LISTEN_AT = 3               # the probe that long-polls (see ConflictWatch.next_timeout)
 PROBE_EVERY = 0.2           # seconds between probes while a new poller listens
 CONFLICT_RETRY = 0.5        # the first poller's wait after a 409: its chats keep flowing
 OUTLAST = 4                 # the first poller gives up after 409s for OUTLAST × the grace
@@ -49,10 +50,13 @@ _FIRST_UPDATE_ID = re.compile(
 class ConflictWatch:
     """Tells the second poller on a token from the first, by 409s and by vanished updates.
 
-    The test double answers 409 to the NEW getUpdates while another is open (Telegram ends
-    the old one instead). So a newcomer probing with timeout 0 meets the first poller's open
-    long poll; the first poller meets only the newcomer's instant probes, rarely. A 409 in
-    the first `grace` seconds is forgiven (usually our own previous run's poll, still open).
+    The test double answers 409 to the NEW getUpdates while another is open; Telegram ends
+    the OLD one instead. Both are covered: a newcomer probing with timeout 0 meets the first
+    poller's open long poll (409 at the double); its one long poll among the probes is ended
+    by the first poller's next call (409 at Telegram); and under traffic, updates it left
+    unacknowledged vanish because the first poller acknowledged them. The first poller
+    meets only the newcomer's brief calls. A 409 in the first `grace` seconds is forgiven
+    (usually our own previous run's long poll, still open).
     """
 
     def __init__(self, grace: float):
@@ -90,6 +94,10 @@ class ConflictWatch:
             self.settled = True
             if self.last_conflict is not None:
                 log.info("getUpdates: the 409s stopped; this process is the only poller")
+
+    def next_timeout(self, poll_timeout: int) -> int:
+        """The next getUpdates' timeout: a long poll once settled, and once while probing."""
+        return poll_timeout if self.settled or self.clean_probes == LISTEN_AT else 0
 
     def wait_after_conflict(self) -> float:
         return CONFLICT_RETRY if self.settled else PROBE_EVERY
@@ -134,7 +142,7 @@ class Poller:
         while not self.stop.is_set():
             try:
                 self._step(self.call_timeout)
-                updates = self._get_updates(probe=not watch.settled)
+                updates = self._get_updates(watch.next_timeout(self.poll_timeout))
             except BadAnswer as exc:
                 self._on_bad_answer(exc, policy, holding=not watch.settled)
                 continue
@@ -171,9 +179,10 @@ class Poller:
         hanging past its timeout, or a deadlock, is not: that is what the watchdog is for."""
         return time.monotonic() <= self.busy_until
 
-    def _get_updates(self, probe: bool) -> list:
-        """One getUpdates; a probe (timeout 0) answers at once, so READY needs no long poll."""
-        params: dict = {"timeout": 0 if probe else self.poll_timeout, "limit": self.batch_limit}
+    def _get_updates(self, timeout: int) -> list:
+        """One getUpdates; the first (a probe, timeout 0) answers at once, so READY needs no
+        long poll."""
+        params: dict = {"timeout": timeout, "limit": self.batch_limit}
         if self.offset is not None:
             params["offset"] = self.offset
         if self.polls == 0 and self.allowed_updates:

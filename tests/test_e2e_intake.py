@@ -20,9 +20,10 @@ def counts(telegram, chat_id) -> list[int]:
 
 
 def settled(telegram, poll_timeout):
-    """True once the daemon long-polls (its first probes, with timeout 0, are over)."""
-    return any(str(c["params"].get("timeout")) == str(poll_timeout)
-               for c in telegram.calls_to("getUpdates"))
+    """True once the daemon stores what it polls: after its probes (timeout 0 but for one
+    long poll), its second long poll."""
+    return sum(str(c["params"].get("timeout")) == str(poll_timeout)
+               for c in telegram.calls_to("getUpdates")) >= 2
 
 
 def rejected_reasons(db) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 import math
 import socket
 import threading
+import time
 import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -191,7 +192,8 @@ def test_a_new_poller_stores_nothing_until_it_knows_it_is_alone(fresh_db, quick)
     poller, api, _ = make_poller(fresh_db, probes + [[message(10)]])
     poller.run()
     first_calls = api.calls[:poller_module.SETTLE_PROBES]
-    assert all(params["timeout"] == 0 and "offset" not in params for _, params in first_calls)
+    assert [params["timeout"] for _, params in first_calls] == [0, 0, 0, 1, 0]  # one long poll
+    assert all("offset" not in params for _, params in first_calls)
     assert api.calls[poller_module.SETTLE_PROBES][1]["timeout"] == 1
     assert poller.offset == 11
 
@@ -394,3 +396,99 @@ def test_an_unreachable_api_is_named_by_host_and_port_never_by_token():
             TelegramClient(TOKEN, f"http://127.0.0.1:{port}").call("getMe")
     assert str(caught.value) == f"getMe: connection refused (http://127.0.0.1:{port})"
     assert TOKEN.split(":")[1] not in str(caught.value)
+
+
+# -- two pollers where the newer getUpdates ends the older one, as Telegram does ---------------
+
+class NewestWins:
+    """getUpdates with Telegram's rule for two pollers: a new call ends the open one with 409.
+
+    (tests/fake_telegram.py answers 409 to the new call instead; test_e2e_intake.py covers that.)
+    """
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.pending: list[dict] = []
+        self.next_id = 1000
+        self.generation = 0
+
+    def push(self, chat_id):
+        with self.cond:
+            self.pending.append(message(self.next_id, chat_id))
+            self.next_id += 1
+            self.cond.notify_all()
+
+    def call(self, method, params=None, timeout=None):
+        if method != "getUpdates":
+            return {"id": 1, "username": "bot"}
+        with self.cond:
+            self.generation += 1
+            mine = self.generation
+            self.cond.notify_all()  # the open call, if any, is ended
+            offset = params.get("offset")
+            if offset is not None:
+                self.pending = [u for u in self.pending if u["update_id"] >= offset]
+            deadline = time.monotonic() + params["timeout"]
+            while not self.pending and self.generation == mine:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.cond.wait(remaining)
+            if self.generation != mine:
+                raise TelegramError("getUpdates", 409,
+                                    "Conflict: terminated by other getUpdates request")
+            return self.pending[:params["limit"]]
+
+
+class PollerThread:
+    def __init__(self, api, store):
+        self.stop = threading.Event()
+        self.poller = Poller(api, store, lambda chats: None, self.stop, poll_timeout=1,
+                             conflict_grace=2)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.poller.run()
+        except BaseException as exc:
+            self.failure = exc
+
+
+@pytest.mark.parametrize("traffic", [False, True], ids=["idle", "traffic"])
+def test_with_telegram_rules_too_the_newer_poller_exits_and_the_first_keeps_all(tmp_path, traffic):
+    api = NewestWins()
+    first_db, second_db = Store(str(tmp_path / "a.sqlite3")), Store(str(tmp_path / "b.sqlite3"))
+    first = PollerThread(api, first_db)
+    second = None
+    try:
+        api.push(1)
+        deadline = time.monotonic() + 10
+        while first.poller.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poller.received == 1
+        began = time.monotonic()
+        second = PollerThread(api, second_db)
+        pushed = 1
+        while second.thread.is_alive() and time.monotonic() < began + 15:
+            if traffic:
+                api.push(2 + pushed % 3)
+                pushed += 1
+            time.sleep(0.03)
+        assert isinstance(second.failure, Conflict), second.failure
+        assert time.monotonic() - began < 2 * 2 + 1
+        api.push(9)
+        pushed += 1
+        deadline = time.monotonic() + 10
+        while first.poller.received < pushed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.poller.received == pushed and first.failure is None
+        assert second.poller.received == 0
+    finally:
+        for poller in (first, second):
+            if poller is not None:
+                poller.stop.set()
+                poller.thread.join(10)
+        first_db.close()
+        second_db.close()
