@@ -137,7 +137,7 @@ class Poller:
 
     def run(self) -> None:
         """Poll until `stop` is set; raise BadToken/Conflict/WebhookActive when polling can't go on."""
-        policy = self.policy = RetryPolicy()
+        policy = self.policy
         watch = ConflictWatch(self.conflict_grace)
         while not self.stop.is_set():
             try:
