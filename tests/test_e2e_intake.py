@@ -200,3 +200,15 @@ def test_a_second_daemon_exits_75_within_two_poll_periods_and_the_first_answers_
         assert counts(telegram, chat) == list(range(1, pushed[chat] + 1)), chat
     with sqlite3.connect(tmp_path / "second.sqlite3") as conn:
         assert conn.execute("SELECT COUNT(*) FROM inbox").fetchone() == (0,)
+
+
+def test_a_send_told_to_wait_soon_waits_a_sane_time_and_delivers(telegram, start_daemon):
+    daemon = start_daemon()
+    telegram.set_next_response("sendMessage", 429, {
+        "ok": False, "error_code": 429, "description": "Too Many Requests",
+        "parameters": {"retry_after": "soon"}})
+    telegram.push_message(10, "hello")
+    assert telegram.wait_for(lambda: counts(telegram, 10) == [1], timeout=20), daemon.log()
+    tries = [c["time"] for c in telegram.calls_to("sendMessage")]
+    assert len(tries) == 2 and 1.0 < tries[1] - tries[0] < 15.0
+    assert daemon.process.poll() is None
