@@ -18,20 +18,20 @@ from .bots import Bot
 from .config import Config
 from .delegator import STACK_SIZE, Delegator
 from .errors import (
-    BadToken,
+    BadAnswer,
     ChatdaemonError,
     ConfigError,
     NetworkError,
-    RetryAfter,
     ShuttingDown,
     TelegramError,
 )
 from .poller import Poller
 from .ratelimit import RateLimiter
+from .retry import RetryPolicy
 from .sender import Sender
 from .signals import EarlySignals
 from .store import Store
-from .telegram import NOT_JSON, BotAPI
+from .telegram import BotAPI
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class App:
         self.start_error: str | None = None
         self.start_wait = 0.0              # how long start-up waits before its next try
         self._reload_requested = False
+        self._wake = threading.Event()     # cuts the supervising loop's 1 s wait short
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -86,8 +87,7 @@ class App:
         self.store = Store(self.config.database, owner=self.owner)
         try:
             self._start()
-            self.events.ready(self)
-            self._supervise()
+            self._supervise()   # Events.ready comes from here, once the poller polls
         finally:
             self._shut_down()
         if self.failure is not None:
@@ -95,6 +95,7 @@ class App:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._wake.set()
 
     def _install_signals(self) -> None:
         def on_signal(signum, frame):
@@ -128,7 +129,8 @@ class App:
         self.poller = Poller(self.api, self.store, self.delegator.notify, self.stop_event,
                              poll_timeout=config.poll_timeout,
                              allowed_updates=config.allowed_updates,
-                             conflict_grace=config.conflict_grace)
+                             conflict_grace=config.conflict_grace,
+                             on_polling=self._wake.set)
         self._start_hook_server()
         threading.Thread(target=self._poll, name="poller", daemon=True).start()
         log.info("@%s is running (handlers: %s, database: %s, /healthz: %s)",
@@ -137,37 +139,32 @@ class App:
 
     def _get_me(self) -> dict:
         try:
-            return self._call_until_done("getMe", {})
-        except TelegramError as exc:
-            if exc.description == NOT_JSON:
-                raise ConfigError(f"{self.config.api_url} is not a Bot API: it answered {exc.status}"
-                                  " without a Bot API answer (check --api-url / api_url)") from None
-            if exc.status in (401, 404):
-                raise BadToken(f"Telegram rejected the bot token ({exc.status} {exc.description})") \
-                    from None
-            raise
+            me = self._call_until_done("getMe", {})
+        except BadAnswer as exc:
+            raise ConfigError(f"{self.config.api_url} is not a Bot API: it answered {exc.status}"
+                              " without a Bot API answer (check --api-url / api_url)") from None
+        return me if isinstance(me, dict) else {}
 
     def _call_until_done(self, method: str, params: dict):
-        """A start-up call, retried while the network or Telegram is down (a Pi at boot)."""
-        backoff = 1.0
+        """A start-up call, retried while the network or Telegram is down (a Pi at boot).
+
+        The retry policy is the poller's (retry.py): a 401/404 raises BadToken, an answer
+        that is no Bot API answer is raised to the caller, anything else is retried.
+        """
+        policy = RetryPolicy()
         while True:
             try:
                 return self.api.call(method, params)
-            except RetryAfter as exc:
-                wait = exc.retry_after
-            except TelegramError as exc:
-                if exc.status < 500:
-                    raise
-                wait = backoff
-            except NetworkError as exc:
-                log.warning("%s: %s; retrying in %.0f s", method, exc.reason, backoff)
-                wait = backoff
+            except BadAnswer:
+                raise
+            except (TelegramError, NetworkError) as exc:
+                wait = policy.delay(exc)
+                log.warning("%s: %s; retrying in %.0f s", method, exc.detail, wait)
             self.start_error = f"{method}: retrying"
             self.start_wait = wait
             self.events.starting(self)
             if self.stop_event.wait(wait):
                 raise ShuttingDown()
-            backoff = min(backoff * 2, 30.0)
 
     def _fail(self, exc: BaseException) -> None:
         """An error that ends the daemon (a revoked token): the main thread exits with its status."""
@@ -249,7 +246,13 @@ class App:
 
     def _supervise(self) -> None:
         last_prune = time.monotonic()
-        while not self.stop_event.wait(1.0):
+        ready = False
+        while not self._sleep_a_tick():
+            if not ready and self.poller.polls:
+                # READY: getMe answered, the database open, and getUpdates answered (its
+                # first call has timeout 0, so on an idle bot this is well within a second).
+                ready = True
+                self.events.ready(self)
             self._queue_schedule_ticks()
             self.delegator.abandon_overdue()
             if self._reload_requested:
@@ -261,6 +264,12 @@ class App:
                 pruned = self.store.prune()
                 if pruned:
                     log.info("pruned %d handled update(s) older than 48 h", pruned)
+
+    def _sleep_a_tick(self) -> bool:
+        """Wait up to 1 s (less when the poller first answers); True when the daemon stops."""
+        self._wake.wait(1.0)
+        self._wake.clear()
+        return self.stop_event.is_set()
 
     def _reload(self) -> None:
         """SIGHUP: load config and bot again; on any error keep the running bot and say why."""

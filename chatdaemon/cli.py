@@ -321,7 +321,7 @@ def _check_token_now(token: str, api_url: str) -> None:
 
     Without network (a Pi at boot) the daemon detaches anyway and keeps trying.
     """
-    from .errors import BadToken, NetworkError, TelegramError
+    from .errors import BadToken, NetworkError, TelegramError, is_bad_token
     from .telegram import TelegramClient
     client = TelegramClient(token, api_url, connect_timeout=5, read_timeout=10, pool_size=1)
     try:
@@ -329,9 +329,8 @@ def _check_token_now(token: str, api_url: str) -> None:
     except NetworkError:
         pass
     except TelegramError as exc:
-        if exc.status in (401, 404):
-            raise BadToken(f"Telegram rejected the bot token ({exc.status} {exc.description})") \
-                from None
+        if is_bad_token(exc):
+            raise BadToken.from_error(exc) from None
     finally:
         client.close()
 

@@ -266,17 +266,20 @@ class Store:
 
     # -- the inbox ----------------------------------------------------------------------
 
-    def add_updates(self, rows: Sequence[InboxRow], done: Iterable[int] = ()) -> list[InboxRow]:
+    def add_updates(self, rows: Sequence[InboxRow], done: Iterable[int] = (),
+                    rejected: Sequence[tuple[str, str]] = ()) -> list[InboxRow]:
         """Store a getUpdates batch durably (fsync) and return the rows that were new.
 
         Duplicates are recognised by their exact update_id, never by a high-water mark:
         update ids may jump backwards after a quiet week. Rows whose id is in `done` are
-        stored already handled (updates no chat can handle).
+        stored already handled (updates no chat can handle). `rejected` holds the batch's
+        (reason, update as text) pairs that cannot be rows; they commit in the same transaction.
         """
         done = set(done)
         now = time.time()
         new: list[InboxRow] = []
         with self._transaction(durable=True) as db:
+            self._insert_rejected(db, rejected, now)
             for row in rows:
                 is_done = row.update_id in done
                 cur = db.execute(
@@ -288,6 +291,17 @@ class Store:
                 if cur.rowcount:
                     new.append(row)
         return new
+
+    def add_rejected(self, rejected: Sequence[tuple[str, str]]) -> None:
+        """Durably keep (reason, update as text) pairs too malformed to be inbox rows."""
+        with self._transaction(durable=True) as db:
+            self._insert_rejected(db, rejected, time.time())
+
+    @staticmethod
+    def _insert_rejected(db: sqlite3.Connection, rejected: Sequence[tuple[str, str]],
+                         now: float) -> None:
+        db.executemany("INSERT INTO rejected(received, reason, payload) VALUES (?, ?, ?)",
+                       [(now, reason, payload) for reason, payload in rejected])
 
     def add_local(self, items: Sequence[tuple[int, str, dict]]) -> list[int]:
         """Durably queue (chat_id, kind, payload) rows the daemon made; return their ids.

@@ -22,12 +22,20 @@ import urllib.parse
 import urllib.request
 from typing import Any, Protocol
 
-from .errors import NetworkError, RetryAfter, TelegramError
+from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.telegram.org"
 NOT_JSON = "the answer is not a Bot API answer (no JSON with `ok`)"
+TOO_DEEP = "the answer is nested too deeply to be a Bot API answer"
+# The largest answer read. getUpdates returns at most 100 updates and one update is at most
+# tens of KB (4,096 characters of text, escaped, plus entities), so every real batch fits;
+# a bigger body is refused after reading at most this much, which bounds the memory a bad
+# answer can take on a Pi (the whole body was read before: 100 MB peaked at 234 MB RSS).
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+TOO_BIG = f"the answer is over {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+HEAD_BYTES = 4096   # the part of a refused answer kept for the caller (the first update's id)
 _METHOD_NAME = re.compile(r"[A-Za-z]{1,64}")
 TOKEN_PATTERN = re.compile(r"\d{3,}:[A-Za-z0-9_-]{10,}")
 USER_AGENT = "chatdaemon"
@@ -72,6 +80,7 @@ class TelegramClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = f"{parts.path}/bot{token}/"
+        self.where = f"{self._scheme}://{self._host}:{self._port}"   # for logs: never the path
         self._proxy = _proxy_for(api_url)
         self._context = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
@@ -93,7 +102,7 @@ class TelegramClient:
         try:
             status, data = self._exchange(method, body, read, reuse=True)
         except _NotSent as exc:
-            raise NetworkError(method, str(exc), maybe_delivered=False) from None
+            raise NetworkError(method, str(exc), maybe_delivered=False, where=self.where) from None
         return _result_of(method, status, data)
 
     def _exchange(self, method: str, body: bytes, read: float, reuse: bool) -> tuple[int, bytes]:
@@ -103,15 +112,18 @@ class TelegramClient:
             conn.request("POST", self._target(method), body, {
                 "Content-Type": "application/json", "User-Agent": USER_AGENT})
             response = conn.getresponse()
-            data = response.read()
+            data, too_big = _read_bounded(response)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
             conn.close()
             if reused:  # a keep-alive connection the server had closed: try a fresh one once
                 return self._exchange(method, body, read, reuse=False)
-            raise NetworkError(method, _reason(exc)) from None
+            raise NetworkError(method, _reason(exc), where=self.where) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            raise NetworkError(method, _reason(exc)) from None
+            raise NetworkError(method, _reason(exc), where=self.where) from None
+        if too_big:
+            conn.close()  # the rest of the body is never read
+            raise BadAnswer(method, response.status, TOO_BIG, BadAnswer.TOO_BIG, data[:HEAD_BYTES])
         if response.will_close:
             conn.close()
         else:
@@ -172,13 +184,28 @@ def _proxy_for(api_url: str) -> tuple[str, int] | None:
     return (parts.hostname, parts.port or 8080) if parts.hostname else None
 
 
+def _read_bounded(response: http.client.HTTPResponse) -> tuple[bytes, bool]:
+    """(the body, False), or (its first bytes, True) when it is over MAX_ANSWER_BYTES.
+
+    At most MAX_ANSWER_BYTES + 1 bytes are read whatever the server sends, and none past
+    HEAD_BYTES when its Content-Length already says the body is too big.
+    """
+    declared = response.getheader("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        return response.read(HEAD_BYTES), True
+    data = response.read(MAX_ANSWER_BYTES + 1)
+    return data, len(data) > MAX_ANSWER_BYTES
+
+
 def _result_of(method: str, status: int, data: bytes) -> Any:
     try:
         answer = json.loads(data)
     except ValueError:
-        raise TelegramError(method, status, NOT_JSON) from None
+        raise BadAnswer(method, status, NOT_JSON, BadAnswer.NOT_JSON, data[:HEAD_BYTES]) from None
+    except RecursionError:  # the C decoder stops at the recursion limit; the stack is safe
+        raise BadAnswer(method, status, TOO_DEEP, BadAnswer.TOO_DEEP, data[:HEAD_BYTES]) from None
     if not isinstance(answer, dict) or "ok" not in answer:
-        raise TelegramError(method, status, NOT_JSON)
+        raise BadAnswer(method, status, NOT_JSON, BadAnswer.NOT_JSON, data[:HEAD_BYTES])
     if answer.get("ok") is True:
         return answer.get("result")
     code = answer.get("error_code")
