@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 
 LAYERS = {
-    "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors"},
+    "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry"},
     "Store": {"store", "dbfile"},
     "Intake": {"poller", "inbox"},
     "Routing": {"delegator", "transaction"},
