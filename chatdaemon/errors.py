@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from typing import TypeGuard
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class ConfigError(ChatdaemonError):
 
 class ConfigErrors(ConfigError):
     """Every ConfigError one load found (`errors`), so that all of them are reported at once."""
+
+    errors: list[ConfigError]
 
     def __init__(self, errors: list[ConfigError]):
         flat: list[ConfigError] = []
@@ -173,7 +176,7 @@ def _int_seconds(value: int) -> float:
     return float(max(-1, min(value, int(MAX_RETRY_AFTER) + 1)))
 
 
-def is_bad_token(exc: BaseException) -> bool:
+def is_bad_token(exc: BaseException) -> TypeGuard[TelegramError]:
     """Whether Telegram's answer says it does not know the token (401 or 404), by status code."""
     return isinstance(exc, TelegramError) and not isinstance(exc, BadAnswer) \
         and exc.status in BAD_TOKEN_STATUSES
