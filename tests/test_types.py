@@ -1,0 +1,46 @@
+"""What type checking found: the behaviour fixed where a type did not hold, and mypy's place in CI."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from test_transaction import CHAT, FakeSender, FakeSlot, PythonBot, message, queued, transaction
+
+from chatdaemon import ChatHandler
+from chatdaemon.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_mypy_on_the_package_after_ruff_and_before_the_tests():
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    ruff = next(i for i, line in enumerate(lines) if line.startswith("ruff check"))
+    mypy = lines.index("mypy chatdaemon")
+    tests = next(i for i, line in enumerate(lines) if "pytest" in line)
+    assert ruff < mypy < tests
+
+
+class WaitsInOnClose(ChatHandler):
+    def on_chat_message(self, msg):
+        self.vars["seen"] = msg["text"]
+
+    def on_close(self, reason):
+        self.vars["closed"] = reason
+        self.listener.wait(1)
+
+
+def test_listener_wait_in_on_close_fails_on_close_with_a_clear_error(tmp_path, caplog):
+    store = Store(str(tmp_path / "t.sqlite3"))
+    try:
+        txn = transaction(store, FakeSender(), FakeSlot(store), PythonBot(WaitsInOnClose))
+        txn.handle(queued(store, message(1, "hi"))[0])
+        with caplog.at_level(logging.ERROR, logger="chatdaemon.transaction"):
+            txn.close("idle")
+        assert "listener.wait() cannot be called in on_close" in caplog.text
+        assert "NoneType" not in caplog.text
+        # on_close failed as a whole: its change is rolled back, the update's stays
+        assert store.load_conversation(CHAT).vars == {"seen": "hi"}
+        assert store.backlog() == 0
+    finally:
+        store.close()
