@@ -31,7 +31,7 @@ DEFAULT_GOODBYE = "OK. Send {pattern} whenever you want to start again."
 
 
 def in_tree(state: str | None) -> bool:
-    return bool(state) and state.startswith((STATE_PREFIX, RETRY_PREFIX))
+    return state is not None and state.startswith((STATE_PREFIX, RETRY_PREFIX))
 
 
 @dataclass
