@@ -38,8 +38,9 @@ class FrozenDict(dict):
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("template data is read-only")
 
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    update = clear = pop = popitem = setdefault = _refuse
+    # every method that would change the dict refuses, whatever the signature it replaces
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = clear = pop = popitem = setdefault = _refuse  # type: ignore[assignment]
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # immutable already: no call needed
@@ -132,6 +133,7 @@ class PipelineHandler(ChatHandler):
             raise UpdateFailed(str(exc), answered=False) from None
         context = self._context(message, source, found, callback)
         if starts_tree:
+            assert tree is not None   # starts_tree is False for a bot without a tree
             self._say_node(tree, tree.root, "", context)
             return
         if handler is None:
@@ -140,6 +142,8 @@ class PipelineHandler(ChatHandler):
         try:
             if handler.request is not None:
                 context["response"] = frozen(perform(handler.request, context, self.pipeline.session))
+            # only a handoff has no response, and handoffs are refused when the bot loads
+            assert handler.response is not None
             reply = render_reply(handler.response, context)
             saved = {name: template.render(context) for name, template in handler.save.items()}
         except (RequestFailed, TemplateError) as exc:
@@ -239,11 +243,11 @@ class PipelineHandler(ChatHandler):
         self.state = state
 
     def on_schedule(self, tick: dict) -> None:
-        schedule = self.pipeline.definitions.schedules.get(tick.get("name"))
+        name = tick["name"]   # on_update passes on only the ticks of a running schedule, by name
+        schedule = self.pipeline.definitions.schedules.get(name)
         if schedule is None:
-            log.info("chat %s: schedule %r is no longer defined; stopping it", self.chat_id,
-                     tick.get("name"))
-            self.stop_schedule(tick.get("name"))
+            log.info("chat %s: schedule %r is no longer defined; stopping it", self.chat_id, name)
+            self.stop_schedule(name)
             return
         context = self._context({"chat": {"id": self.chat_id}}, {}, None, None)
         context["tick"] = frozen(tick)
@@ -313,6 +317,7 @@ def _markup(response: Response, context: dict) -> dict | None:
                 if button.url is not None:
                     item["url"] = button.url.render(context)
                 else:
+                    assert button.data is not None   # a button without a url has data (its text by default)
                     item["callback_data"] = button.data.render(context)
                     if len(item["callback_data"].encode()) > 64:
                         raise TemplateError(response.where, "button data is longer than 64 bytes")
