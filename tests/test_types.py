@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pytest
+from conftest import TOKEN
 from test_transaction import CHAT, FakeSender, FakeSlot, PythonBot, message, queued, transaction
 
 from chatdaemon import ChatHandler
 from chatdaemon.store import Store
+from chatdaemon.telepot_compat import build_modules
+from chatdaemon.telepot_compat import exception as texception
+from chatdaemon.telepot_compat.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +49,20 @@ def test_listener_wait_in_on_close_fails_on_close_with_a_clear_error(tmp_path, c
         assert store.backlog() == 0
     finally:
         store.close()
+
+
+@pytest.fixture
+def telepot_bot(telegram):
+    runtime = Runtime(telegram.url)
+    yield build_modules(runtime)["telepot"].Bot(TOKEN)
+    runtime.close()
+
+
+def test_a_getfile_answer_without_a_path_is_a_telegram_error_with_a_numeric_code(
+        telepot_bot, telegram, tmp_path):
+    telegram.set_next_response("getFile", 200, {"ok": True, "result": {"file_id": "F1"}})
+    with pytest.raises(texception.TelegramError) as caught:
+        telepot_bot.download_file("F1", str(tmp_path / "f1"))
+    assert (caught.value.description, caught.value.error_code) == ("No file_path returned", 0)
+    assert str(caught.value) == "getFile: 0 No file_path returned"
+    assert not (tmp_path / "f1").exists()
