@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .app import App, Events
 from .bots import Bot
 from .config import Config
 from .dbfile import TERMINAL
 from .local import LocalTelegram
+
+if TYPE_CHECKING:
+    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +99,9 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
     runner.start()
     if not settled.wait(30) or app.failure:
         raise app.failure or RuntimeError("the bot did not start")
-    api.continue_after(app.store.last_update_id())
+    store = app.store
+    assert store is not None   # the app started, so its store is open until it stops
+    api.continue_after(store.last_update_id())
     interactive = stdin.isatty()
     try:
         while True:
@@ -111,7 +116,7 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
             if not interactive:
                 print(f"you: {line}", file=out, flush=True)
             update_id = api.push(*terminal.to_update(line))
-            _wait_until_handled(app, update_id)
+            _wait_until_handled(app, store, update_id)
     finally:
         app.stop()
         runner.join(config.stop_timeout + 5)
@@ -129,10 +134,10 @@ def _run(app: App, settled: threading.Event) -> None:
         settled.set()
 
 
-def _wait_until_handled(app: App, update_id: int) -> None:
+def _wait_until_handled(app: App, store: Store, update_id: int) -> None:
     deadline = time.monotonic() + ANSWER_TIMEOUT
     while time.monotonic() < deadline and not app.stop_event.is_set():
-        if app.store.is_done(update_id):
+        if store.is_done(update_id):
             return
         time.sleep(0.01)
     log.warning("no answer within %.0f s", ANSWER_TIMEOUT)
