@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .bots import Bot
 from .config import Config
@@ -32,6 +33,9 @@ from .sender import Sender
 from .signals import EarlySignals
 from .store import Store
 from .telegram import BotAPI
+
+if TYPE_CHECKING:
+    from .hookserver import HookServer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class App:
         self.delegator: Delegator | None = None
         self.poller: Poller | None = None
         self.sender: Sender | None = None
-        self.hook_server = None
+        self.hook_server: HookServer | None = None
         self.me: dict = {}
         self.start_error: str | None = None
         self.start_wait = 0.0              # how long start-up waits before its next try
@@ -122,11 +126,13 @@ class App:
         # The sender stops later than the poller: on SIGTERM a reply waiting for its send
         # slot still goes out, and its update commits instead of replaying (and re-sending
         # what that update had already sent) on the next start.
+        store = self.store
+        assert store is not None   # run() opens the store before it starts anything
         self.sender = sender = Sender(self.api, RateLimiter(config.limits), self.send_stop)
-        self.delegator = Delegator(self.store, self.bot, sender, on_fatal=self._fail,
+        self.delegator = Delegator(store, self.bot, sender, on_fatal=self._fail,
                                    **delegate_limits(config))
         self.delegator.replay()
-        self.poller = Poller(self.api, self.store, self.delegator.notify, self.stop_event,
+        self.poller = Poller(self.api, store, self.delegator.notify, self.stop_event,
                              poll_timeout=config.poll_timeout,
                              allowed_updates=config.allowed_updates,
                              conflict_grace=config.conflict_grace,
@@ -172,8 +178,10 @@ class App:
         self.stop()
 
     def _poll(self) -> None:
+        poller = self.poller
+        assert poller is not None   # _start makes it before it starts this thread
         try:
-            self.poller.run()
+            poller.run()
         except ShuttingDown:
             pass
         except BaseException as exc:  # handed to the main thread, which exits with its status
@@ -223,6 +231,7 @@ class App:
         if self.hook_server is None:
             return "off (set hooks.port to serve it)"
         host, port = self.hook_server.server_address[:2]
+        assert isinstance(host, str)   # an IPv4 or IPv6 socket's address: never bytes
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
 
     # -- side doors into the inbox ---------------------------------------------------------
@@ -233,35 +242,40 @@ class App:
 
     def queue_notifications(self, chat_ids, payload: dict) -> None:
         """Store one notification per chat durably, then wake the chats' delegates."""
+        store, delegator = self.store, self.delegator
+        # the hook server starts after both exist and stops before the store closes
+        assert store is not None and delegator is not None
         chats = list(chat_ids)
-        self.store.add_local([(chat_id, "hook", payload) for chat_id in chats])
-        self.delegator.notify(chats)
+        store.add_local([(chat_id, "hook", payload) for chat_id in chats])
+        delegator.notify(chats)
 
-    def _queue_schedule_ticks(self) -> None:
-        chats = self.store.queue_due_ticks(time.time())
+    def _queue_schedule_ticks(self, store: Store, delegator: Delegator) -> None:
+        chats = store.queue_due_ticks(time.time())
         if chats:
-            self.delegator.notify(list(dict.fromkeys(chats)))
+            delegator.notify(list(dict.fromkeys(chats)))
 
     # -- the supervising loop ----------------------------------------------------------------
 
     def _supervise(self) -> None:
+        store, delegator, poller = self.store, self.delegator, self.poller
+        assert store is not None and delegator is not None and poller is not None   # _start's
         last_prune = time.monotonic()
         ready = False
         while not self._sleep_a_tick():
-            if not ready and self.poller.polls:
+            if not ready and poller.polls:
                 # READY: getMe answered, the database open, and getUpdates answered (its
                 # first call has timeout 0, so on an idle bot this is well within a second).
                 ready = True
                 self.events.ready(self)
-            self._queue_schedule_ticks()
-            self.delegator.abandon_overdue()
+            self._queue_schedule_ticks(store, delegator)
+            delegator.abandon_overdue()
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
             self.events.tick(self)
             if time.monotonic() - last_prune > PRUNE_EVERY:
                 last_prune = time.monotonic()
-                pruned = self.store.prune()
+                pruned = store.prune()
                 if pruned:
                     log.info("pruned %d handled update(s) older than 48 h", pruned)
 
@@ -289,6 +303,7 @@ class App:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("reload: %s changed; that takes effect only after a restart", name)
                 config = config.replace(**{name: getattr(self.config, name)})
+        assert self.delegator is not None and self.sender is not None   # reloads come once running
         self.config, self.bot = config, bot
         self.delegator.swap(bot, **delegate_limits(config))
         self.sender.limiter = self.sender.limiter.with_limits(config.limits)
@@ -309,6 +324,7 @@ class App:
                 self.send_stop.set()  # sends still waiting give up; their updates roll back
                 self.delegator.stop(5.0)
         self.send_stop.set()
+        assert self.store is not None   # run() shuts down only a daemon whose store opened
         self.store.close()
 
     # -- status ------------------------------------------------------------------------------
