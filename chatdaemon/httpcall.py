@@ -240,19 +240,19 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
-class _Watched:
+class _Watched(HTTPConnection):
     """Mixed into urllib3's connections: each socket a request uses is shown to its Watch."""
 
     adapter: DeadlineAdapter  # set on the adapter's own subclasses
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
+        sock = super()._new_conn()
         self.adapter.note(sock)
         return sock
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         self.adapter.note(getattr(self, "sock", None))  # a kept-alive connection, reused
-        return super().request(*args, **kwargs)  # type: ignore[misc]
+        return super().request(*args, **kwargs)
 
 
 class DeadlineAdapter(HTTPAdapter):
