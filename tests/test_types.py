@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,20 @@ def test_a_getfile_answer_without_a_path_is_a_telegram_error_with_a_numeric_code
     assert (caught.value.description, caught.value.error_code) == ("No file_path returned", 0)
     assert str(caught.value) == "getFile: 0 No file_path returned"
     assert not (tmp_path / "f1").exists()
+
+
+def test_every_type_ignore_names_its_error_code_and_says_why():
+    unexplained = []
+    for path in sorted((ROOT / "chatdaemon").rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines, 1):
+            found = re.search(r"#\s*type:\s*ignore(\[[a-z-, ]+\])?(.*)", line)
+            if found is None:
+                continue
+            above = number - 2   # the reason may head a run of lines that share it
+            while "type: ignore" in lines[above]:
+                above -= 1
+            reason = found.group(2).strip(" #-—") or lines[above].strip().startswith("#")
+            if not found.group(1) or not reason:
+                unexplained.append(f"{path.relative_to(ROOT)}:{number}")
+    assert unexplained == []
