@@ -34,7 +34,7 @@ class Config:
     yield_after: int = 20                 # a busy chat hands its slot to a waiting one after this many…
     yield_seconds: float = 5.0            # …updates or seconds
     poll_timeout: int = 25
-    conflict_grace: float | None = None   # seconds of 409 before giving up (2 poll periods + 10)
+    conflict_grace: float | None = None   # seconds of 409 before giving up (poll timeout + 10)
     allowed_updates: tuple[str, ...] = DEFAULT_ALLOWED_UPDATES
     limits: Limits = field(default_factory=Limits)
     hook_bind: str = "127.0.0.1"
