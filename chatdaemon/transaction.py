@@ -341,6 +341,9 @@ class UpdateTransaction:
     def refused(self) -> None:
         self._refused = True
 
+    def payload(self) -> dict | None:
+        return payload_of(self._row) if self._row is not None else None
+
     def callback_answered(self, query_id: str | None) -> None:
         if query_id:
             self._answered.add(query_id)
