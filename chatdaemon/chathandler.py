@@ -20,10 +20,10 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .arguments import SIGNATURES, bind_arguments, to_parameters
-from .errors import BadToken, StopListening, TelegramError
+from .errors import BadToken, HandlerClosed, IdleTerminate, StopListening, TelegramError
 
 if TYPE_CHECKING:
     from .sender import Sender
@@ -243,6 +243,10 @@ TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"}
 class ChatHandler:
     """Base class of a chat's handler; subclass it and define the `on_…` methods you need."""
 
+    # An update that fails ends the handler (on_close gets the exception), as in telepot:
+    # what the instance holds besides vars and state may be half-changed.
+    ends_on_error: ClassVar[bool] = True
+
     def __init__(self, context: ChatContext | SeedTuple, conversation: Conversation | None = None,
                  sender: Sender | None = None, **telepot_options: Any):
         unknown = set(telepot_options) - TELEPOT_OPTIONS
@@ -256,6 +260,7 @@ class ChatHandler:
         self.id: int = conversation.chat_id   # telepot's seed: the chat id
         self._conversation = conversation
         self.sender = ChatSender(sender, conversation.chat_id, context)
+        self.administrator = self.sender   # telepot's: kickChatMember(user_id), … for this chat
         self.bot = BotSender(sender, context)
         self.listener = Listener(context)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
@@ -323,6 +328,18 @@ class ChatHandler:
         not a HandlerClosed is an error: the update fails as if the handler had raised it.
         """
         raise reason if reason is not None else StopListening()
+
+    def end(self, reason: BaseException) -> None:
+        """The handler ends (the transaction calls this once). For the idle timeout a
+        telepot-style `on__idle(event)` runs first, if defined; a close() there makes the
+        reason StopListening, and the handler ends either way. Then `on_close(reason)`."""
+        on_idle = getattr(self, "on__idle", None)
+        if on_idle is not None and isinstance(reason, IdleTerminate):
+            try:
+                on_idle({"_idle": {"source": "chatdaemon", "seconds": reason.seconds}})
+            except HandlerClosed as closed:
+                reason = closed
+        self.on_close(reason)
 
     def on_update(self, kind: str, payload: dict) -> None:
         """Route one update to the method for its kind."""

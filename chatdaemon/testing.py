@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .bots import load_bot
-from .errors import TelegramError
+from .errors import IdleTerminate, TelegramError
 from .inbox import to_row
 from .local import LocalTelegram
 from .ratelimit import Limits, RateLimiter
@@ -159,11 +159,16 @@ class TestBot:
         self.store.add_local([(chat, "schedule", {"name": schedule, "at": time.time()})])
         self.run(chat)
 
-    def idle(self, chat: int = 1) -> None:
+    def idle(self, chat: int = 1, seconds: float | None = None) -> None:
         """The chat's idle timeout passes: its handler's on_close gets IdleTerminate."""
+        self.end(chat, IdleTerminate(seconds))
+
+    def end(self, chat: int = 1, reason: str | BaseException = "idle") -> None:
+        """The daemon closes the chat's handler: "idle", "evicted", "reload" (or an exception
+        for on_close); the chat's next update meets a new handler."""
         transaction = self._chats.pop(chat, None)
         if transaction is not None:
-            transaction.close("idle")
+            transaction.close(reason)
 
     def run(self, chat: int = 1) -> None:
         """Handle the chat's queued updates, each committed before the next, as a delegate does."""

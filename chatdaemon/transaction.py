@@ -63,9 +63,11 @@ CLOSE_REASONS: dict[str, Callable[[], BaseException]] = {
 class Handler(Protocol):
     def start(self, payload: dict) -> bool: ...
 
+    ends_on_error: bool
+
     def on_update(self, kind: str, payload: dict) -> None: ...
 
-    def on_close(self, reason: BaseException) -> None: ...
+    def end(self, reason: BaseException) -> None: ...
 
 
 class Bot(Protocol):
@@ -190,8 +192,8 @@ class UpdateTransaction:
             self._end_handler(ending)
 
     def _end_handler(self, reason: BaseException) -> None:
-        """The handler's on_close, in a transaction of its own (what it changes is saved);
-        then the handler is gone. No handler made yet: nothing to close."""
+        """The handler's end (its on_close), in a transaction of its own (what it changes is
+        saved); then the handler is gone. No handler made yet: nothing to close."""
         handler, self._handler = self._handler, None
         if handler is None:
             return
@@ -199,7 +201,7 @@ class UpdateTransaction:
         if self._before is None:
             self._before = self._conversation.snapshot()
         try:
-            self._run(lambda: handler.on_close(reason), what="on_close")
+            self._run(lambda: handler.end(reason), what="on_close")
             if self._checked != self._before:
                 self._commit(None)
         finally:
@@ -247,8 +249,12 @@ class UpdateTransaction:
 
     def _ends_with(self, reason: BaseException, what: str) -> None:
         """As in telepot, a handler that closed itself or failed ends; its on_close runs
-        after the update's commit, and the chat's next update meets a new handler."""
-        if what == "handler" and self._handler is not None and self._ending is None:
+        after the update's commit, and the chat's next update meets a new handler. A handler
+        whose class says `ends_on_error = False` outlives its failures."""
+        handler = self._handler
+        if what != "handler" or handler is None or self._ending is not None:
+            return
+        if isinstance(reason, HandlerClosed) or handler.ends_on_error:
             self._ending = reason
 
     def _fail(self, exc: Exception, tell_user: bool, detail: bool) -> None:

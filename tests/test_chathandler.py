@@ -24,6 +24,7 @@ from chatdaemon.errors import (
     TelegramError,
     WaitTooLong,
 )
+from chatdaemon.store import Conversation
 from chatdaemon.testing import TestBot
 from chatdaemon.transfer import Upload
 
@@ -134,7 +135,7 @@ def test_the_delegates_words_become_reasons_and_on_close_sees_each(tmp_path):
     with TestBot(str(directory)) as bot:
         for word, cls in (("evicted", "Evicted"), ("reload", "Reloaded"), ("idle", "IdleTerminate")):
             bot.send("x")
-            bot._transaction(1).close(word)
+            bot.end(reason=word)
             assert bot.vars() == {"why": [cls, word, True]}
 
 
@@ -352,3 +353,59 @@ def test_chatdaemon_check_exits_78_naming_the_constructor(tmp_path):
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 78, result.stdout + result.stderr
     assert f"{directory / 'mod.py'}:5" in result.stderr + result.stdout
+
+
+# -- more of telepot's ChatHandler ----------------------------------------------------------------
+
+def test_on__idle_runs_before_on_close_and_its_close_makes_the_reason_stop_listening(tmp_path):
+    directory = python_bot(tmp_path, """
+        class Bot(ChatHandler):
+            def on_chat_message(self, msg):
+                self.sender.sendMessage("guess")
+
+            def on__idle(self, event):
+                self.sender.sendMessage(f"expired after {event['_idle']['seconds']}")
+                if self.vars.get("polite"):
+                    self.close()
+
+            def on_close(self, reason):
+                self.sender.sendMessage(f"{type(reason).__name__} {reason}")
+                self.vars["polite"] = True
+    """)
+    with TestBot(str(directory)) as bot:
+        bot.send("a")
+        bot.idle(seconds=30)
+        bot.send("b")
+        bot.idle()
+        assert bot.replies() == ["guess", "expired after 30", "IdleTerminate idle",
+                                 "guess", "expired after None", "StopListening closed"]
+
+
+def test_a_class_that_says_so_outlives_its_failures(tmp_path):
+    directory = python_bot(tmp_path, """
+        class Bot(ChatHandler):
+            ends_on_error = False
+
+            def on_chat_message(self, msg):
+                self.seen = getattr(self, "seen", 0) + 1
+                if msg["text"] == "boom":
+                    raise RuntimeError("boom")
+                self.sender.sendMessage(self.seen)
+
+            def on_close(self, reason):
+                self.sender.sendMessage("closed")
+    """)
+    with TestBot(str(directory)) as bot:
+        for text in ("a", "boom", "b"):
+            bot.send(text)
+        assert bot.replies() == ["1", bot.bot.error_text, "3"]  # the same instance throughout
+
+
+def test_the_administrator_fills_in_the_chat_id_in_telepots_order():
+    sender = RecordingSender()
+    handler = ChatHandler(None, Conversation(-40, None, {}), sender)
+    handler.administrator.kickChatMember(9, 1700000000)
+    handler.administrator.getChatAdministrators()
+    assert sender.calls == [("kickChatMember", {"chat_id": -40, "user_id": 9, "until_date": 1700000000}),
+                            ("getChatAdministrators", {"chat_id": -40})]
+    assert handler.id == handler.chat_id == -40
