@@ -45,14 +45,19 @@ class Upload:
 
     @classmethod
     def of(cls, value: Any, field: str) -> Upload:
-        """An open binary file, or telepot's (filename, file) pair."""
+        """An open binary file, telepot's (filename, file) pair, or a pathlib.Path (a plain
+        string stays what the Bot API makes of it: a file_id or a URL)."""
         if isinstance(value, Upload):
             return value
+        if isinstance(value, os.PathLike):
+            with open(value, "rb") as handle:
+                return cls.of(handle, field)
         filename = None
         if isinstance(value, tuple) and len(value) == 2:
             filename, value = value
         if not (isinstance(value, io.IOBase) or hasattr(value, "read")):
-            raise TypeError(f"{field} must be a file id, a URL, or a file opened in binary mode")
+            raise TypeError(f"{field} must be a file id, a URL, a pathlib.Path or a file opened "
+                            "in binary mode")
         data = value.read(MAX_UPLOAD + 1)
         if isinstance(data, str):
             raise TypeError(f"{field}: open the file in binary mode ('rb')")

@@ -253,12 +253,14 @@ def test_the_chat_sender_sends_numbers_as_digits_and_files_as_uploads():
     chat.sendPhoto(io.BufferedReader(io.BytesIO(b"\x89PNG")), caption=3)
     chat.sendDocument(("report.csv", io.BytesIO(b"a,b\n")))
     chat.sendPhoto("AgADfileid")
+    chat.sendVoice(PORTED / "bot.yaml")  # a pathlib.Path is read and uploaded
     assert sender.calls[:2] == [("sendMessage", {"chat_id": 7, "text": "5"}),
                                 ("sendMessage", {"chat_id": 7, "text": "2.5", "parse_mode": "HTML"})]
     photo = sender.calls[2][1]
     assert photo["photo"].data == b"\x89PNG" and photo["caption"] == "3"
     assert sender.calls[3][1]["document"] == Upload("report.csv", b"a,b\n")
     assert sender.calls[4][1] == {"chat_id": 7, "photo": "AgADfileid"}
+    assert sender.calls[5][1]["voice"] == Upload("bot.yaml", (PORTED / "bot.yaml").read_bytes())
     with pytest.raises(TypeError, match="binary"):
         chat.sendPhoto(io.StringIO("not bytes"))
     with pytest.raises(TypeError, match="multiple values"):
