@@ -61,9 +61,9 @@ CLOSE_REASONS: dict[str, Callable[[], BaseException]] = {
 
 
 class Handler(Protocol):
-    def start(self, payload: dict) -> bool: ...
-
     ends_on_error: bool
+
+    def start(self, payload: dict) -> bool: ...
 
     def on_update(self, kind: str, payload: dict) -> None: ...
 
@@ -219,14 +219,11 @@ class UpdateTransaction:
         if what == "on_close":
             self._slot.handling(None)
         try:
-            call()
+            self._call_until_closed(call, what)
             self._checked = self._check_saveable()
         except _LEAVE_PENDING:
             self._rollback()
             raise
-        except HandlerClosed as exc:  # close(): the update commits as far as it got
-            self._checked = self._check_saveable()
-            self._ends_with(exc, what)
         except WaitTooLong as exc:  # telepot style: a handler that stops waiting just ends
             log.info("chat %s: the handler stopped waiting (%s)", self.chat_id, exc)
             self._rollback()
@@ -246,6 +243,14 @@ class UpdateTransaction:
             self._ends_with(exc, what)
         finally:
             self._slot.handled()
+
+    def _call_until_closed(self, call: Callable[[], None], what: str) -> None:
+        """Run handler code; its close() (a HandlerClosed) is a normal end: what the update
+        did so far commits, and the handler ends after the commit."""
+        try:
+            call()
+        except HandlerClosed as exc:
+            self._ends_with(exc, what)
 
     def _ends_with(self, reason: BaseException, what: str) -> None:
         """As in telepot, a handler that closed itself or failed ends; its on_close runs

@@ -411,3 +411,20 @@ def test_the_administrator_fills_in_the_chat_id_in_telepots_order():
     assert sender.calls == [("kickChatMember", {"chat_id": -40, "user_id": 9, "until_date": 1700000000}),
                             ("getChatAdministrators", {"chat_id": -40})]
     assert handler.id == handler.chat_id == -40
+
+
+def test_close_after_unsaveable_vars_fails_the_update_like_any_other_mistake(tmp_path):
+    directory = python_bot(tmp_path, """
+        class Bot(ChatHandler):
+            def on_chat_message(self, msg):
+                self.vars["n"] = self.vars.get("n", 0) + 1
+                if msg["text"] == "set":
+                    self.vars["bad"] = {1, 2}
+                self.sender.sendMessage(self.vars["n"])
+                self.close()
+    """)
+    with TestBot(str(directory)) as bot:
+        for text in ("a", "set", "b"):
+            bot.send(text)
+        assert bot.replies() == ["1", "2", bot.bot.error_text, "2"]
+        assert bot.vars() == {"n": 2}
