@@ -253,7 +253,7 @@ def check_handler_class(cls: type[ChatHandler], ref: str, where: str) -> None:
                           f"nor telepot's (seed_tuple)", _definition_where(cls.__init__, where)) from None
     try:
         handler = construct(cls, _StubContext(), Conversation(0, None, {}), _StubSender())
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a reload must survive whatever the class does
         directory = os.path.dirname(os.path.abspath(inspect.getfile(cls)))
         frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
                   if os.path.dirname(os.path.abspath(frame.filename)) == directory]

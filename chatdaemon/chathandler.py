@@ -131,7 +131,7 @@ class BotSender:
         path = found.get("file_path") if isinstance(found, dict) else None
         if not isinstance(path, str) or not path:
             raise TelegramError("getFile", 400, f"no file_path for file {file_id!r}")
-        download = getattr(self._sender.api, "download", None)
+        download = getattr(getattr(self._sender, "api", None), "download", None)
         if download is None:
             raise TelegramError("download_file", 501, "this Bot API connection cannot download files")
         if hasattr(dest, "write"):
