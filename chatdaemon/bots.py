@@ -60,6 +60,7 @@ class Bot:
         if self.handler_class is not None:
             lines.append(f"  python handler: {self.python_ref} "
                          f"(imported as {self.handler_class.__module__})")
+            lines.append(f"    {describe_life_cycle(self.handler_class)}")
         if self.pipeline is not None:
             lines += describe_definitions(self.definitions)
         for schedule in self.definitions.schedules.values():
@@ -69,6 +70,14 @@ class Bot:
             lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {recipients} "
                          f"(at most {hook.rate_limit}/min)")
         return lines
+
+
+def describe_life_cycle(cls: type[ChatHandler]) -> str:
+    """Which of telepot's life-cycle methods the class brings, for `chatdaemon check`."""
+    made = "telepot's (seed_tuple)" if takes_seed_tuple(cls) else "(context, conversation, sender)"
+    own = [name for name in ("open", "on__idle", "on_close")
+           if getattr(cls, name, None) is not getattr(ChatHandler, name, None)]
+    return f"made with {made}; defines {', '.join(own) if own else 'no open or on_close'}"
 
 
 def describe_definitions(definitions: Definitions) -> list[str]:

@@ -428,3 +428,10 @@ def test_close_after_unsaveable_vars_fails_the_update_like_any_other_mistake(tmp
             bot.send(text)
         assert bot.replies() == ["1", "2", bot.bot.error_text, "2"]
         assert bot.vars() == {"n": 2}
+
+
+def test_check_says_how_a_python_handler_is_made_and_which_life_cycle_methods_it_has():
+    assert load_bot(str(PORTED)).describe()[2] == \
+        "    made with telepot's (seed_tuple); defines open, on_close"
+    counter = load_bot(str(ROOT / "handlers" / "counter")).describe()
+    assert counter[2] == "    made with (context, conversation, sender); defines no open or on_close"
