@@ -12,6 +12,7 @@ import glob
 import hashlib
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import yamlfile
-from .chathandler import DEFAULT_ERROR_TEXT, ChatHandler
+from .chathandler import DEFAULT_ERROR_TEXT, BotSender, ChatHandler, SeedTuple
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
 from .pipeline import Pipeline, PipelineHandler
@@ -52,7 +53,7 @@ class Bot:
         if self.pipeline is not None:
             return PipelineHandler(context, conversation, sender, self.pipeline)
         assert self.handler_class is not None   # load_bot gives a bot a pipeline or a class
-        return self.handler_class(context, conversation, sender)
+        return construct(self.handler_class, context, conversation, sender)
 
     def describe(self) -> list[str]:
         """What `chatdaemon check` prints about this bot."""
@@ -60,6 +61,7 @@ class Bot:
         if self.handler_class is not None:
             lines.append(f"  python handler: {self.python_ref} "
                          f"(imported as {self.handler_class.__module__})")
+            lines.append(f"    {describe_life_cycle(self.handler_class)}")
         if self.pipeline is not None:
             lines += describe_definitions(self.definitions)
         for schedule in self.definitions.schedules.values():
@@ -69,6 +71,14 @@ class Bot:
             lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {recipients} "
                          f"(at most {hook.rate_limit}/min)")
         return lines
+
+
+def describe_life_cycle(cls: type[ChatHandler]) -> str:
+    """Which of telepot's life-cycle methods the class brings, for `chatdaemon check`."""
+    made = "telepot's (seed_tuple)" if takes_seed_tuple(cls) else "(context, conversation, sender)"
+    own = [name for name in ("open", "on__idle", "on_close")
+           if getattr(cls, name, None) is not getattr(ChatHandler, name, None)]
+    return f"made with {made}; defines {', '.join(own) if own else 'no open or on_close'}"
 
 
 def describe_definitions(definitions: Definitions) -> list[str]:
@@ -198,7 +208,91 @@ def import_handler(directory: str, ref: Any, where: str) -> type[ChatHandler]:
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, ChatHandler)):
         raise ConfigError(f"{ref} is not a subclass of chatdaemon.ChatHandler", where)
+    check_handler_class(cls, ref, where)
     return cls
+
+
+def takes_seed_tuple(cls: type[ChatHandler]) -> bool:
+    """True when the constructor is telepot's `__init__(self, seed_tuple, **kwargs)`: it
+    cannot take chatdaemon's (context, conversation, sender) but takes one argument."""
+    signature = inspect.signature(cls)
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        signature.bind(None)  # TypeError: neither form; check_handler_class names the line
+        return True
+    return False
+
+
+def construct(cls: type[ChatHandler], context: Any, conversation: Any, sender: Any) -> ChatHandler:
+    """A handler of `cls`, with chatdaemon's three arguments or telepot's seed tuple
+    (bot, initial_msg, seed = the chat id), whichever its constructor takes."""
+    if not takes_seed_tuple(cls):
+        return cls(context, conversation, sender)
+    seed = SeedTuple((BotSender(sender, context), context.payload(), conversation.chat_id))
+    seed.context, seed.conversation, seed.sender = context, conversation, sender
+    return cls(seed)
+
+
+class _StubContext:
+    """What `check_handler_class` gives a constructor: a chat with no updates."""
+
+    def payload(self) -> dict:
+        return {"message_id": 0, "date": 0, "chat": {"id": 0, "type": "private"}, "text": ""}
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class _StubSender:
+    """Accepts every call and sends nothing."""
+
+    api = None
+
+    def call(self, method: str, params: dict | None = None, **options: Any) -> dict:
+        return {}
+
+
+def check_handler_class(cls: type[ChatHandler], ref: str, where: str) -> None:
+    """Make one handler of `cls` against a stub chat, and check that open and on_close can
+    be called as the daemon calls them; a ConfigError naming the file:line otherwise."""
+    from .store import Conversation
+    try:
+        takes_seed_tuple(cls)
+    except TypeError:
+        raise ConfigError(f"{ref}: its constructor takes neither (context, conversation, sender) "
+                          f"nor telepot's (seed_tuple)", _definition_where(cls.__init__, where)) from None
+    try:
+        handler = construct(cls, _StubContext(), Conversation(0, None, {}), _StubSender())
+    except (Exception, SystemExit) as exc:  # a reload must survive whatever the class does
+        directory = os.path.dirname(os.path.abspath(inspect.getfile(cls)))
+        frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+                  if os.path.dirname(os.path.abspath(frame.filename)) == directory]
+        raise ConfigError(f"{ref}: making a handler failed: {type(exc).__name__}: {exc}",
+                          f"{frames[-1].filename}:{frames[-1].lineno}" if frames else where) from None
+    _check_callable(handler.open, ((None,), (None, 0)), f"{ref}.open", where,
+                    "open(self, initial_msg) or open(self, initial_msg, seed)")
+    _check_callable(handler.on_close, ((None,),), f"{ref}.on_close", where, "on_close(self, reason)")
+
+
+def _check_callable(method: Any, calls: tuple, name: str, where: str, expected: str) -> None:
+    signature = inspect.signature(method)
+    for args in calls:
+        try:
+            signature.bind(*args)
+            return
+        except TypeError:
+            continue
+    raise ConfigError(f"{name} cannot be called as {expected}", _definition_where(method, where))
+
+
+def _definition_where(function: Any, where: str) -> str:
+    """file:line of a function's `def`, or `where` (the definition's python: line)."""
+    try:
+        function = inspect.unwrap(getattr(function, "__func__", function))
+        return f"{inspect.getsourcefile(function)}:{function.__code__.co_firstlineno}"
+    except (TypeError, OSError, AttributeError):
+        return where
 
 
 def package_name(directory: str) -> str:

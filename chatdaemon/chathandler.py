@@ -6,14 +6,24 @@ and `self.state`: both are saved with the update's "done" mark when the handler 
 
 A handler knows nothing of the thread that runs it: it talks to a `ChatContext` (the
 update transaction implements it), never to the delegator.
+
+Its life cycle keeps telepot's promises: made when its chat's first update arrives (a
+constructor may take telepot's `(seed_tuple, **kwargs)` instead of chatdaemon's three
+arguments), `open(initial_msg[, seed])` before that first Telegram update (True: the
+update is handled, `on_chat_message` does not see it), then `on_…` per update until it
+ends: `close()`, an error, the idle timeout, an eviction or a reload — each ending gives
+`on_close` its reason as an exception (see errors.HandlerClosed).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+import os
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .errors import BadToken, TelegramError
+from .arguments import SIGNATURES, bind_arguments, to_parameters
+from .errors import BadToken, HandlerClosed, IdleTerminate, StopListening, TelegramError
 
 if TYPE_CHECKING:
     from .sender import Sender
@@ -33,16 +43,14 @@ CONTENT_TYPES = (
     "invoice", "successful_payment", "users_shared", "chat_shared", "web_app_data",
 )
 
-# Positional parameters after chat_id, so `sender.sendPhoto(photo, caption=...)` reads as in telepot.
-_POSITIONAL = {
-    "sendMessage": ("text",), "sendPhoto": ("photo",), "sendAudio": ("audio",),
-    "sendDocument": ("document",), "sendVideo": ("video",), "sendAnimation": ("animation",),
-    "sendVoice": ("voice",), "sendVideoNote": ("video_note",), "sendSticker": ("sticker",),
-    "sendLocation": ("latitude", "longitude"), "sendContact": ("phone_number", "first_name"),
-    "sendChatAction": ("action",), "sendDice": (), "sendPoll": ("question", "options"),
-    "forwardMessage": ("from_chat_id", "message_id"), "copyMessage": ("from_chat_id", "message_id"),
+# A chat's sender takes the parameters after chat_id positionally, in telepot 12's order
+# (arguments.SIGNATURES) where telepot's method starts with chat_id; these are the others:
+# newer methods, and the edits, which a chat's sender takes by message_id.
+_SENDER_POSITIONAL = {
+    "sendAnimation": ("animation",), "sendDice": (), "sendPoll": ("question", "options"),
+    "copyMessage": ("from_chat_id", "message_id"),
     "editMessageText": ("message_id", "text"), "editMessageReplyMarkup": ("message_id",),
-    "deleteMessage": ("message_id",), "pinChatMessage": ("message_id",),
+    "deleteMessage": ("message_id",),
 }
 
 
@@ -70,6 +78,9 @@ class ChatContext(Protocol):
     def refused(self) -> None:
         """Telegram rejected the token on a send: this update must not be marked done."""
 
+    def payload(self) -> dict | None:
+        """The update in hand (a message, a button press, …); None between updates."""
+
 
 def glance(msg: dict, flavor: str | None = None) -> tuple:
     """telepot's glance: the few fields a handler looks at first.
@@ -85,27 +96,58 @@ def glance(msg: dict, flavor: str | None = None) -> tuple:
     return content_type, chat.get("type"), chat.get("id")
 
 
+def sender_positional(method: str) -> tuple[str, ...]:
+    """The parameters a chat's sender takes positionally for `method` (chat_id is filled in)."""
+    names = SIGNATURES.get(method, ())
+    if names[:1] == ("chat_id",):
+        return names[1:]
+    return _SENDER_POSITIONAL.get(method, ())
+
+
 class BotSender:
-    """Any Bot API method, by name: `bot.sendMessage(chat_id=…, text=…)`, through the sender."""
+    """Any Bot API method, by name, through the sender, with telepot 12's arguments:
+    `bot.sendMessage(chat_id, text)` or `bot.sendMessage(chat_id=…, text=…)`."""
 
     def __init__(self, sender: Sender, context: ChatContext | None = None):
         self._sender = sender
         self._context = context
 
-    def call(self, method: str, **params: Any) -> Any:
+    def call(self, method: str, *args: Any, **params: Any) -> Any:
+        bound = bind_arguments(method, args, params)
         context = self._context
         if context is None:
-            return self._sender.call(method, params)
+            return self._sender.call(method, bound)
+        if method == "answerCallbackQuery":
+            context.callback_answered(bound.get("callback_query_id"))
         try:
-            return self._sender.call(method, params, check=context.check_current)
+            return self._sender.call(method, bound, check=context.check_current)
         except BadToken:
             context.refused()  # even if the handler swallows it, the update stays pending
+            raise
+
+    def download_file(self, file_id: str, dest: str | os.PathLike | IO[bytes]) -> None:
+        """Save the file `file_id` (getFile) to `dest`: a path, or a file opened for binary writing."""
+        found = self.call("getFile", file_id=file_id)
+        path = found.get("file_path") if isinstance(found, dict) else None
+        if not isinstance(path, str) or not path:
+            raise TelegramError("getFile", 400, f"no file_path for file {file_id!r}")
+        download = getattr(getattr(self._sender, "api", None), "download", None)
+        if download is None:
+            raise TelegramError("download_file", 501, "this Bot API connection cannot download files")
+        if hasattr(dest, "write"):
+            download(path, dest)
+            return
+        try:
+            with open(dest, "wb") as handle:
+                download(path, handle)
+        except BaseException:
+            os.unlink(dest)  # no half-written file is left behind
             raise
 
     def __getattr__(self, method: str):
         if method.startswith("_"):
             raise AttributeError(method)
-        return lambda **params: self.call(method, **params)
+        return lambda *args, **params: self.call(method, *args, **params)
 
 
 class ChatSender:
@@ -116,14 +158,18 @@ class ChatSender:
         self._chat_id = chat_id
         self._context = context
 
-    def sendMessage(self, text: str, **params: Any) -> Any:  # noqa: N802 - Bot API name
-        return self.call("sendMessage", text=text, **params)
+    def sendMessage(self, text: Any, *args: Any, **params: Any) -> Any:  # noqa: N802 - Bot API name
+        return self.call("sendMessage", text, *args, **params)
 
     def call(self, method: str, *args: Any, **params: Any) -> Any:
-        names = _POSITIONAL.get(method, ())
+        names = sender_positional(method)
         if len(args) > len(names):
             raise TypeError(f"{method} takes at most {len(names)} positional arguments")
+        for name in names[:len(args)]:
+            if name in params:
+                raise TypeError(f"{method}() got multiple values for argument {name!r}")
         params.update(zip(names, args, strict=False))
+        params = to_parameters(params)  # files → uploads, a number as text → its digits
         if method not in _NO_CHAT_ID:
             params.setdefault("chat_id", self._chat_id)
         if method == "answerCallbackQuery":
@@ -179,13 +225,42 @@ class Listener:
         return self._context.next_payload(timeout)
 
 
+class SeedTuple(tuple):
+    """telepot's `(bot, initial_msg, seed)` for a constructor written as telepot's
+    `__init__(self, seed_tuple, **kwargs)`; it carries what chatdaemon's own three
+    arguments would have given."""
+
+    context: Any = None
+    conversation: Any = None
+    sender: Any = None
+
+
+# telepot's ChatHandler options, accepted from a ported constructor and left to the daemon:
+# its idle timeout applies, and a chat's button presses always reach its handler.
+TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"})
+
+
 class ChatHandler:
     """Base class of a chat's handler; subclass it and define the `on_…` methods you need."""
 
-    def __init__(self, context: ChatContext, conversation: Conversation, sender: Sender):
+    # An update that fails ends the handler (on_close gets the exception), as in telepot:
+    # what the instance holds besides vars and state may be half-changed.
+    ends_on_error: ClassVar[bool] = True
+
+    def __init__(self, context: ChatContext | SeedTuple, conversation: Conversation | None = None,
+                 sender: Sender | None = None, **telepot_options: Any):
+        unknown = set(telepot_options) - TELEPOT_OPTIONS
+        if unknown:
+            raise TypeError(f"ChatHandler() got unexpected keyword arguments: {sorted(unknown)}")
+        if isinstance(context, SeedTuple):
+            context, conversation, sender = context.context, context.conversation, context.sender
+        if conversation is None or sender is None:
+            raise TypeError("ChatHandler(context, conversation, sender), or telepot's (seed_tuple)")
         self.chat_id: int = conversation.chat_id
+        self.id: int = conversation.chat_id   # telepot's seed: the chat id
         self._conversation = conversation
         self.sender = ChatSender(sender, conversation.chat_id, context)
+        self.administrator = self.sender   # telepot's: kickChatMember(user_id), … for this chat
         self.bot = BotSender(sender, context)
         self.listener = Listener(context)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
@@ -230,6 +305,42 @@ class ChatHandler:
         """This chat's running schedules: name → {"every": seconds}."""
         return dict(self._conversation.schedules)
 
+    def start(self, payload: dict) -> bool:
+        """Run `open` before the first Telegram update; True when it handled the update."""
+        try:
+            inspect.signature(self.open).bind(payload, self.id)
+        except TypeError:
+            return bool(self.open(payload))
+        return bool(self.open(payload, self.id))
+
+    def open(self, initial_msg: dict, seed: int | None = None) -> bool | None:
+        """The first update this handler sees (a message, or a button press, …), before
+        `on_…`: return True to mark it handled, so that `on_chat_message` does not see it.
+        A handler starts on its chat's first update and again after each ending (close(),
+        an error, the idle timeout, …). telepot's `open(self, initial_msg, seed)` works too."""
+        return None
+
+    def close(self, reason: BaseException | None = None) -> None:
+        """End this handler: the update in hand commits as far as it got, `on_close` gets
+        StopListening (or `reason`), and the chat's next update meets a new handler.
+
+        As in telepot it raises: code after `self.close()` does not run. A `reason` that is
+        not a HandlerClosed is an error: the update fails as if the handler had raised it.
+        """
+        raise reason if reason is not None else StopListening()
+
+    def end(self, reason: BaseException) -> None:
+        """The handler ends (the transaction calls this once). For the idle timeout a
+        telepot-style `on__idle(event)` runs first, if defined; a close() there makes the
+        reason StopListening, and the handler ends either way. Then `on_close(reason)`."""
+        on_idle = getattr(self, "on__idle", None)
+        if on_idle is not None and isinstance(reason, IdleTerminate):
+            try:
+                on_idle({"_idle": {"source": "chatdaemon", "seconds": reason.seconds}})
+            except HandlerClosed as closed:
+                reason = closed
+        self.on_close(reason)
+
     def on_update(self, kind: str, payload: dict) -> None:
         """Route one update to the method for its kind."""
         if kind == "message":
@@ -266,6 +377,14 @@ class ChatHandler:
         """An update of another kind (my_chat_member, channel_post, …): ignored by default."""
         log.info("chat %s: no handler for a %s update; marked done", self.chat_id, kind)
 
-    def on_close(self, reason: str) -> None:
-        """The delegate is going away: 'idle' (timeout), 'evicted' (its slot went to another chat)
-        or 'reload' (a new bot takes over). Changes to `vars` and `state` made here are saved."""
+    def on_close(self, reason: BaseException) -> None:
+        """This handler ends; `reason` says why, as an exception (telepot's promise):
+
+        - StopListening: the handler called `close()` ("closed")
+        - IdleTerminate, a WaitTooLong: no update for the idle timeout ("idle")
+        - Evicted: its slot went to a waiting chat ("evicted")
+        - Reloaded: a reloaded bot takes over ("reload")
+        - WaitTooLong from `listener.wait(timeout)`, or the exception an update failed with
+
+        `str(reason)` is the name in brackets and `reason == "idle"` compares it. Changes to
+        `vars` and `state` made here are saved."""

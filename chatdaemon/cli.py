@@ -238,13 +238,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .dbfile import owner_of_token
     from .logs import configure
     from .telegram import TelegramClient
+    from .transfer import FileAPI  # handlers may upload and download files
 
     if args.daemon:
         return _run_daemon(args, token, config, bot, early)
     configure(config.log_level, secrets=(token,))
     notifier = Notifier()
     events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
-    api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+    api = FileAPI(TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4),
+                  token, config.api_url)
     with removing_new_database(config.database, os.path.exists(config.database)):
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
             owner=owner_of_token(token), early=early).run()
@@ -258,6 +260,7 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
     from .dbfile import owner_of_token
     from .logs import configure
     from .telegram import TelegramClient
+    from .transfer import FileAPI  # handlers may upload and download files
 
     # Everything that can fail is checked while the terminal is still attached; what only
     # the daemon can find out (a taken hook port) comes back over its start report.
@@ -276,7 +279,8 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
 
     def serve(report: StartReport) -> None:
         configure(config.log_level, secrets=(token,))
-        api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+        api = FileAPI(TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4),
+                      token, config.api_url)
         events = Events(ready=lambda app: log_file.reopen_on_hangup(), starting=report.starting,
                         tick=report.tick)
         with removing_new_database(config.database, existed):

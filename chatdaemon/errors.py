@@ -16,6 +16,11 @@
     ├── NetworkError                    no answer: connection refused/reset, timeout, DNS
     ├── ShuttingDown                    a wait was cut short because the daemon is stopping
     ├── WaitTooLong                     listener.wait(timeout) saw no update in time
+    │   └── IdleTerminate               on_close's reason: the chat was idle (name "idle")
+    ├── HandlerClosed                   why a chat's handler ends, given to its on_close
+    │   ├── StopListening               the handler called close() (name "closed")
+    │   ├── Evicted                     its slot went to a waiting chat (name "evicted")
+    │   └── Reloaded                    a reloaded bot takes over (name "reload")
     ├── Abandoned                       an update ran past its deadline: its thread may no longer
     │                                   commit or send (carries chat_id)
     └── UpdateFailed                    a bot's handler failed on an update and rolls it back
@@ -212,6 +217,56 @@ class WaitTooLong(ChatdaemonError):
     def __init__(self, seconds: float):
         self.seconds = seconds
         super().__init__(f"no update within {seconds} s")
+
+
+class HandlerClosed(ChatdaemonError):
+    """Why a chat's handler ends: the reason its `on_close` receives.
+
+    `name` is a short word ("closed", "idle", "evicted", "reload"); `str(reason)` is that
+    name and `reason == "idle"` compares it, so on_close code written for the plain
+    strings of earlier versions keeps working.
+    """
+
+    name = "closed"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return self.name == other
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+class StopListening(HandlerClosed):
+    """Raised by `ChatHandler.close()`: the handler ends once this update commits."""
+
+    name = "closed"
+
+
+class Evicted(HandlerClosed):
+    """The chat's slot went to a waiting chat; its next update starts a new handler."""
+
+    name = "evicted"
+
+
+class Reloaded(HandlerClosed):
+    """The bot was reloaded: its new version handles the chat's next update."""
+
+    name = "reload"
+
+
+class IdleTerminate(HandlerClosed, WaitTooLong):
+    """The chat had no update for the idle timeout (telepot's name); `seconds` when known."""
+
+    name = "idle"
+
+    def __init__(self, seconds: float | None = None):
+        WaitTooLong.__init__(self, seconds or 0.0)
+        self.seconds = seconds
 
 
 class UnusableDatabase(ConfigError):

@@ -9,6 +9,12 @@ This is the one place conversation state is saved (through `Store.finish`). It a
 what an update owes the user whatever its handler did: the answer to a button press and
 the error text; and it sets aside (quarantines) an update that was cut short too often.
 
+It owns the handler's life cycle too (telepot's create_open): the handler is made on the
+first update, `start` (its `open`) runs before the first Telegram update, and the handler
+ends — `on_close(reason)` in a transaction of its own, after the update's commit — when it
+calls close(), when an update fails, or when the delegate closes it (idle, evicted,
+reload); the chat's next update then meets a new handler.
+
 It knows the thread running it only as a `Slot` and the bot only as `Bot` / `Handler`:
 no handler code is imported here, and handlers see it only as their `ChatContext`.
 """
@@ -24,6 +30,10 @@ from typing import Any, Protocol
 from .errors import (
     Abandoned,
     BadToken,
+    Evicted,
+    HandlerClosed,
+    IdleTerminate,
+    Reloaded,
     ShuttingDown,
     TelegramError,
     UpdateFailed,
@@ -45,11 +55,19 @@ BLOCKED = 403               # the user blocked the bot, or it was removed from t
 # (the daemon stops, or this thread was given up and another one serves the chat).
 _LEAVE_PENDING = (ShuttingDown, Abandoned, BadToken)
 
+# The delegate's words for closing a chat's handler, as the reasons its on_close receives.
+CLOSE_REASONS: dict[str, Callable[[], BaseException]] = {
+    "idle": IdleTerminate, "evicted": Evicted, "reload": Reloaded}
+
 
 class Handler(Protocol):
+    ends_on_error: bool
+
+    def start(self, payload: dict) -> bool: ...
+
     def on_update(self, kind: str, payload: dict) -> None: ...
 
-    def on_close(self, reason: str) -> None: ...
+    def end(self, reason: BaseException) -> None: ...
 
 
 class Bot(Protocol):
@@ -80,19 +98,6 @@ class Slot(Protocol):
     def count(self, name: str) -> None: ...
 
 
-class _Broken:
-    """Stands in for a handler whose creation failed: every update fails with that error."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-    def on_update(self, kind: str, payload: dict) -> None:
-        raise RuntimeError(f"the bot's handler could not be created: {self.error}")
-
-    def on_close(self, reason: str) -> None:
-        pass
-
-
 class UpdateTransaction:
     """A chat's conversation and handler while one delegate serves it; one update at a time.
 
@@ -119,14 +124,23 @@ class UpdateTransaction:
         self._moved_to: int | None = None
         self._refused = False        # a send of this transaction met a rejected token
         self.moved_on = False        # listener.wait took later rows: the caller's list is stale
-        self._handler = self._create_handler()
+        # the handler: made on the first update, dropped when it ends (see _end_handler)
+        self._handler: Handler | None = None
+        self._opened = False         # its start (open) ran
+        self._ending: BaseException | None = None   # it ends after this update's commit
 
-    def _create_handler(self) -> Handler:
-        try:
-            return self.bot.create_handler(self, self._conversation, self.sender)
-        except Exception as exc:
-            log.exception("chat %s: the bot's handler could not be created", self.chat_id)
-            return _Broken(exc)
+    def _dispatch(self, row: InboxRow) -> None:
+        """One update to the handler: made on the chat's first update (or the first after an
+        ending), its open before the first Telegram update, then its on_… method."""
+        payload = payload_of(row)
+        if self._handler is None:
+            self._handler = self.bot.create_handler(self, self._conversation, self.sender)
+            self._opened = False
+        if not self._opened and row.kind not in LOCAL_KINDS:
+            self._opened = True
+            if self._handler.start(payload):
+                return  # open handled it (telepot: then on_message does not see it)
+        self._handler.on_update(row.kind, payload)
 
     # -- one update ---------------------------------------------------------------------
 
@@ -142,10 +156,11 @@ class UpdateTransaction:
                 return
             self._follow_migration(row)
             self._begin(row)
-            self._run(lambda: self._handler.on_update(row.kind, payload_of(row)))
+            self._run(lambda: self._dispatch(row))
             self._finish_current()
         finally:
             self._release_migration()
+        self._end_handler_if_ending()
 
     def _follow_migration(self, row: InboxRow) -> None:
         """Telegram's service messages of a group's move to a supergroup: the old group's
@@ -165,13 +180,28 @@ class UpdateTransaction:
                 conversation.state, conversation.vars = old.state, old.vars
                 conversation.state_context = old.state_context
 
-    def close(self, reason: str) -> None:
-        """The handler's on_close, in a transaction of its own: what it changes is saved."""
+    def close(self, reason: str | BaseException) -> None:
+        """The delegate closes the handler ('idle', 'evicted', 'reload', or an exception)."""
+        if isinstance(reason, str):
+            reason = CLOSE_REASONS[reason]()
+        self._end_handler(reason)
+
+    def _end_handler_if_ending(self) -> None:
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            self._end_handler(ending)
+
+    def _end_handler(self, reason: BaseException) -> None:
+        """The handler's end (its on_close), in a transaction of its own (what it changes is
+        saved); then the handler is gone. No handler made yet: nothing to close."""
+        handler, self._handler = self._handler, None
+        if handler is None:
+            return
         self._row = None
         if self._before is None:
             self._before = self._conversation.snapshot()
         try:
-            self._run(lambda: self._handler.on_close(reason), what="on_close")
+            self._run(lambda: handler.end(reason), what="on_close")
             if self._checked != self._before:
                 self._commit(None)
         finally:
@@ -189,7 +219,7 @@ class UpdateTransaction:
         if what == "on_close":
             self._slot.handling(None)
         try:
-            call()
+            self._call_until_closed(call, what)
             self._checked = self._check_saveable()
         except _LEAVE_PENDING:
             self._rollback()
@@ -197,6 +227,7 @@ class UpdateTransaction:
         except WaitTooLong as exc:  # telepot style: a handler that stops waiting just ends
             log.info("chat %s: the handler stopped waiting (%s)", self.chat_id, exc)
             self._rollback()
+            self._ends_with(exc, what)
         except UpdateFailed as exc:  # the bot's handler failed; the cause names where
             self._fail(exc, tell_user=not exc.answered, detail=False)
         except TelegramError as exc:
@@ -206,10 +237,30 @@ class UpdateTransaction:
                          "reply", self.chat_id, exc.status, exc.description, self._update_id())
             else:
                 self._fail(exc, tell_user=True, detail=False)
+                self._ends_with(exc, what)
         except Exception as exc:  # one bad update must not stop the chat
             self._fail(exc, tell_user=what == "handler", detail=True)
+            self._ends_with(exc, what)
         finally:
             self._slot.handled()
+
+    def _call_until_closed(self, call: Callable[[], None], what: str) -> None:
+        """Run handler code; its close() (a HandlerClosed) is a normal end: what the update
+        did so far commits, and the handler ends after the commit."""
+        try:
+            call()
+        except HandlerClosed as exc:
+            self._ends_with(exc, what)
+
+    def _ends_with(self, reason: BaseException, what: str) -> None:
+        """As in telepot, a handler that closed itself or failed ends; its on_close runs
+        after the update's commit, and the chat's next update meets a new handler. A handler
+        whose class says `ends_on_error = False` outlives its failures."""
+        handler = self._handler
+        if what != "handler" or handler is None or self._ending is not None:
+            return
+        if isinstance(reason, HandlerClosed) or handler.ends_on_error:
+            self._ending = reason
 
     def _fail(self, exc: Exception, tell_user: bool, detail: bool) -> None:
         self._rollback()
@@ -303,6 +354,9 @@ class UpdateTransaction:
 
     def refused(self) -> None:
         self._refused = True
+
+    def payload(self) -> dict | None:
+        return payload_of(self._row) if self._row is not None else None
 
     def callback_answered(self, query_id: str | None) -> None:
         if query_id:

@@ -15,14 +15,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 
 LAYERS = {
-    "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry"},
+    "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry", "transfer",
+             "arguments"},
     "Store": {"store", "dbfile"},
     "Intake": {"poller", "inbox"},
     "Routing": {"delegator", "transaction"},
     "Handlers": {"chathandler", "pipeline", "tree", "templates", "httpcall", "definitions",
                  "yamlfile", "bots", "patterns", "sandbox"},
     "Service": {"app", "daemon", "hookserver", "cli", "terminal", "local", "logs", "config",
-                "shipped", "signals", "status", "__init__", "__main__"},
+                "shipped", "signals", "status", "__init__", "__main__", "testing"},
 }
 ORDER = list(LAYERS)
 

@@ -92,7 +92,7 @@ class Counter(ChatHandler):
         self.sender.sendMessage(str(self.vars["count"]))
 
     def on_close(self, reason):
-        self.vars["closed"] = reason
+        self.vars["closed"] = str(reason)  # an exception whose str() is its name
 
 
 @pytest.fixture

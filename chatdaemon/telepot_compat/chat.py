@@ -253,6 +253,7 @@ class TelepotChat(ChatHandler):
 
     route: ClassVar[Any] = None
     runtime: ClassVar[Any] = None
+    ends_on_error = False  # each telepot handler of the chat ends on its own failure (OpenJob)
 
     def __init__(self, delegate: Any, conversation: Any, sender: Any):
         super().__init__(delegate, conversation, sender)

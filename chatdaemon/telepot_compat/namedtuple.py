@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+from ..arguments import to_api  # noqa: F401 - telepot.namedtuple's users import it here
+
 
 def _create(name: str, fields: str, **defaults: Any) -> type:
     names = fields.split()
@@ -38,14 +40,3 @@ InputMediaVideo = _create(
     "InputMediaVideo", "type media caption parse_mode width height duration supports_streaming",
     type="video")
 LabeledPrice = _create("LabeledPrice", "label amount")
-
-
-def to_api(value: Any) -> Any:
-    """A value as the Bot API's JSON expects it: namedtuples become objects without Nones."""
-    if isinstance(value, tuple) and hasattr(value, "_asdict"):
-        return {key: to_api(item) for key, item in value._asdict().items() if item is not None}
-    if isinstance(value, dict):
-        return {key: to_api(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list | tuple):
-        return [to_api(item) for item in value]
-    return value

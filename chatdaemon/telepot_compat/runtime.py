@@ -114,7 +114,10 @@ class Runtime:
             self.api.close()
 
     def download(self, file_path: str, dest: Any) -> int:
-        return self._require_api().download(file_path, dest)
+        try:
+            return self._require_api().download(file_path, dest)
+        except errors.TelegramError as exc:  # the file server's refusal, as telepot raised it
+            raise exception.BadHTTPResponse(exc.status, exc.description) from None
 
     def _require_api(self) -> FileAPI:
         if self.api is None:
