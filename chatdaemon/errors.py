@@ -215,7 +215,7 @@ class WaitTooLong(ChatdaemonError):
     """listener.wait(timeout=...) returned no update within the timeout (telepot's name)."""
 
     def __init__(self, seconds: float):
-        self.seconds = seconds
+        self.seconds: float | None = seconds   # None in an IdleTerminate whose timeout is not known
         super().__init__(f"no update within {seconds} s")
 
 
