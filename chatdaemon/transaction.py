@@ -61,7 +61,8 @@ CLOSE_REASONS: dict[str, Callable[[], BaseException]] = {
 
 
 class Handler(Protocol):
-    ends_on_error: bool
+    @property
+    def ends_on_error(self) -> bool: ...   # read only: ChatHandler's is a class variable
 
     def start(self, payload: dict) -> bool: ...
 
@@ -412,8 +413,10 @@ class UpdateTransaction:
                 raise WaitTooLong(timeout or 0.0)
 
     def _handle_local(self, row: InboxRow) -> None:
+        handler = self._handler
+        assert handler is not None   # reached only from the running handler's listener.wait
         self._begin(row)
-        self._run(lambda: self._handler.on_update(row.kind, payload_of(row)))
+        self._run(lambda: handler.on_update(row.kind, payload_of(row)))
         self._finish_current()
         self._slot.count("handled")
         self.moved_on = True
