@@ -253,16 +253,19 @@ class ChatHandler:
         if unknown:
             raise TypeError(f"ChatHandler() got unexpected keyword arguments: {sorted(unknown)}")
         if isinstance(context, SeedTuple):
-            context, conversation, sender = context.context, context.conversation, context.sender
+            chat: ChatContext = context.context
+            conversation, sender = context.conversation, context.sender
+        else:
+            chat = context
         if conversation is None or sender is None:
             raise TypeError("ChatHandler(context, conversation, sender), or telepot's (seed_tuple)")
         self.chat_id: int = conversation.chat_id
         self.id: int = conversation.chat_id   # telepot's seed: the chat id
         self._conversation = conversation
-        self.sender = ChatSender(sender, conversation.chat_id, context)
+        self.sender = ChatSender(sender, conversation.chat_id, chat)
         self.administrator = self.sender   # telepot's: kickChatMember(user_id), … for this chat
-        self.bot = BotSender(sender, context)
-        self.listener = Listener(context)
+        self.bot = BotSender(sender, chat)
+        self.listener = Listener(chat)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
 
     @property
