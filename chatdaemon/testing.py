@@ -205,7 +205,8 @@ class TestBot:
     def replies(self, chat: int | None = None) -> list[str]:
         """The texts the bot sent to `chat` (every chat: None) not read yet; they are read now."""
         self._collect()
-        mine, others = [], deque()
+        mine: list[Call] = []
+        others: deque[Call] = deque()
         for call in self._unread:
             (mine if chat is None or call.chat_id == chat else others).append(call)
         self._unread = others
