@@ -23,6 +23,7 @@ from . import yamlfile
 from .chathandler import DEFAULT_ERROR_TEXT, ChatHandler
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
+from .handoff import Desk, People
 from .pipeline import Pipeline, PipelineHandler
 from .templates import Templates
 
@@ -42,6 +43,7 @@ class Bot:
     warnings: list[str] = field(default_factory=list)
     definitions: Definitions = field(default_factory=Definitions)
     python_ref: str | None = None      # `module:Class` as the definition wrote it
+    people: People = field(default_factory=People)   # operators, handoff timeout, /forget
 
     @property
     def hooks(self) -> dict:
@@ -50,8 +52,10 @@ class Bot:
     def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         if self.pipeline is not None:
-            return PipelineHandler(context, conversation, sender, self.pipeline)
-        return self.handler_class(context, conversation, sender)
+            handler = PipelineHandler(context, conversation, sender, self.pipeline)
+        else:
+            handler = self.handler_class(context, conversation, sender)
+        return Desk(handler, context, conversation, sender, self.people)
 
     def describe(self) -> list[str]:
         """What `chatdaemon check` prints about this bot."""

@@ -225,6 +225,14 @@ class ChatHandler:
         else:
             self._conversation.schedules.pop(name, None)
 
+    handoff_requested = False   # set by handoff(); the chat goes to a human after this update
+
+    def handoff(self) -> None:
+        """Put this chat with a human once the current update is handled: the operators are
+        told, and the person's next messages go to them instead of to this handler, until an
+        operator sends /done (or nobody answers within the daemon's handoff_timeout)."""
+        self.handoff_requested = True
+
     @property
     def schedules(self) -> dict:
         """This chat's running schedules: name → {"every": seconds}."""

@@ -188,7 +188,16 @@ def _load(args: argparse.Namespace, **overrides: Any):
         handlers=args.handlers, database=getattr(args, "db", None), **overrides)
     config = config.replace(handlers=resolve_handlers(config.handlers))
     check_api_url(config)
-    return config, load_bot(config.handlers, config.error_text, where=config.origin("handlers"))
+    bot = load_bot(config.handlers, config.error_text, where=config.origin("handlers"))
+    bot.people = people_of(config)
+    return config, bot
+
+
+def people_of(config):
+    """The handoff's and /forget's settings from the daemon config."""
+    from .handoff import People
+    return People(operators=config.operators, handoff_timeout=config.handoff_timeout,
+                  forget_command=config.forget_command)
 
 
 def read_token(args: argparse.Namespace) -> str:

@@ -105,6 +105,7 @@ class Handler:
     on_error: Response | None = None
     save: dict[str, Template] = field(default_factory=dict)
     schedule: ScheduleAction | None = None
+    handoff: bool = False     # after its response the chat goes to a human (the operators)
 
     def accepts(self, state: str | None) -> bool:
         return self.source_states is None or state in self.source_states
@@ -197,8 +198,8 @@ class Compiler:
         name = part.run(self._handler_name, item, where, failed=str(item.get("name") or "?"))
         if "response" not in item and "handoff" not in item:
             part.add(ConfigError(f"handler {name} has no response", where))
-        if "handoff" in item:
-            part.add(ConfigError(f"handler {name}: handoff is not supported yet",
+        if not isinstance(item.get("handoff", False), bool):
+            part.add(ConfigError(f"handler {name}: handoff must be true or false",
                                  _at(item, "handoff")))
         regex = part.run(self._pattern, item, name, failed=ANY_PATTERN)
         self._regex = regex  # response, request, on_error and save see this handler's groups
@@ -215,6 +216,7 @@ class Compiler:
                 on_error=part.run(self._optional, item, "on_error", self.response),
                 save=part.run(self._save, item, failed={}),
                 schedule=part.run(self._optional, item, "schedule", self._schedule_action),
+                handoff=item.get("handoff") is True,
             )
         finally:
             self._regex = None

@@ -140,13 +140,16 @@ class PipelineHandler(ChatHandler):
         try:
             if handler.request is not None:
                 context["response"] = frozen(perform(handler.request, context, self.pipeline.session))
-            reply = render_reply(handler.response, context)
+            reply = render_reply(handler.response, context) if handler.response else None
             saved = {name: template.render(context) for name, template in handler.save.items()}
         except (RequestFailed, TemplateError) as exc:
             self._reply_error(handler, exc, context)
             return
-        self.sender.sendMessage(**reply)
+        if reply is not None:
+            self.sender.sendMessage(**reply)
         self._transition(handler, context, saved)
+        if handler.handoff:
+            self.handoff()
 
     def _context(self, message: dict, source: dict, found: Match | None,
                  callback: dict | None) -> dict:
