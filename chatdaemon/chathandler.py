@@ -226,12 +226,15 @@ class ChatHandler:
             self._conversation.schedules.pop(name, None)
 
     handoff_requested = False   # set by handoff(); the chat goes to a human after this update
+    handoff_note: str | None = None
 
-    def handoff(self) -> None:
+    def handoff(self, note: str | None = None) -> None:
         """Put this chat with a human once the current update is handled: the operators are
-        told, and the person's next messages go to them instead of to this handler, until an
-        operator sends /done (or nobody answers within the daemon's handoff_timeout)."""
+        told (with `note`, or else what the person wrote), and the person's next messages go
+        to them instead of to this handler, until an operator sends /done (or nobody answers
+        within the daemon's handoff_timeout)."""
         self.handoff_requested = True
+        self.handoff_note = note
 
     @property
     def schedules(self) -> dict:

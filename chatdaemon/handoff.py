@@ -80,7 +80,7 @@ class Desk:
         self.inner.on_update(kind, payload)
         if getattr(self.inner, "handoff_requested", False):
             self.inner.handoff_requested = False
-            self._start(payload)
+            self._start(payload, getattr(self.inner, "handoff_note", None))
 
     def on_close(self, reason: str) -> None:
         self.inner.on_close(reason)
@@ -114,7 +114,7 @@ class Desk:
 
     # -- a person --------------------------------------------------------------------------
 
-    def _start(self, payload: dict) -> None:
+    def _start(self, payload: dict, note: str | None) -> None:
         """The bot handed this chat to a human (its own answer is out already)."""
         if not self.people.operators:
             log.info("chat %s asked for a human, but no operators are configured", self.chat_id)
@@ -123,7 +123,7 @@ class Desk:
         name, username = who_is(payload)
         person = Person(self.chat_id, name, username)
         self.context.stage(handoffs.open_handoff(person))
-        self._forward(person, content_of("message", payload), NOTICE_START)
+        self._forward(person, note or content_of("message", payload), NOTICE_START)
         log.info("chat %s is with a human now", self.chat_id)
 
     def _forward(self, person: Person, text: str, notice: str) -> None:

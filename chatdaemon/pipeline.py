@@ -13,6 +13,7 @@ chat's data.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import time
@@ -24,12 +25,15 @@ from .definitions import Definitions, Handler, Response
 from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
 from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
-from .templates import EMOJI, Template, TemplateError
+from .templates import EMOJI, Template, TemplateError, escape_markdown_v2
 from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_TEXT = 16 * 1024  # a response kept in state_context is dropped past this size
+CHOICES = "chatdaemon:choices"  # state_context key: the options of the latest keyboard sent
+MAX_OPTIONS = 12     # more options than this are sent as a numbered list, not as buttons
+MAX_LABEL = 40       # and so are labels longer than this (a button would cut them)
 
 
 class FrozenDict(dict):
@@ -109,7 +113,45 @@ class PipelineHandler(ChatHandler):
 
     def on_chat_message(self, msg: dict) -> None:
         text = msg.get("text") or msg.get("caption") or ""
+        choice = self._chosen(text)
+        if choice is not None:
+            kind, value = choice[0], choice[1]
+            if kind == "url":  # a link button: give the link
+                self._send({"text": value})
+                return
+            text = value      # a label typed by number; button data runs as if pressed
         self._answer(text, msg, msg, callback=None)
+
+    def _chosen(self, text: str) -> list | None:
+        """The option of the latest keyboard that a typed number picks, if it picks one.
+
+        A handler whose own pattern matches the number itself comes first (a bot asking for
+        a quantity while showing buttons); a catch-all or the fallback does not.
+        """
+        answer = text.strip()
+        choices = self._conversation.state_context.get(CHOICES)
+        if not answer.isdecimal() or len(answer) > 3 or not isinstance(choices, list):
+            return None
+        index = int(answer) - 1
+        if not 0 <= index < len(choices):
+            return None
+        try:
+            handler, _ = self.pipeline.match(answer, self.state)
+        except PatternTimeout as exc:
+            raise UpdateFailed(str(exc), answered=False) from None
+        if handler is not None and handler.pattern is not None:
+            return None
+        return choices[index]
+
+    def _send(self, reply: dict) -> None:
+        """Send a reply; its keyboard becomes the options a typed number picks from."""
+        markup = reply.get("reply_markup")
+        self.sender.sendMessage(**as_numbered_list(reply))
+        choices = choices_of(markup)
+        if choices:
+            self._conversation.state_context[CHOICES] = choices
+        elif choices is not None:  # the keyboard was removed
+            self._conversation.state_context.pop(CHOICES, None)
 
     def on_callback_query(self, query: dict) -> None:
         self.sender.answerCallbackQuery(callback_query_id=query["id"])
@@ -146,10 +188,10 @@ class PipelineHandler(ChatHandler):
             self._reply_error(handler, exc, context)
             return
         if reply is not None:
-            self.sender.sendMessage(**reply)
+            self._send(reply)
         self._transition(handler, context, saved)
         if handler.handoff:
-            self.handoff()
+            self.handoff(note=text or None)
 
     def _context(self, message: dict, source: dict, found: Match | None,
                  callback: dict | None) -> dict:
@@ -238,7 +280,7 @@ class PipelineHandler(ChatHandler):
         except TemplateError as exc:
             raise UpdateFailed(f"tree ({template.where}) failed: {exc}", answered=False) from None
         reply["reply_markup"] = markup
-        self.sender.sendMessage(**reply)
+        self._send(reply)
         self.state = state
 
     def on_schedule(self, tick: dict) -> None:
@@ -272,7 +314,7 @@ class PipelineHandler(ChatHandler):
             reply = render_reply(fallback, context)
         except TemplateError as exc:
             raise UpdateFailed(f"fallback: {exc}", answered=False) from None
-        self.sender.sendMessage(**reply)
+        self._send(reply)
 
     def _reply_error(self, handler: Handler, exc: Exception, context: dict) -> None:
         """Answer with the handler's on_error if it has one, then fail the update (rolled back)."""
@@ -329,6 +371,50 @@ def _markup(response: Response, context: dict) -> dict | None:
     if response.remove_keyboard:
         return {"remove_keyboard": True}
     return None
+
+
+def choices_of(markup: Any) -> list[list[str]] | None:
+    """[kind, value, label] for each option of a keyboard ("text"), or of inline buttons
+    ("data" or "url"); [] when the markup removes the keyboard; None when it has none."""
+    if not isinstance(markup, dict):
+        return None
+    if markup.get("remove_keyboard"):
+        return []
+    inline = "inline_keyboard" in markup
+    rows = markup.get("inline_keyboard") if inline else markup.get("keyboard")
+    if not rows:
+        return None
+    choices = []
+    for button in (button for row in rows for button in row):
+        label = button.get("text", "")
+        if not inline:
+            choices.append(["text", label, label])
+        elif "url" in button:
+            choices.append(["url", button["url"], label])
+        else:
+            choices.append(["data", button.get("callback_data", label), label])
+    return choices
+
+
+def as_numbered_list(reply: dict) -> dict:
+    """A reply whose options do not fit on buttons (too many, or too long), with them as a
+    numbered list in its text instead; a typed number picks one all the same."""
+    choices = choices_of(reply.get("reply_markup"))
+    if not choices or (len(choices) <= MAX_OPTIONS
+                       and all(len(label) <= MAX_LABEL for _, _, label in choices)):
+        return reply
+    escape = _ESCAPES.get(reply.get("parse_mode") or "", str)
+    lines = [f"{number}. {escape(label)}" + (f" – {escape(value)}" if kind == "url" else "")
+             for number, (kind, value, label) in enumerate(choices, start=1)]
+    listed = dict(reply, text=reply["text"] + "\n\n" + "\n".join(lines) + "\n\nAnswer with a number.")
+    if "keyboard" in reply["reply_markup"]:
+        listed["reply_markup"] = {"remove_keyboard": True}
+    else:
+        listed.pop("reply_markup")
+    return listed
+
+
+_ESCAPES = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
 
 
 def _kept_context(context: dict) -> dict:
