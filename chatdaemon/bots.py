@@ -93,7 +93,8 @@ def describe_definitions(definitions: Definitions) -> list[str]:
     if tree is not None:
         lines.append(f"  tree: {tree.count()} node(s), started by {tree.pattern.pattern} "
                      f"(after the handlers), {len(tree.root.answers)} first answer(s)")
-    fallback = "yes" if definitions.fallback else "none (unmatched messages get no answer)"
+    fallback = "none (on purpose: unmatched messages get no answer)" if definitions.silent \
+        else "the default" if definitions.default_fallback else "yes"
     lines.append(f"  fallback: {fallback}")
     if definitions.env:
         lines.append(f"  env: {', '.join(sorted(definitions.env))}")
@@ -182,7 +183,7 @@ def _read_definition(path: str, compiler: Compiler, seen: _Seen) -> None:
                                      where["fallback"]))
         else:
             seen.fallback_where = where["fallback"]
-            compiler.result.fallback = problems.run(compiler.response, data["fallback"],
+            compiler.result.fallback = problems.run(compiler.fallback, data["fallback"],
                                                     where["fallback"])
 
 

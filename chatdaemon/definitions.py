@@ -31,6 +31,7 @@ RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
 REQUEST_KEYS = {"method", "url", "params", "headers", "json", "data", "timeout"}
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
 MAX_TIMEOUT = 60.0
+DEFAULT_FALLBACK = "Sorry, I didn't understand that."
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -120,6 +121,8 @@ class Definitions:
     hooks: dict[str, Hook] = field(default_factory=dict)
     tree: Tree | None = None
     warnings: list[str] = field(default_factory=list)
+    silent: bool = False            # `fallback: none`: unmatched messages get no answer, on purpose
+    default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
 
 
 class Compiler:
@@ -518,8 +521,27 @@ class Compiler:
 
     # -- the whole bot ---------------------------------------------------------------------
 
+    def fallback(self, data: Any, where: str) -> Response | None:
+        """The `fallback` key: a response, or `none` for silence on purpose (with a warning)."""
+        if data is None or data == "none":
+            self.result.silent = True
+            self.result.warnings.append(
+                f"{where}: fallback: none: a message no handler matches gets no answer")
+            return None
+        return self.response(data, where)
+
+    def _default_fallback(self) -> None:
+        """Every message gets an answer: a bot that wrote no fallback gets this one."""
+        if self.result.fallback is not None or self.result.silent:
+            return
+        tree = self.result.tree
+        hint = f" Send {tree.command} to see the options." if tree and tree.command else ""
+        self.result.fallback = self.response(DEFAULT_FALLBACK + hint, "(the default fallback)")
+        self.result.default_fallback = True
+
     def finish(self) -> Definitions:
         """The whole-bot checks; the problems of the whole load are left in `problems`."""
+        self._default_fallback()
         self._check_states()
         self._check_schedules()
         self.result.handlers.sort(key=lambda h: (-h.priority, h.order))

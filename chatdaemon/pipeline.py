@@ -26,7 +26,7 @@ from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
 from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
 from .templates import EMOJI, Template, TemplateError, escape_markdown_v2
-from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
+from .tree import DONE_PREFIX, RETRY_PREFIX, YES, Node, Tree, in_tree, pick
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,14 @@ class Pipeline:
                 return handler, found
         return None, None
 
-    def starts_tree(self, text: str) -> bool:
-        """Whether the text opens the decision tree (its pattern, within the same bound)."""
+    def starts_tree(self, text: str, state: str | None = None) -> bool:
+        """Whether the text opens the decision tree (its pattern, within the same bound; or
+        any message in no state, when the tree opens on any message)."""
         tree = self.definitions.tree
         if tree is None:
             return False
+        if tree.any_message and state is None:
+            return True
         deadline = time.monotonic() + MATCH_SECONDS
         return search(tree.pattern, text, deadline, "tree", tree.pattern_where or tree.where) \
             is not None
@@ -169,12 +172,15 @@ class PipelineHandler(ChatHandler):
             return
         try:
             handler, found = self.pipeline.match(text, self.state)
-            starts_tree = handler is None and self.pipeline.starts_tree(text)
+            starts_tree = handler is None and self.pipeline.starts_tree(text, self.state)
         except PatternTimeout as exc:  # the transaction answers with the bot's error text
             raise UpdateFailed(str(exc), answered=False) from None
         context = self._context(message, source, found, callback)
         if starts_tree:
             self._say_node(tree, tree.root, "", context)
+            return
+        if handler is None and tree is not None and (self.state or "").startswith(DONE_PREFIX):
+            self._ask_again(tree, context)  # the message after a leaf: never silence
             return
         if handler is None:
             self._reply_fallback(context)
@@ -270,7 +276,14 @@ class PipelineHandler(ChatHandler):
             self._tree_reply(node.say, context, markup, tree.parse_mode, tree.state_of(path))
         else:
             self._tree_reply(node.say, context, {"remove_keyboard": True}, tree.parse_mode,
-                             node.target_state or tree.target_state)
+                             node.target_state or tree.target_state
+                             or DONE_PREFIX + tree.fingerprint)
+
+    def _ask_again(self, tree: Tree, context: dict) -> None:
+        """After a leaf: "start again?", answered like a misunderstood answer (yes/no)."""
+        self._tree_reply(tree.again, context, {"keyboard": [[{"text": "Yes"}], [{"text": "No"}]],
+                                               "resize_keyboard": True, "one_time_keyboard": True},
+                         tree.parse_mode, f"{RETRY_PREFIX}{tree.fingerprint}:")
 
     def _tree_reply(self, template: Template, context: dict, markup: dict, parse_mode: str | None,
                     state: str | None) -> None:
