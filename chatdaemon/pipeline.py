@@ -13,6 +13,8 @@ chat's data.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import logging
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import handoffs
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
 from .errors import UpdateFailed
@@ -34,6 +37,8 @@ MAX_CONTEXT_TEXT = 16 * 1024  # a response kept in state_context is dropped past
 CHOICES = "chatdaemon:choices"  # state_context key: the options of the latest keyboard sent
 MAX_OPTIONS = 12     # more options than this are sent as a numbered list, not as buttons
 MAX_LABEL = 40       # and so are labels longer than this (a button would cut them)
+MAX_DATA = 64        # bytes of callback_data Telegram accepts
+TOKEN_PREFIX = "~t:"  # callback_data standing for longer data kept in the database
 
 
 class FrozenDict(dict):
@@ -113,6 +118,7 @@ class PipelineHandler(ChatHandler):
     def __init__(self, context: Any, conversation: Any, sender: Any, pipeline: Pipeline):
         super().__init__(context, conversation, sender)
         self.pipeline = pipeline
+        self._transaction = context   # stages what this update keeps besides the conversation
 
     def on_chat_message(self, msg: dict) -> None:
         text = msg.get("text") or msg.get("caption") or ""
@@ -122,7 +128,8 @@ class PipelineHandler(ChatHandler):
             if kind == "url":  # a link button: give the link
                 self._send({"text": value})
                 return
-            text = value      # a label typed by number; button data runs as if pressed
+            # a label typed by number; button data runs as if pressed
+            text = self._button_data(value) if kind == "data" else value
         self._answer(text, msg, msg, callback=None)
 
     def _chosen(self, text: str) -> list | None:
@@ -159,7 +166,25 @@ class PipelineHandler(ChatHandler):
     def on_callback_query(self, query: dict) -> None:
         self.sender.answerCallbackQuery(callback_query_id=query["id"])
         message = query.get("message") or {"chat": {"id": self.chat_id}}
-        self._answer(str(query.get("data") or ""), message, query, callback=query)
+        self._answer(self._button_data(str(query.get("data") or "")), message, query,
+                     callback=query)
+
+    def _button_data(self, data: str) -> str:
+        """Button data as the template rendered it: data too long for Telegram went out as a
+        token, kept in the database with the update that sent it."""
+        if not data.startswith(TOKEN_PREFIX):
+            return data
+        kept = handoffs.button_data(self._transaction.store, data)
+        return kept if kept is not None else data
+
+    def _render(self, response: Response, context: dict) -> dict:
+        """render_reply, with button data over 64 bytes kept under a token (durably, with
+        this update) instead of failing."""
+        tokens: dict[str, str] = {}
+        reply = render_reply(response, context, tokens, self.chat_id)
+        for token, data in tokens.items():
+            self._transaction.stage(handoffs.keep_button_data(token, data, self.chat_id))
+        return reply
 
     # -- one update through the pipeline ---------------------------------------------------
 
@@ -188,7 +213,7 @@ class PipelineHandler(ChatHandler):
         try:
             if handler.request is not None:
                 context["response"] = frozen(perform(handler.request, context, self.pipeline.session))
-            reply = render_reply(handler.response, context) if handler.response else None
+            reply = self._render(handler.response, context) if handler.response else None
             saved = {name: template.render(context) for name, template in handler.save.items()}
         except (RequestFailed, TemplateError) as exc:
             self._reply_error(handler, exc, context)
@@ -308,12 +333,12 @@ class PipelineHandler(ChatHandler):
         try:
             if schedule.request is not None:
                 context["response"] = frozen(perform(schedule.request, context, self.pipeline.session))
-            reply = render_reply(schedule.response, context)
+            reply = self._render(schedule.response, context)
         except (RequestFailed, TemplateError) as exc:
             if isinstance(exc, RequestFailed):
                 context["response"] = frozen(exc.response)
             if schedule.on_error is not None:
-                self.sender.sendMessage(**render_reply(schedule.on_error, context))
+                self.sender.sendMessage(**self._render(schedule.on_error, context))
             raise UpdateFailed(f"schedule {schedule.name} ({schedule.where}) failed: {exc}",
                                answered=schedule.on_error is not None) from None
         self.sender.sendMessage(**reply)
@@ -324,7 +349,7 @@ class PipelineHandler(ChatHandler):
             log.info("chat %s: no handler matched and the bot has no fallback", self.chat_id)
             return
         try:
-            reply = render_reply(fallback, context)
+            reply = self._render(fallback, context)
         except TemplateError as exc:
             raise UpdateFailed(f"fallback: {exc}", answered=False) from None
         self._send(reply)
@@ -336,7 +361,7 @@ class PipelineHandler(ChatHandler):
             context["response"] = frozen(exc.response)
         if handler.on_error is not None:
             try:
-                reply = render_reply(handler.on_error, context)
+                reply = self._render(handler.on_error, context)
             except TemplateError as second:
                 cause += f"; on_error failed too: {second}"
             else:
@@ -345,8 +370,12 @@ class PipelineHandler(ChatHandler):
         raise UpdateFailed(cause, answered=False)
 
 
-def render_reply(response: Response, context: dict) -> dict:
-    """sendMessage parameters for a response: text, parse mode and keyboard."""
+def render_reply(response: Response, context: dict, tokens: dict[str, str] | None = None,
+                 chat_id: int = 0) -> dict:
+    """sendMessage parameters for a response: text, parse mode and keyboard.
+
+    Button data over Telegram's 64 bytes goes into `tokens` (token → data) and out as the
+    token, when a dict is given; without one it is a TemplateError."""
     text = response.text.render(context)
     if not text.strip():
         raise TemplateError(response.where, "the rendered text is empty")
@@ -355,13 +384,14 @@ def render_reply(response: Response, context: dict) -> dict:
         reply["parse_mode"] = response.parse_mode
     if response.disable_web_page_preview:
         reply["link_preview_options"] = {"is_disabled": True}
-    markup = _markup(response, context)
+    markup = _markup(response, context, tokens, chat_id)
     if markup:
         reply["reply_markup"] = markup
     return reply
 
 
-def _markup(response: Response, context: dict) -> dict | None:
+def _markup(response: Response, context: dict, tokens: dict[str, str] | None = None,
+            chat_id: int = 0) -> dict | None:
     if response.buttons:
         rows = []
         for row in response.buttons:
@@ -372,8 +402,9 @@ def _markup(response: Response, context: dict) -> dict | None:
                     item["url"] = button.url.render(context)
                 else:
                     item["callback_data"] = button.data.render(context)
-                    if len(item["callback_data"].encode()) > 64:
-                        raise TemplateError(response.where, "button data is longer than 64 bytes")
+                    if len(item["callback_data"].encode()) > MAX_DATA:
+                        item["callback_data"] = _token_for(item["callback_data"], response,
+                                                           tokens, chat_id)
                 rendered.append(item)
             rows.append(rendered)
         return {"inline_keyboard": rows}
@@ -428,6 +459,15 @@ def as_numbered_list(reply: dict) -> dict:
 
 
 _ESCAPES = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
+
+
+def _token_for(data: str, response: Response, tokens: dict[str, str] | None, chat_id: int) -> str:
+    if tokens is None:
+        raise TemplateError(response.where, "button data is longer than 64 bytes")
+    digest = hashlib.sha256(f"{chat_id}\0{data}".encode()).digest()
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(digest).decode()[:32]
+    tokens[token] = data
+    return token
 
 
 def _kept_context(context: dict) -> dict:
