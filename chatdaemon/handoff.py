@@ -66,11 +66,14 @@ class Desk:
     def __init__(self, inner: Any, context: Any, conversation: Any, sender: Any, people: People):
         self.inner = inner
         self.context = context
-        self.store = context.store
         self.conversation = conversation
         self.chat_id: int = conversation.chat_id
         self.people = people
         self.sender = ChatSender(sender, self.chat_id, context)
+
+    @property
+    def store(self) -> Any:
+        return self.context.store
 
     # -- the Handler interface ----------------------------------------------------------------
 
@@ -209,9 +212,11 @@ class Desk:
             if target is None or not body.strip():
                 self.sender.sendMessage("Usage: /reply CHAT_ID text")
             else:
-                self._answer(target, body.strip())
+                self._answer(target, body.strip(), msg)
+        elif about is not None and not text:
+            self.sender.sendMessage("Only text reaches a person from here; nothing was sent.")
         elif about is not None:
-            self._answer(about, text or content_of("message", msg))
+            self._answer(about, text, msg)
         else:
             return False
         return True
@@ -231,7 +236,7 @@ class Desk:
             replied.get("text"), str) else None
         return int(named.group(1)) if named and sender.get("is_bot") is True else None
 
-    def _answer(self, target: int, text: str) -> None:
+    def _answer(self, target: int, text: str, msg: dict) -> None:
         person = handoffs.person_with_human(self.store, target)
         if person is None:
             self.sender.sendMessage(f"Chat {target} is not with a human now; nothing was sent.")
@@ -242,7 +247,7 @@ class Desk:
         sent = self.sender.sendMessage(f"✓ Sent to {person.describe()}.")
         self._remember(sent, target)
         self._tell_operators(person, NOTICE_ANSWERED.format(
-            operator=self._operator_name(), who=person.describe(), text=text), but=self.chat_id)
+            operator=who_is(msg)[0], who=person.describe(), text=text), but=self.chat_id)
 
     def _end(self, target: int) -> None:
         person = handoffs.person_with_human(self.store, target)
@@ -277,9 +282,6 @@ class Desk:
                                        "them back to the bot.")
         self._remember(sent, person.chat_id)
         self.context.stage(handoffs.mark_read(person.chat_id, up_to=messages[-1][0]))
-
-    def _operator_name(self) -> str:
-        return f"operator {self.chat_id}"
 
     # -- forgetting --------------------------------------------------------------------------
 

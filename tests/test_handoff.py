@@ -265,3 +265,13 @@ def test_handoff_must_be_true_or_false(tmp_path):
         "handlers:\n  - name: h\n    response: hi\n    handoff: yes please\n")
     with pytest.raises(ConfigError, match="handoff must be true or false"):
         load_bot(str(directory))
+
+
+def test_an_operator_reply_without_text_is_refused_not_sent_as_a_placeholder(desk):
+    desk.say(PERSON, "human")
+    notice = desk.message_about(OPERATOR, "asks for a human")
+    before = list(desk.sender.to(PERSON))
+    told = desk.say(OPERATOR, "", photo=[{"file_id": "p"}],
+                    reply_to_message={"message_id": notice["message_id"]})
+    assert told == ["Only text reaches a person from here; nothing was sent."]
+    assert desk.sender.to(PERSON) == before
