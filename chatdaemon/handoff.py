@@ -108,7 +108,7 @@ class Desk:
         if kind == "message" and self._is_forget(text):
             self._forget()
             return True
-        person = handoffs.person_with_human(self.store, self.chat_id)
+        person = self._with_human()
         if person is None:
             return False
         # with a human: the bot does not answer; the operators get it
@@ -116,6 +116,14 @@ class Desk:
         return True
 
     # -- a person --------------------------------------------------------------------------
+
+    def _with_human(self) -> Person | None:
+        """This chat's handoff, if it is with a human. Its timer is armed in the same commit
+        that opens the handoff and stopped in the one that closes it (both by this chat
+        alone), so a chat without the timer needs no look in the database."""
+        if TIMER not in self.conversation.schedules:
+            return None
+        return handoffs.person_with_human(self.store, self.chat_id)
 
     def _start(self, payload: dict, note: str | None) -> None:
         """The bot handed this chat to a human (its own answer is out already)."""
