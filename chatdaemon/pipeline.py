@@ -338,10 +338,10 @@ class PipelineHandler(ChatHandler):
             if isinstance(exc, RequestFailed):
                 context["response"] = frozen(exc.response)
             if schedule.on_error is not None:
-                self.sender.sendMessage(**self._render(schedule.on_error, context))
+                self._send(self._render(schedule.on_error, context))
             raise UpdateFailed(f"schedule {schedule.name} ({schedule.where}) failed: {exc}",
                                answered=schedule.on_error is not None) from None
-        self.sender.sendMessage(**reply)
+        self._send(reply)
 
     def _reply_fallback(self, context: dict) -> None:
         fallback = self.pipeline.definitions.fallback
@@ -365,7 +365,7 @@ class PipelineHandler(ChatHandler):
             except TemplateError as second:
                 cause += f"; on_error failed too: {second}"
             else:
-                self.sender.sendMessage(**reply)
+                self._send(reply)
                 raise UpdateFailed(cause, answered=True)
         raise UpdateFailed(cause, answered=False)
 
