@@ -407,7 +407,22 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"idle after {config.idle_timeout:.0f} s; rate limits "
           f"{'on' if config.limits.enabled else 'off'}")
     print(describe_hook_server(config, bool(bot.hooks)))
+    print(describe_people(config, bot))
     return EXIT_OK
+
+
+def describe_people(config, bot) -> str:
+    """What `check` says about the handoff and /forget."""
+    handoffs = [h.name for h in bot.definitions.handlers if h.handoff]
+    forget = config.forget_command or "off"
+    if not config.operators:
+        hands = ("handoff: no operators in the config, so a handoff tells the person nobody is "
+                 "available" if handoffs else "operators: none")
+    else:
+        hands = (f"operators: {', '.join(map(str, config.operators))}; handoff after "
+                 f"{', '.join(handoffs) or '(no handler hands off)'}, bot again after "
+                 f"{config.handoff_timeout:.0f} s unanswered")
+    return f"{hands}; forget command: {forget}"
 
 
 def describe_hook_server(config, bot_defines_hooks: bool) -> str:

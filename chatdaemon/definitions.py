@@ -52,6 +52,8 @@ class Response:
     one_time_keyboard: bool = False
     disable_web_page_preview: bool = False
     where: str = "?"
+    keyboard_rows: Template | None = None   # `keyboard: "{{ … }}"`: rows computed at render
+    button_rows: Template | None = None     # `buttons: "{{ … }}"`: the same for inline buttons
 
 
 @dataclass
@@ -324,8 +326,14 @@ class Compiler:
         response = Response(
             text=part.run(self._template, data.get("text", "-"), _at(data, "text", where), mode),
             parse_mode=None if mode == "none" else mode,
-            keyboard=part.run(self._keyboard, data.get("keyboard"), _at(data, "keyboard", where)),
-            buttons=part.run(self._buttons, data.get("buttons"), _at(data, "buttons", where)),
+            keyboard=part.run(self._keyboard, _unless_template(data.get("keyboard")),
+                              _at(data, "keyboard", where)),
+            buttons=part.run(self._buttons, _unless_template(data.get("buttons")),
+                             _at(data, "buttons", where)),
+            keyboard_rows=part.run(self._rows_template, data.get("keyboard"),
+                                   _at(data, "keyboard", where)),
+            button_rows=part.run(self._rows_template, data.get("buttons"),
+                                 _at(data, "buttons", where)),
             remove_keyboard=bool(data.get("remove_keyboard", False)),
             one_time_keyboard=bool(data.get("one_time_keyboard", False)),
             disable_web_page_preview=bool(data.get("disable_web_page_preview", False)),
@@ -333,6 +341,10 @@ class Compiler:
         )
         part.raise_any()
         return response
+
+    def _rows_template(self, source: Any, where: str) -> Template | None:
+        """A keyboard or buttons given as one template that renders to rows (a list, as JSON)."""
+        return self._template(source, where) if isinstance(source, str) else None
 
     def _rows(self, rows: Any, where: str, what: str) -> list[list[Any]]:
         if not isinstance(rows, list) or not rows:
@@ -623,6 +635,11 @@ def parse_duration(value: Any, where: str) -> float:
     if seconds < 5:
         raise ConfigError("a schedule ticks at most every 5 seconds", where)
     return seconds
+
+
+def _unless_template(value: Any) -> Any:
+    """Rows written out in YAML; None when they are one template string (rendered later)."""
+    return None if isinstance(value, str) else value
 
 
 def _as_list(value: Any) -> list:

@@ -13,6 +13,7 @@ chat's data.
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import html
@@ -38,6 +39,7 @@ CHOICES = "chatdaemon:choices"  # state_context key: the options of the latest k
 MAX_OPTIONS = 12     # more options than this are sent as a numbered list, not as buttons
 MAX_LABEL = 40       # and so are labels longer than this (a button would cut them)
 MAX_DATA = 64        # bytes of callback_data Telegram accepts
+MAX_BUTTONS = 100    # a keyboard rendered from a template has at most this many buttons
 TOKEN_PREFIX = "~t:"  # callback_data standing for longer data kept in the database
 
 
@@ -392,6 +394,16 @@ def render_reply(response: Response, context: dict, tokens: dict[str, str] | Non
 
 def _markup(response: Response, context: dict, tokens: dict[str, str] | None = None,
             chat_id: int = 0) -> dict | None:
+    if response.button_rows is not None:
+        rows = rendered_rows(response.button_rows, context)
+        return {"inline_keyboard": [[_button_item(button, response, tokens, chat_id)
+                                     for button in row] for row in rows]} if rows else None
+    if response.keyboard_rows is not None:
+        rows = rendered_rows(response.keyboard_rows, context)
+        if not rows:
+            return None
+        return {"keyboard": [[{"text": _label(label, response)} for label in row] for row in rows],
+                "resize_keyboard": True, "one_time_keyboard": response.one_time_keyboard}
     if response.buttons:
         rows = []
         for row in response.buttons:
@@ -415,6 +427,55 @@ def _markup(response: Response, context: dict, tokens: dict[str, str] | None = N
     if response.remove_keyboard:
         return {"remove_keyboard": True}
     return None
+
+
+def rendered_rows(template: Template, context: dict) -> list[list[Any]]:
+    """The rows a keyboard template renders to: a JSON list (`| tojson`) or a Python-looking
+    one; an item that is not a list is a row of its own. [] for no keyboard."""
+    text = template.render(context).strip()
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise TemplateError(template.where, "the keyboard must render to a list of rows, "
+                                f"not {text[:60]!r}") from None
+    if not isinstance(value, (list, tuple)):
+        raise TemplateError(template.where, f"the keyboard must render to a list of rows, not "
+                            f"{type(value).__name__}")
+    rows = [list(row) if isinstance(row, (list, tuple)) else [row] for row in value]
+    rows = [row for row in rows if row]
+    if sum(len(row) for row in rows) > MAX_BUTTONS:
+        raise TemplateError(template.where, f"the keyboard has more than {MAX_BUTTONS} buttons")
+    return rows
+
+
+def _label(label: Any, response: Response) -> str:
+    if isinstance(label, (dict, list, tuple)) or label is None or not str(label).strip():
+        raise TemplateError(response.where, f"a keyboard label must be text, not {label!r}")
+    return str(label)
+
+
+def _button_item(button: Any, response: Response, tokens: dict[str, str] | None,
+                 chat_id: int) -> dict:
+    """An inline button from a rendered row: "label", or {text, data} or {text, url}."""
+    if not isinstance(button, dict):
+        button = {"text": button, "data": button}
+    text, data, url = button.get("text"), button.get("data"), button.get("url")
+    item = {"text": _label(text, response)}
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith(("https://", "http://", "tg://")):
+            raise TemplateError(response.where, f"a button url must be http(s):// or tg://, "
+                                f"not {url!r}")
+        item["url"] = url
+        return item
+    data = str(text if data is None else data)
+    item["callback_data"] = data if len(data.encode()) <= MAX_DATA else \
+        _token_for(data, response, tokens, chat_id)
+    return item
 
 
 def choices_of(markup: Any) -> list[list[str]] | None:

@@ -166,3 +166,51 @@ def test_orders_menu_number_on_telegram(telegram, start_daemon):
     telegram.push_message(7, "1")
     assert telegram.wait_for(lambda: len(telegram.sent_to(7)) == 2, 20)
     assert telegram.sent_to(7)[1] == "Your order number?"
+
+
+ROWS = """
+env:
+  sizes: "S,M,L"
+handlers:
+  - name: sizes
+    pattern: '^/sizes$'
+    response:
+      text: "which size?"
+      keyboard: "{{ env.sizes.split(',') | tojson }}"
+  - name: links
+    pattern: '^/links$'
+    response:
+      text: "links"
+      buttons: >-
+        [[{'text': 'Docs', 'url': 'https://example.org'},
+          {'text': 'More', 'data': '{{ 'm' * 80 }}'}]]
+  - name: size
+    pattern: '^(?P<s>[SML])$'
+    response: "size {{ pattern.s }}"
+  - name: more
+    pattern: '^m{80}$'
+    response: "more"
+  - name: broken
+    pattern: '^/broken$'
+    response: {text: "x", keyboard: "{{ 'not rows' }}"}
+    on_error: "the keyboard did not render"
+fallback: "fallback"
+"""
+
+
+def test_keyboards_and_buttons_from_a_template_that_renders_rows(tmp_path):
+    chats = Chats(tmp_path, ROWS)
+    try:
+        chats.say(CHAT, "/sizes")
+        assert chats.sender.sent[-1]["reply_markup"]["keyboard"] == [
+            [{"text": "S"}], [{"text": "M"}], [{"text": "L"}]]
+        assert chats.say(CHAT, "2") == ["size M"]
+        chats.say(CHAT, "/links")
+        [[docs, more]] = chats.sender.sent[-1]["reply_markup"]["inline_keyboard"]
+        assert docs == {"text": "Docs", "url": "https://example.org"}
+        assert len(more["callback_data"].encode()) <= 64
+        chats.press(CHAT, more["callback_data"])
+        assert chats.sender.to(CHAT)[-1] == "more"
+        assert chats.say(CHAT, "/broken") == ["the keyboard did not render"]
+    finally:
+        chats.close()

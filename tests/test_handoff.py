@@ -275,3 +275,17 @@ def test_an_operator_reply_without_text_is_refused_not_sent_as_a_placeholder(des
                     reply_to_message={"message_id": notice["message_id"]})
     assert told == ["Only text reaches a person from here; nothing was sent."]
     assert desk.sender.to(PERSON) == before
+
+
+def test_check_says_who_answers_a_handoff(tmp_path, capsys):
+    from conftest import HANDLERS
+
+    from chatdaemon.cli import main
+    assert main(["check", "--handlers", str(HANDLERS / "orders")]) == 0
+    assert "handoff: no operators in the config, so a handoff tells the person nobody is " \
+        "available; forget command: /forget" in capsys.readouterr().out
+    config = tmp_path / "c.yaml"
+    config.write_text("operators: [900]\nhandoff_timeout: 120\nforget_command: off\n")
+    assert main(["check", "--handlers", str(HANDLERS / "support"), "--config", str(config)]) == 0
+    assert "operators: 900; handoff after person, bot again after 120 s unanswered; " \
+        "forget command: off" in capsys.readouterr().out
