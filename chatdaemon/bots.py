@@ -27,7 +27,8 @@ from .handoff import Desk, People
 from .pipeline import Pipeline, PipelineHandler
 from .templates import Templates
 
-DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks"}
+DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks",
+                   "session_timeout"}
 PACKAGE = "chatdaemon_bots"
 
 
@@ -171,7 +172,7 @@ def _read_definition(path: str, compiler: Compiler, seen: _Seen) -> None:
         seen.error_text = str(data["error_text"])
     sections = (("env", compiler.add_env), ("handlers", compiler.add_handlers),
                 ("schedules", compiler.add_schedules), ("hooks", compiler.add_hooks),
-                ("tree", compiler.add_tree))
+                ("tree", compiler.add_tree), ("session_timeout", compiler.add_session_timeout))
     for key, add in sections:
         if key in data:
             problems.run(add, data[key], where[key])

@@ -123,6 +123,7 @@ class Definitions:
     hooks: dict[str, Hook] = field(default_factory=dict)
     tree: Tree | None = None
     warnings: list[str] = field(default_factory=list)
+    session_timeout: float | None = None   # idle seconds after which a conversation starts over
     silent: bool = False            # `fallback: none`: unmatched messages get no answer, on purpose
     default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
 
@@ -530,6 +531,10 @@ class Compiler:
             raise ConfigError(f"tree is already set in {self.result.tree.where}", where)
         self.result.tree = compile_tree(data, yamlfile.where_of(data, where), self.templates,
                                         self._state_name)
+
+    def add_session_timeout(self, data: Any, where: str) -> None:
+        """`session_timeout: 30m`: a conversation idle that long returns to its start state."""
+        self.result.session_timeout = parse_duration(data, where)
 
     # -- the whole bot ---------------------------------------------------------------------
 

@@ -36,11 +36,14 @@ log = logging.getLogger(__name__)
 
 MAX_CONTEXT_TEXT = 16 * 1024  # a response kept in state_context is dropped past this size
 CHOICES = "chatdaemon:choices"  # state_context key: the options of the latest keyboard sent
+SEEN = "chatdaemon:seen"        # state_context key: when the person last wrote (session_timeout)
+SESSION = "chatdaemon.session"  # the schedule that checks session_timeout
 MAX_OPTIONS = 12     # more options than this are sent as a numbered list, not as buttons
 MAX_LABEL = 40       # and so are labels longer than this (a button would cut them)
 MAX_DATA = 64        # bytes of callback_data Telegram accepts
 MAX_BUTTONS = 100    # a keyboard rendered from a template has at most this many buttons
 TOKEN_PREFIX = "~t:"  # callback_data standing for longer data kept in the database
+MIN_SESSION_TICK = 5.0  # the session check ticks every quarter of the timeout, at least this
 
 
 class FrozenDict(dict):
@@ -121,6 +124,36 @@ class PipelineHandler(ChatHandler):
         super().__init__(context, conversation, sender)
         self.pipeline = pipeline
         self._transaction = context   # stages what this update keeps besides the conversation
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        if kind == "schedule" and payload.get("name") == SESSION:
+            self._end_idle_session()
+            return
+        super().on_update(kind, payload)
+        if kind in ("message", "callback_query"):
+            self._keep_session()
+
+    def _keep_session(self) -> None:
+        """With session_timeout: note the person's activity; a conversation away from its start
+        state is checked (a schedule, so across restarts) until it is idle that long."""
+        timeout = self.pipeline.definitions.session_timeout
+        if timeout is None:
+            return
+        if self.state is None:
+            self._conversation.schedules.pop(SESSION, None)
+            return
+        self._conversation.state_context[SEEN] = time.time()
+        self._conversation.schedules[SESSION] = {"every": max(MIN_SESSION_TICK, timeout / 4)}
+
+    def _end_idle_session(self) -> None:
+        timeout = self.pipeline.definitions.session_timeout
+        seen = self._conversation.state_context.get(SEEN)
+        if timeout is not None and isinstance(seen, (int, float)) and time.time() - seen < timeout:
+            return
+        log.info("chat %s: idle past session_timeout; back to the start state", self.chat_id)
+        self.state = None
+        self._conversation.state_context.clear()
+        self._conversation.schedules.pop(SESSION, None)
 
     def on_chat_message(self, msg: dict) -> None:
         text = msg.get("text") or msg.get("caption") or ""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from test_handoff import Chats
 
+from chatdaemon import pipeline
 from chatdaemon.bots import describe_definitions, load_bot
 from chatdaemon.errors import ConfigError
 
@@ -115,3 +118,52 @@ def test_no_fallback_gets_the_default_and_none_is_silence_with_a_warning(tmp_pat
     assert any("bot.yaml:3: fallback: none" in warning for warning in silent.warnings)
     assert "  fallback: none (on purpose: unmatched messages get no answer)" in \
         describe_definitions(silent.definitions)
+
+
+SESSION = """
+session_timeout: 10m
+handlers:
+  - name: start
+    pattern: '^/start$'
+    response: "menu"
+    target_state: menu
+  - name: in_menu
+    source_states: [menu]
+    pattern: '^status$'
+    response: "in the menu"
+fallback: "start with /start"
+"""
+
+
+class Clock:
+    """Stands in for the time module in the pipeline: time() is whatever the test says."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+def test_session_timeout_returns_an_idle_conversation_to_its_start_state(tmp_path, monkeypatch):
+    clock = Clock(time.time())
+    monkeypatch.setattr(pipeline, "time", clock)
+    chats = Chats(tmp_path, SESSION)
+    try:
+        chats.say(CHAT, "/start")
+        assert chats.store.load_conversation(CHAT).schedules["chatdaemon.session"]["every"] == 150
+        clock.now += 300                      # not idle long enough yet
+        chats.store.queue_due_ticks(time.time() + 1000)
+        chats.run()
+        assert chats.say(CHAT, "status") == ["in the menu"]
+        clock.now += 601
+        chats.store.queue_due_ticks(time.time() + 2000)
+        chats.run()
+        conversation = chats.store.load_conversation(CHAT)
+        assert conversation.state is None and "chatdaemon.session" not in conversation.schedules
+        assert chats.say(CHAT, "status") == ["start with /start"]
+    finally:
+        chats.close()
