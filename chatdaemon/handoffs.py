@@ -104,10 +104,13 @@ def open_handoff(person: Person) -> Write:
 
 
 def close_handoff(chat_id: int) -> Write:
-    """The chat is back with the bot: its row goes, and what it wrote is no longer waiting."""
+    """The chat is back with the bot: its row, what it wrote and the operator messages about
+    it go (an operator replying to an old message is told the chat is not waiting: the
+    message names the chat)."""
     def write(db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM handoffs WHERE chat_id = ?", (chat_id,))
-        db.execute("UPDATE handoff_messages SET unread = 0 WHERE chat_id = ?", (chat_id,))
+        db.execute("DELETE FROM handoff_messages WHERE chat_id = ?", (chat_id,))
+        db.execute("DELETE FROM operator_messages WHERE chat_id = ?", (chat_id,))
     return write
 
 

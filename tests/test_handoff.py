@@ -222,6 +222,9 @@ def test_timeout_hands_back_only_when_nobody_answered(tmp_path):
         assert "nobody could answer in time" in chats.sender.to(PERSON)[-1]
         assert chats.say(PERSON, "/start") == ["menu"]
         assert TIMER not in chats.store.load_conversation(PERSON).schedules
+        with chats.store.reading() as db:  # what the person wrote is not kept once it ends
+            assert [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in
+                    ("handoffs", "handoff_messages")] == [0, 0]
     finally:
         chats.close()
 
