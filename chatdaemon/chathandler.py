@@ -47,6 +47,7 @@ _POSITIONAL = {
 
 
 MIN_SCHEDULE_SECONDS = 5
+DAEMON_TIMERS = "chatdaemon."   # schedules the daemon keeps for a chat (handoff, session)
 
 # Methods that take no chat_id: the sender must not add one.
 _NO_CHAT_ID = {"answerCallbackQuery", "answerInlineQuery", "getMe", "getFile"}
@@ -219,9 +220,12 @@ class ChatHandler:
         self._conversation.schedules[name] = {"every": float(every)}
 
     def stop_schedule(self, name: str | None = None) -> None:
-        """Stop one schedule, or all of this chat's schedules."""
+        """Stop one schedule, or all of this chat's schedules (the daemon's own timers, named
+        "chatdaemon.…" — a handoff's, a session's — keep running)."""
         if name is None:
-            self._conversation.schedules.clear()
+            for own in [key for key in self._conversation.schedules
+                        if not key.startswith(DAEMON_TIMERS)]:
+                del self._conversation.schedules[own]
         else:
             self._conversation.schedules.pop(name, None)
 

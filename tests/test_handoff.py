@@ -292,3 +292,12 @@ def test_check_says_who_answers_a_handoff(tmp_path, capsys):
     assert main(["check", "--handlers", str(HANDLERS / "support"), "--config", str(config)]) == 0
     assert "operators: 900; handoff after person, bot again after 120 s unanswered; " \
         "forget command: off" in capsys.readouterr().out
+
+
+def test_stopping_all_of_a_chats_schedules_keeps_the_daemons_timers():
+    from chatdaemon import ChatHandler
+    from chatdaemon.store import Conversation
+    conversation = Conversation(PERSON, None, {}, schedules={TIMER: {"every": 5.0},
+                                                             "mine": {"every": 60.0}})
+    ChatHandler(Slot(), conversation, Sends()).stop_schedule()
+    assert conversation.schedules == {TIMER: {"every": 5.0}}
