@@ -24,10 +24,12 @@ from . import yamlfile
 from .chathandler import DEFAULT_ERROR_TEXT, BotSender, ChatHandler, SeedTuple
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
+from .handoff import Desk, People
 from .pipeline import Pipeline, PipelineHandler
 from .templates import Templates
 
-DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks"}
+DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks",
+                   "session_timeout"}
 PACKAGE = "chatdaemon_bots"
 
 
@@ -43,6 +45,7 @@ class Bot:
     warnings: list[str] = field(default_factory=list)
     definitions: Definitions = field(default_factory=Definitions)
     python_ref: str | None = None      # `module:Class` as the definition wrote it
+    people: People = field(default_factory=People)   # operators, handoff timeout, /forget
 
     @property
     def hooks(self) -> dict:
@@ -51,9 +54,11 @@ class Bot:
     def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         if self.pipeline is not None:
-            return PipelineHandler(context, conversation, sender, self.pipeline)
-        assert self.handler_class is not None   # load_bot gives a bot a pipeline or a class
-        return construct(self.handler_class, context, conversation, sender)
+            handler = PipelineHandler(context, conversation, sender, self.pipeline)
+        else:
+            assert self.handler_class is not None   # load_bot gives a bot a pipeline or a class
+            handler = construct(self.handler_class, context, conversation, sender)
+        return Desk(handler, context, conversation, sender, self.people)
 
     def describe(self) -> list[str]:
         """What `chatdaemon check` prints about this bot."""
@@ -100,7 +105,8 @@ def describe_definitions(definitions: Definitions) -> list[str]:
     if tree is not None:
         lines.append(f"  tree: {tree.count()} node(s), started by {tree.pattern.pattern} "
                      f"(after the handlers), {len(tree.root.answers)} first answer(s)")
-    fallback = "yes" if definitions.fallback else "none (unmatched messages get no answer)"
+    fallback = "none (on purpose: unmatched messages get no answer)" if definitions.silent \
+        else "the default" if definitions.default_fallback else "yes"
     lines.append(f"  fallback: {fallback}")
     if definitions.env:
         lines.append(f"  env: {', '.join(sorted(definitions.env))}")
@@ -178,7 +184,7 @@ def _read_definition(path: str, compiler: Compiler, seen: _Seen) -> None:
         seen.error_text = str(data["error_text"])
     sections = (("env", compiler.add_env), ("handlers", compiler.add_handlers),
                 ("schedules", compiler.add_schedules), ("hooks", compiler.add_hooks),
-                ("tree", compiler.add_tree))
+                ("tree", compiler.add_tree), ("session_timeout", compiler.add_session_timeout))
     for key, add in sections:
         if key in data:
             problems.run(add, data[key], where[key])
@@ -190,7 +196,7 @@ def _read_definition(path: str, compiler: Compiler, seen: _Seen) -> None:
                                      where["fallback"]))
         else:
             seen.fallback_where = where["fallback"]
-            compiler.result.fallback = problems.run(compiler.response, data["fallback"],
+            compiler.result.fallback = problems.run(compiler.fallback, data["fallback"],
                                                     where["fallback"])
 
 

@@ -55,6 +55,7 @@ _SENDER_POSITIONAL = {
 
 
 MIN_SCHEDULE_SECONDS = 5
+DAEMON_TIMERS = "chatdaemon."   # schedules the daemon keeps for a chat (handoff, session)
 
 # Methods that take no chat_id: the sender must not add one.
 _NO_CHAT_ID = {"answerCallbackQuery", "answerInlineQuery", "getMe", "getFile"}
@@ -297,11 +298,25 @@ class ChatHandler:
         self._conversation.schedules[name] = {"every": float(every)}
 
     def stop_schedule(self, name: str | None = None) -> None:
-        """Stop one schedule, or all of this chat's schedules."""
+        """Stop one schedule, or all of this chat's schedules (the daemon's own timers, named
+        "chatdaemon.…" — a handoff's, a session's — keep running)."""
         if name is None:
-            self._conversation.schedules.clear()
+            for own in [key for key in self._conversation.schedules
+                        if not key.startswith(DAEMON_TIMERS)]:
+                del self._conversation.schedules[own]
         else:
             self._conversation.schedules.pop(name, None)
+
+    handoff_requested = False   # set by handoff(); the chat goes to a human after this update
+    handoff_note: str | None = None
+
+    def handoff(self, note: str | None = None) -> None:
+        """Put this chat with a human once the current update is handled: the operators are
+        told (with `note`, or else what the person wrote), and the person's next messages go
+        to them instead of to this handler, until an operator sends /done (or nobody answers
+        within the daemon's handoff_timeout)."""
+        self.handoff_requested = True
+        self.handoff_note = note
 
     @property
     def schedules(self) -> dict:

@@ -140,6 +140,28 @@ def _add_operating_commands(commands: argparse._SubParsersAction) -> None:
     for command in (status, chats):
         command.add_argument("--db", metavar="FILE", required=True, help="the bot's SQLite database")
         command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_privacy_commands(commands)
+
+
+def _add_privacy_commands(commands: argparse._SubParsersAction) -> None:
+    """export and forget: what the database keeps about one chat."""
+    export = commands.add_parser(
+        "export", help="print everything kept about one chat, as JSON",
+        description="Print what the database keeps about CHAT_ID (conversation, handoff, "
+                    "messages, inbox rows) as JSON. Read-only; fine while the daemon runs.",
+        epilog="Example:\n  chatdaemon export --db /var/lib/chatdaemon/chatdaemon.sqlite3 123456789",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    forget = commands.add_parser(
+        "forget", help="delete what is kept about one chat (with the daemon stopped)",
+        description="Delete what the database keeps about CHAT_ID: conversation, schedules, "
+                    "handoff and its messages; handled inbox rows keep only their ids. The "
+                    "daemon must be stopped (it holds the database and the chat's state); while "
+                    "it runs, the person can send /forget instead.",
+        epilog="Example:\n  chatdaemon forget --db /var/lib/chatdaemon/chatdaemon.sqlite3 123456789",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for command in (export, forget):
+        command.add_argument("--db", metavar="FILE", required=True, help="the bot's SQLite database")
+        command.add_argument("chat_id", metavar="CHAT_ID", type=int, help="the chat's id")
 
 
 def _log_level(value: str) -> str:
@@ -165,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "check": cmd_check, "chat": cmd_chat, "init": cmd_init,
                 "stop": cmd_stop, "status": cmd_status, "chats": cmd_chats,
-                "files": cmd_files, "telepot": cmd_telepot}[args.command](args)
+                "files": cmd_files, "telepot": cmd_telepot, "export": cmd_export,
+                "forget": cmd_forget}[args.command](args)
     except ShuttingDown:
         return EXIT_OK  # stopped (SIGTERM) before it was fully up
     except ChatdaemonError as exc:
@@ -188,7 +211,16 @@ def _load(args: argparse.Namespace, **overrides: Any):
         handlers=args.handlers, database=getattr(args, "db", None), **overrides)
     config = config.replace(handlers=resolve_handlers(config.handlers))
     check_api_url(config)
-    return config, load_bot(config.handlers, config.error_text, where=config.origin("handlers"))
+    bot = load_bot(config.handlers, config.error_text, where=config.origin("handlers"))
+    bot.people = people_of(config)
+    return config, bot
+
+
+def people_of(config):
+    """The handoff's and /forget's settings from the daemon config."""
+    from .handoff import People
+    return People(operators=config.operators, handoff_timeout=config.handoff_timeout,
+                  forget_command=config.forget_command)
 
 
 def read_token(args: argparse.Namespace) -> str:
@@ -378,7 +410,22 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"idle after {config.idle_timeout:.0f} s; rate limits "
           f"{'on' if config.limits.enabled else 'off'}")
     print(describe_hook_server(config, bool(bot.hooks)))
+    print(describe_people(config, bot))
     return EXIT_OK
+
+
+def describe_people(config, bot) -> str:
+    """What `check` says about the handoff and /forget."""
+    handoffs = [h.name for h in bot.definitions.handlers if h.handoff]
+    forget = config.forget_command or "off"
+    if not config.operators:
+        hands = ("handoff: no operators in the config, so a handoff tells the person nobody is "
+                 "available" if handoffs else "operators: none")
+    else:
+        hands = (f"operators: {', '.join(map(str, config.operators))}; handoff after "
+                 f"{', '.join(handoffs) or '(no handler hands off)'}, bot again after "
+                 f"{config.handoff_timeout:.0f} s unanswered")
+    return f"{hands}; forget command: {forget}"
 
 
 def describe_hook_server(config, bot_defines_hooks: bool) -> str:
@@ -429,6 +476,41 @@ def cmd_chats(args: argparse.Namespace) -> int:
     from .status import as_json, format_chats, list_chats, open_read_only
     chats = list_chats(open_read_only(args.db), args.limit)
     print(as_json(chats) if args.json else format_chats(chats))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .privacy import export_chat
+    from .status import open_read_only
+    print(json.dumps(export_chat(open_read_only(args.db).conn, args.chat_id), indent=2,
+                     ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from .privacy import export_chat, forget_chat
+    from .status import open_read_only
+    from .store import Store
+    found = export_chat(open_read_only(args.db).conn, args.chat_id)  # a clear error if no database
+    from .errors import DatabaseInUse
+    # the daemon holds the database (and the chat's state in memory): refused while it runs
+    try:
+        store = Store(args.db)
+    except DatabaseInUse as exc:
+        print(f"chatdaemon: {exc}; stop the daemon first, or have the person send /forget",
+              file=sys.stderr)
+        return exc.exit_status
+    try:
+        with store.writing() as db:
+            forget_chat(args.chat_id)(db)
+    finally:
+        store.close()
+    kept = sum(len(found.get(table, [])) for table in ("conversations", "handoffs",
+                                                        "handoff_messages", "schedules"))
+    print(f"chatdaemon: forgot chat {args.chat_id} ({kept} row(s) deleted, "
+          f"{sum(row['done'] for row in found['inbox'])} handled update(s) blanked)")
     return EXIT_OK
 
 

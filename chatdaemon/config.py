@@ -39,7 +39,9 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     hook_bind: str = "127.0.0.1"
     hook_port: int | None = None          # hooks, /healthz, /metrics; None: see hook_address; 0: off
-    operators: tuple[int, ...] = ()
+    operators: tuple[int, ...] = ()       # chat ids of the people who answer handoffs
+    handoff_timeout: float = 600.0        # seconds a handed-off person waits for an operator
+    forget_command: str | None = "/forget"   # None (`forget_command: off`): no built-in forget
     log_level: str = "INFO"
     error_text: str = DEFAULT_ERROR_TEXT
     stop_timeout: float = 20.0
@@ -68,7 +70,8 @@ class Config:
 
 
 _TOP_KEYS = {"api_url", "database", "handlers", "delegates", "polling", "rate_limits", "hooks",
-             "operators", "log_level", "error_text", "stop_timeout"}
+             "operators", "log_level", "error_text", "stop_timeout", "handoff_timeout",
+             "forget_command"}
 _SECTIONS = {
     "delegates": {"max": ("max_delegates", int), "idle_timeout": ("idle_timeout", float),
                   "update_timeout": ("update_timeout", float), "yield_after": ("yield_after", int),
@@ -108,6 +111,10 @@ def load_config(path: str | None) -> Config:
         values["stop_timeout"] = problems.run(_typed, data, "stop_timeout", float)
     if "operators" in data:
         values["operators"] = problems.run(_operators, data)
+    if "handoff_timeout" in data:
+        values["handoff_timeout"] = problems.run(_typed, data, "handoff_timeout", float)
+    if "forget_command" in data:
+        values["forget_command"] = problems.run(_forget_command, data)
     for section, keys in _SECTIONS.items():
         if section in data:
             values.update(problems.run(_section, data, section, keys, failed={}))
@@ -139,6 +146,16 @@ def _section(data: yamlfile.Mapping, section: str, keys: dict) -> dict[str, Any]
 
 def _operators(data: yamlfile.Mapping) -> tuple[int, ...]:
     return tuple(_int(v, data) for v in _typed(data, "operators", list))
+
+
+def _forget_command(data: yamlfile.Mapping) -> str | None:
+    value = data["forget_command"]
+    if value is False or value is None or value == "off":
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or " " in value:
+        raise ConfigError(f"forget_command must be a /command or off, not {value!r}",
+                          data.key_where.get("forget_command"))
+    return value
 
 
 def _limits(part: Any, where: str) -> Limits:
@@ -196,6 +213,8 @@ def _validate(config: Config, data: dict) -> None:
          "delegates.update_timeout, yield_after and yield_seconds must be positive", "delegates"),
         (not 0 <= config.poll_timeout <= 50, "polling.timeout must be between 0 and 50 seconds",
          "polling"),
+        (config.handoff_timeout < 1, "handoff_timeout must be at least 1 second",
+         "handoff_timeout"),
         (config.log_level.upper() not in _LOG_LEVELS,
          f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}", "log_level"),
         (min(limits.per_second, limits.per_chat_per_second, limits.per_group_per_minute) <= 0

@@ -31,6 +31,7 @@ RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
 REQUEST_KEYS = {"method", "url", "params", "headers", "json", "data", "timeout"}
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
 MAX_TIMEOUT = 60.0
+DEFAULT_FALLBACK = "Sorry, I didn't understand that."
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -51,6 +52,8 @@ class Response:
     one_time_keyboard: bool = False
     disable_web_page_preview: bool = False
     where: str = "?"
+    keyboard_rows: Template | None = None   # `keyboard: "{{ … }}"`: rows computed at render
+    button_rows: Template | None = None     # `buttons: "{{ … }}"`: the same for inline buttons
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Handler:
     on_error: Response | None = None
     save: dict[str, Template] = field(default_factory=dict)
     schedule: ScheduleAction | None = None
+    handoff: bool = False     # after its response the chat goes to a human (the operators)
 
     def accepts(self, state: str | None) -> bool:
         return self.source_states is None or state in self.source_states
@@ -119,6 +123,9 @@ class Definitions:
     hooks: dict[str, Hook] = field(default_factory=dict)
     tree: Tree | None = None
     warnings: list[str] = field(default_factory=list)
+    session_timeout: float | None = None   # idle seconds after which a conversation starts over
+    silent: bool = False            # `fallback: none`: unmatched messages get no answer, on purpose
+    default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
 
 
 class Compiler:
@@ -197,8 +204,8 @@ class Compiler:
         name = part.run(self._handler_name, item, where, failed=str(item.get("name") or "?"))
         if "response" not in item and "handoff" not in item:
             part.add(ConfigError(f"handler {name} has no response", where))
-        if "handoff" in item:
-            part.add(ConfigError(f"handler {name}: handoff is not supported yet",
+        if not isinstance(item.get("handoff", False), bool):
+            part.add(ConfigError(f"handler {name}: handoff must be true or false",
                                  _at(item, "handoff")))
         regex = part.run(self._pattern, item, name, failed=ANY_PATTERN)
         self._regex = regex  # response, request, on_error and save see this handler's groups
@@ -215,6 +222,7 @@ class Compiler:
                 on_error=part.run(self._optional, item, "on_error", self.response),
                 save=part.run(self._save, item, failed={}),
                 schedule=part.run(self._optional, item, "schedule", self._schedule_action),
+                handoff=item.get("handoff") is True,
             )
         finally:
             self._regex = None
@@ -319,8 +327,14 @@ class Compiler:
         response = Response(
             text=part.run(self._template, data.get("text", "-"), _at(data, "text", where), mode),
             parse_mode=None if mode == "none" else mode,
-            keyboard=part.run(self._keyboard, data.get("keyboard"), _at(data, "keyboard", where)),
-            buttons=part.run(self._buttons, data.get("buttons"), _at(data, "buttons", where)),
+            keyboard=part.run(self._keyboard, _unless_template(data.get("keyboard")),
+                              _at(data, "keyboard", where)),
+            buttons=part.run(self._buttons, _unless_template(data.get("buttons")),
+                             _at(data, "buttons", where)),
+            keyboard_rows=part.run(self._rows_template, data.get("keyboard"),
+                                   _at(data, "keyboard", where)),
+            button_rows=part.run(self._rows_template, data.get("buttons"),
+                                 _at(data, "buttons", where)),
             remove_keyboard=bool(data.get("remove_keyboard", False)),
             one_time_keyboard=bool(data.get("one_time_keyboard", False)),
             disable_web_page_preview=bool(data.get("disable_web_page_preview", False)),
@@ -328,6 +342,10 @@ class Compiler:
         )
         part.raise_any()
         return response
+
+    def _rows_template(self, source: Any, where: str) -> Template | None:
+        """A keyboard or buttons given as one template that renders to rows (a list, as JSON)."""
+        return self._template(source, where) if isinstance(source, str) else None
 
     def _rows(self, rows: Any, where: str, what: str) -> list[list[Any]]:
         if not isinstance(rows, list) or not rows:
@@ -512,10 +530,33 @@ class Compiler:
         self.result.tree = compile_tree(data, yamlfile.where_of(data, where), self.templates,
                                         self._state_name)
 
+    def add_session_timeout(self, data: Any, where: str) -> None:
+        """`session_timeout: 30m`: a conversation idle that long returns to its start state."""
+        self.result.session_timeout = parse_duration(data, where)
+
     # -- the whole bot ---------------------------------------------------------------------
+
+    def fallback(self, data: Any, where: str) -> Response | None:
+        """The `fallback` key: a response, or `none` for silence on purpose (with a warning)."""
+        if data is None or data == "none":
+            self.result.silent = True
+            self.result.warnings.append(
+                f"{where}: fallback: none: a message no handler matches gets no answer")
+            return None
+        return self.response(data, where)
+
+    def _default_fallback(self) -> None:
+        """Every message gets an answer: a bot that wrote no fallback gets this one."""
+        if self.result.fallback is not None or self.result.silent:
+            return
+        tree = self.result.tree
+        hint = f" Send {tree.command} to see the options." if tree and tree.command else ""
+        self.result.fallback = self.response(DEFAULT_FALLBACK + hint, "(the default fallback)")
+        self.result.default_fallback = True
 
     def finish(self) -> Definitions:
         """The whole-bot checks; the problems of the whole load are left in `problems`."""
+        self._default_fallback()
         self._check_states()
         self._check_schedules()
         self.result.handlers.sort(key=lambda h: (-h.priority, h.order))
@@ -597,6 +638,11 @@ def parse_duration(value: Any, where: str) -> float:
     if seconds < 5:
         raise ConfigError("a schedule ticks at most every 5 seconds", where)
     return seconds
+
+
+def _unless_template(value: Any) -> Any:
+    """Rows written out in YAML; None when they are one template string (rendered later)."""
+    return None if isinstance(value, str) else value
 
 
 def _as_list(value: Any) -> list:

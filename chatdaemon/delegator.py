@@ -441,3 +441,6 @@ class Delegate(threading.Thread):
 
     def count(self, name: str) -> None:
         self.delegator.count(name)
+
+    def wake(self, chat_ids: list[int]) -> None:
+        self.delegator.notify(chat_ids)

@@ -13,23 +13,37 @@ chat's data.
 
 from __future__ import annotations
 
+import ast
+import base64
+import hashlib
+import html
 import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import handoffs
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
 from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
 from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
-from .templates import EMOJI, Template, TemplateError
-from .tree import RETRY_PREFIX, YES, Node, Tree, in_tree, pick
+from .templates import EMOJI, Template, TemplateError, escape_markdown_v2
+from .tree import DONE_PREFIX, RETRY_PREFIX, YES, Node, Tree, in_tree, pick
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_TEXT = 16 * 1024  # a response kept in state_context is dropped past this size
+CHOICES = "chatdaemon:choices"  # state_context key: the options of the latest keyboard sent
+SEEN = "chatdaemon:seen"        # state_context key: when the person last wrote (session_timeout)
+SESSION = "chatdaemon.session"  # the schedule that checks session_timeout
+MAX_OPTIONS = 12     # more options than this are sent as a numbered list, not as buttons
+MAX_LABEL = 40       # and so are labels longer than this (a button would cut them)
+MAX_DATA = 64        # bytes of callback_data Telegram accepts
+MAX_BUTTONS = 100    # a keyboard rendered from a template has at most this many buttons
+TOKEN_PREFIX = "~t:"  # callback_data standing for longer data kept in the database
+MIN_SESSION_TICK = 5.0  # the session check ticks every quarter of the timeout, at least this
 
 
 class FrozenDict(dict):
@@ -91,11 +105,14 @@ class Pipeline:
                 return handler, found
         return None, None
 
-    def starts_tree(self, text: str) -> bool:
-        """Whether the text opens the decision tree (its pattern, within the same bound)."""
+    def starts_tree(self, text: str, state: str | None = None) -> bool:
+        """Whether the text opens the decision tree (its pattern, within the same bound; or
+        any message in no state, when the tree opens on any message)."""
         tree = self.definitions.tree
         if tree is None:
             return False
+        if tree.any_message and state is None:
+            return True
         deadline = time.monotonic() + MATCH_SECONDS
         return search(tree.pattern, text, deadline, "tree", tree.pattern_where or tree.where) \
             is not None
@@ -107,15 +124,103 @@ class PipelineHandler(ChatHandler):
     def __init__(self, context: Any, conversation: Any, sender: Any, pipeline: Pipeline):
         super().__init__(context, conversation, sender)
         self.pipeline = pipeline
+        self._transaction = context   # stages what this update keeps besides the conversation
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        if kind == "schedule" and payload.get("name") == SESSION:
+            self._end_idle_session()
+            return
+        super().on_update(kind, payload)
+        if kind in ("message", "callback_query"):
+            self._keep_session()
+
+    def _keep_session(self) -> None:
+        """With session_timeout: note the person's activity; a conversation away from its start
+        state is checked (a schedule, so across restarts) until it is idle that long."""
+        timeout = self.pipeline.definitions.session_timeout
+        if timeout is None:
+            return
+        if self.state is None:
+            self._conversation.schedules.pop(SESSION, None)
+            return
+        self._conversation.state_context[SEEN] = time.time()
+        self._conversation.schedules[SESSION] = {"every": max(MIN_SESSION_TICK, timeout / 4)}
+
+    def _end_idle_session(self) -> None:
+        timeout = self.pipeline.definitions.session_timeout
+        seen = self._conversation.state_context.get(SEEN)
+        if timeout is not None and isinstance(seen, (int, float)) and time.time() - seen < timeout:
+            return
+        log.info("chat %s: idle past session_timeout; back to the start state", self.chat_id)
+        self.state = None
+        self._conversation.state_context.clear()
+        self._conversation.schedules.pop(SESSION, None)
 
     def on_chat_message(self, msg: dict) -> None:
         text = msg.get("text") or msg.get("caption") or ""
+        choice = self._chosen(text)
+        if choice is not None:
+            kind, value = choice[0], choice[1]
+            if kind == "url":  # a link button: give the link
+                self._send({"text": value})
+                return
+            # a label typed by number; button data runs as if pressed
+            text = self._button_data(value) if kind == "data" else value
         self._answer(text, msg, msg, callback=None)
+
+    def _chosen(self, text: str) -> list | None:
+        """The option of the latest keyboard that a typed number picks, if it picks one.
+
+        A handler whose own pattern matches the number itself comes first (a bot asking for
+        a quantity while showing buttons); a catch-all or the fallback does not.
+        """
+        answer = text.strip()
+        choices = self._conversation.state_context.get(CHOICES)
+        if not answer.isdecimal() or len(answer) > 3 or not isinstance(choices, list):
+            return None
+        index = int(answer) - 1
+        if not 0 <= index < len(choices):
+            return None
+        try:
+            handler, _ = self.pipeline.match(answer, self.state)
+        except PatternTimeout as exc:
+            raise UpdateFailed(str(exc), answered=False) from None
+        if handler is not None and handler.pattern is not None:
+            return None
+        return choices[index]
+
+    def _send(self, reply: dict) -> None:
+        """Send a reply; its keyboard becomes the options a typed number picks from."""
+        markup = reply.get("reply_markup")
+        self.sender.sendMessage(**as_numbered_list(reply))
+        choices = choices_of(markup)
+        if choices:
+            self._conversation.state_context[CHOICES] = choices
+        elif choices is not None:  # the keyboard was removed
+            self._conversation.state_context.pop(CHOICES, None)
 
     def on_callback_query(self, query: dict) -> None:
         self.sender.answerCallbackQuery(callback_query_id=query["id"])
         message = query.get("message") or {"chat": {"id": self.chat_id}}
-        self._answer(str(query.get("data") or ""), message, query, callback=query)
+        self._answer(self._button_data(str(query.get("data") or "")), message, query,
+                     callback=query)
+
+    def _button_data(self, data: str) -> str:
+        """Button data as the template rendered it: data too long for Telegram went out as a
+        token, kept in the database with the update that sent it."""
+        if not data.startswith(TOKEN_PREFIX):
+            return data
+        kept = handoffs.button_data(self._transaction.store, data)
+        return kept if kept is not None else data
+
+    def _render(self, response: Response, context: dict) -> dict:
+        """render_reply, with button data over 64 bytes kept under a token (durably, with
+        this update) instead of failing."""
+        tokens: dict[str, str] = {}
+        reply = render_reply(response, context, tokens, self.chat_id)
+        for token, data in tokens.items():
+            self._transaction.stage(handoffs.keep_button_data(token, data, self.chat_id))
+        return reply
 
     # -- one update through the pipeline ---------------------------------------------------
 
@@ -128,7 +233,7 @@ class PipelineHandler(ChatHandler):
             return
         try:
             handler, found = self.pipeline.match(text, self.state)
-            starts_tree = handler is None and self.pipeline.starts_tree(text)
+            starts_tree = handler is None and self.pipeline.starts_tree(text, self.state)
         except PatternTimeout as exc:  # the transaction answers with the bot's error text
             raise UpdateFailed(str(exc), answered=False) from None
         context = self._context(message, source, found, callback)
@@ -136,21 +241,25 @@ class PipelineHandler(ChatHandler):
             assert tree is not None   # starts_tree is False for a bot without a tree
             self._say_node(tree, tree.root, "", context)
             return
+        if handler is None and tree is not None and (self.state or "").startswith(DONE_PREFIX):
+            self._ask_again(tree, context)  # the message after a leaf: never silence
+            return
         if handler is None:
             self._reply_fallback(context)
             return
         try:
             if handler.request is not None:
                 context["response"] = frozen(perform(handler.request, context, self.pipeline.session))
-            # only a handoff has no response, and handoffs are refused when the bot loads
-            assert handler.response is not None
-            reply = render_reply(handler.response, context)
+            reply = self._render(handler.response, context) if handler.response else None
             saved = {name: template.render(context) for name, template in handler.save.items()}
         except (RequestFailed, TemplateError) as exc:
             self._reply_error(handler, exc, context)
             return
-        self.sender.sendMessage(**reply)
+        if reply is not None:
+            self._send(reply)
         self._transition(handler, context, saved)
+        if handler.handoff:
+            self.handoff(note=text or None)
 
     def _context(self, message: dict, source: dict, found: Match | None,
                  callback: dict | None) -> dict:
@@ -229,7 +338,14 @@ class PipelineHandler(ChatHandler):
             self._tree_reply(node.say, context, markup, tree.parse_mode, tree.state_of(path))
         else:
             self._tree_reply(node.say, context, {"remove_keyboard": True}, tree.parse_mode,
-                             node.target_state or tree.target_state)
+                             node.target_state or tree.target_state
+                             or DONE_PREFIX + tree.fingerprint)
+
+    def _ask_again(self, tree: Tree, context: dict) -> None:
+        """After a leaf: "start again?", answered like a misunderstood answer (yes/no)."""
+        self._tree_reply(tree.again, context, {"keyboard": [[{"text": "Yes"}], [{"text": "No"}]],
+                                               "resize_keyboard": True, "one_time_keyboard": True},
+                         tree.parse_mode, f"{RETRY_PREFIX}{tree.fingerprint}:")
 
     def _tree_reply(self, template: Template, context: dict, markup: dict, parse_mode: str | None,
                     state: str | None) -> None:
@@ -239,7 +355,7 @@ class PipelineHandler(ChatHandler):
         except TemplateError as exc:
             raise UpdateFailed(f"tree ({template.where}) failed: {exc}", answered=False) from None
         reply["reply_markup"] = markup
-        self.sender.sendMessage(**reply)
+        self._send(reply)
         self.state = state
 
     def on_schedule(self, tick: dict) -> None:
@@ -254,15 +370,15 @@ class PipelineHandler(ChatHandler):
         try:
             if schedule.request is not None:
                 context["response"] = frozen(perform(schedule.request, context, self.pipeline.session))
-            reply = render_reply(schedule.response, context)
+            reply = self._render(schedule.response, context)
         except (RequestFailed, TemplateError) as exc:
             if isinstance(exc, RequestFailed):
                 context["response"] = frozen(exc.response)
             if schedule.on_error is not None:
-                self.sender.sendMessage(**render_reply(schedule.on_error, context))
+                self._send(self._render(schedule.on_error, context))
             raise UpdateFailed(f"schedule {schedule.name} ({schedule.where}) failed: {exc}",
                                answered=schedule.on_error is not None) from None
-        self.sender.sendMessage(**reply)
+        self._send(reply)
 
     def _reply_fallback(self, context: dict) -> None:
         fallback = self.pipeline.definitions.fallback
@@ -270,10 +386,10 @@ class PipelineHandler(ChatHandler):
             log.info("chat %s: no handler matched and the bot has no fallback", self.chat_id)
             return
         try:
-            reply = render_reply(fallback, context)
+            reply = self._render(fallback, context)
         except TemplateError as exc:
             raise UpdateFailed(f"fallback: {exc}", answered=False) from None
-        self.sender.sendMessage(**reply)
+        self._send(reply)
 
     def _reply_error(self, handler: Handler, exc: Exception, context: dict) -> None:
         """Answer with the handler's on_error if it has one, then fail the update (rolled back)."""
@@ -282,17 +398,21 @@ class PipelineHandler(ChatHandler):
             context["response"] = frozen(exc.response)
         if handler.on_error is not None:
             try:
-                reply = render_reply(handler.on_error, context)
+                reply = self._render(handler.on_error, context)
             except TemplateError as second:
                 cause += f"; on_error failed too: {second}"
             else:
-                self.sender.sendMessage(**reply)
+                self._send(reply)
                 raise UpdateFailed(cause, answered=True)
         raise UpdateFailed(cause, answered=False)
 
 
-def render_reply(response: Response, context: dict) -> dict:
-    """sendMessage parameters for a response: text, parse mode and keyboard."""
+def render_reply(response: Response, context: dict, tokens: dict[str, str] | None = None,
+                 chat_id: int = 0) -> dict:
+    """sendMessage parameters for a response: text, parse mode and keyboard.
+
+    Button data over Telegram's 64 bytes goes into `tokens` (token → data) and out as the
+    token, when a dict is given; without one it is a TemplateError."""
     text = response.text.render(context)
     if not text.strip():
         raise TemplateError(response.where, "the rendered text is empty")
@@ -301,13 +421,24 @@ def render_reply(response: Response, context: dict) -> dict:
         reply["parse_mode"] = response.parse_mode
     if response.disable_web_page_preview:
         reply["link_preview_options"] = {"is_disabled": True}
-    markup = _markup(response, context)
+    markup = _markup(response, context, tokens, chat_id)
     if markup:
         reply["reply_markup"] = markup
     return reply
 
 
-def _markup(response: Response, context: dict) -> dict | None:
+def _markup(response: Response, context: dict, tokens: dict[str, str] | None = None,
+            chat_id: int = 0) -> dict | None:
+    if response.button_rows is not None:
+        rows = rendered_rows(response.button_rows, context)
+        return {"inline_keyboard": [[_button_item(button, response, tokens, chat_id)
+                                     for button in row] for row in rows]} if rows else None
+    if response.keyboard_rows is not None:
+        rows = rendered_rows(response.keyboard_rows, context)
+        if not rows:
+            return None
+        return {"keyboard": [[{"text": _label(label, response)} for label in row] for row in rows],
+                "resize_keyboard": True, "one_time_keyboard": response.one_time_keyboard}
     if response.buttons:
         rows = []
         for row in response.buttons:
@@ -319,8 +450,9 @@ def _markup(response: Response, context: dict) -> dict | None:
                 else:
                     assert button.data is not None   # a button without a url has data (its text by default)
                     item["callback_data"] = button.data.render(context)
-                    if len(item["callback_data"].encode()) > 64:
-                        raise TemplateError(response.where, "button data is longer than 64 bytes")
+                    if len(item["callback_data"].encode()) > MAX_DATA:
+                        item["callback_data"] = _token_for(item["callback_data"], response,
+                                                           tokens, chat_id)
                 rendered.append(item)
             rows.append(rendered)
         return {"inline_keyboard": rows}
@@ -331,6 +463,108 @@ def _markup(response: Response, context: dict) -> dict | None:
     if response.remove_keyboard:
         return {"remove_keyboard": True}
     return None
+
+
+def rendered_rows(template: Template, context: dict) -> list[list[Any]]:
+    """The rows a keyboard template renders to: a JSON list (`| tojson`) or a Python-looking
+    one; an item that is not a list is a row of its own. [] for no keyboard."""
+    text = template.render(context).strip()
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise TemplateError(template.where, "the keyboard must render to a list of rows, "
+                                f"not {text[:60]!r}") from None
+    if not isinstance(value, (list, tuple)):
+        raise TemplateError(template.where, f"the keyboard must render to a list of rows, not "
+                            f"{type(value).__name__}")
+    rows = [list(row) if isinstance(row, (list, tuple)) else [row] for row in value]
+    rows = [row for row in rows if row]
+    if sum(len(row) for row in rows) > MAX_BUTTONS:
+        raise TemplateError(template.where, f"the keyboard has more than {MAX_BUTTONS} buttons")
+    return rows
+
+
+def _label(label: Any, response: Response) -> str:
+    if isinstance(label, (dict, list, tuple)) or label is None or not str(label).strip():
+        raise TemplateError(response.where, f"a keyboard label must be text, not {label!r}")
+    return str(label)
+
+
+def _button_item(button: Any, response: Response, tokens: dict[str, str] | None,
+                 chat_id: int) -> dict:
+    """An inline button from a rendered row: "label", or {text, data} or {text, url}."""
+    if not isinstance(button, dict):
+        button = {"text": button, "data": button}
+    text, data, url = button.get("text"), button.get("data"), button.get("url")
+    item = {"text": _label(text, response)}
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith(("https://", "http://", "tg://")):
+            raise TemplateError(response.where, f"a button url must be http(s):// or tg://, "
+                                f"not {url!r}")
+        item["url"] = url
+        return item
+    data = str(text if data is None else data)
+    item["callback_data"] = data if len(data.encode()) <= MAX_DATA else \
+        _token_for(data, response, tokens, chat_id)
+    return item
+
+
+def choices_of(markup: Any) -> list[list[str]] | None:
+    """[kind, value, label] for each option of a keyboard ("text"), or of inline buttons
+    ("data" or "url"); [] when the markup removes the keyboard; None when it has none."""
+    if not isinstance(markup, dict):
+        return None
+    if markup.get("remove_keyboard"):
+        return []
+    inline = "inline_keyboard" in markup
+    rows = markup.get("inline_keyboard") if inline else markup.get("keyboard")
+    if not rows:
+        return None
+    choices = []
+    for button in (button for row in rows for button in row):
+        label = button.get("text", "")
+        if not inline:
+            choices.append(["text", label, label])
+        elif "url" in button:
+            choices.append(["url", button["url"], label])
+        else:
+            choices.append(["data", button.get("callback_data", label), label])
+    return choices
+
+
+def as_numbered_list(reply: dict) -> dict:
+    """A reply whose options do not fit on buttons (too many, or too long), with them as a
+    numbered list in its text instead; a typed number picks one all the same."""
+    choices = choices_of(reply.get("reply_markup"))
+    if not choices or (len(choices) <= MAX_OPTIONS
+                       and all(len(label) <= MAX_LABEL for _, _, label in choices)):
+        return reply
+    escape = _ESCAPES.get(reply.get("parse_mode") or "", str)
+    lines = [f"{number}. {escape(label)}" + (f" – {escape(value)}" if kind == "url" else "")
+             for number, (kind, value, label) in enumerate(choices, start=1)]
+    listed = dict(reply, text=reply["text"] + "\n\n" + "\n".join(lines) + "\n\nAnswer with a number.")
+    if "keyboard" in reply["reply_markup"]:
+        listed["reply_markup"] = {"remove_keyboard": True}
+    else:
+        listed.pop("reply_markup")
+    return listed
+
+
+_ESCAPES = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
+
+
+def _token_for(data: str, response: Response, tokens: dict[str, str] | None, chat_id: int) -> str:
+    if tokens is None:
+        raise TemplateError(response.where, "button data is longer than 64 bytes")
+    digest = hashlib.sha256(f"{chat_id}\0{data}".encode()).digest()
+    token = TOKEN_PREFIX + base64.urlsafe_b64encode(digest).decode()[:32]
+    tokens[token] = data
+    return token
 
 
 def _kept_context(context: dict) -> dict:

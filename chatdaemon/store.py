@@ -100,6 +100,38 @@ MIGRATIONS: list[str] = [
         payload  TEXT NOT NULL
     );
     """,
+    # 5: people: who is with a human, their queued messages, which operator message is about
+    #    whom, and button data too long for Telegram kept under a short token
+    """
+    CREATE TABLE handoffs (
+        chat_id  INTEGER PRIMARY KEY,
+        name     TEXT NOT NULL,
+        username TEXT,
+        started  REAL NOT NULL
+    );
+    CREATE TABLE handoff_messages (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id  INTEGER NOT NULL,
+        received REAL NOT NULL,
+        text     TEXT NOT NULL,
+        unread   INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX handoff_messages_chat ON handoff_messages(chat_id, id);
+    CREATE TABLE operator_messages (
+        operator   INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        chat_id    INTEGER NOT NULL,
+        sent       REAL NOT NULL,
+        PRIMARY KEY (operator, message_id)
+    );
+    CREATE INDEX operator_messages_chat ON operator_messages(chat_id);
+    CREATE TABLE button_tokens (
+        token   TEXT PRIMARY KEY,
+        data    TEXT NOT NULL,
+        chat_id INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -373,7 +405,8 @@ class Store:
         return Conversation(chat_id, row[0], *(json.loads(value) for value in row[1:]))
 
     def finish(self, update_id: int | None, conversation: Conversation | None, *,
-               moved_to: int | None = None, guard: Callable[[], None] | None = None) -> None:
+               moved_to: int | None = None, guard: Callable[[], None] | None = None,
+               writes: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> None:
         """Mark an update done and save the conversation it changed, in one transaction.
 
         This is the one place where an update's effect becomes permanent: state and the
@@ -382,7 +415,8 @@ class Store:
         after this update to the new chat id in the same commit. `guard` runs inside the
         transaction, under the store's lock, and may raise to refuse the commit: a check
         made there cannot be overtaken by another thread's reads. `update_id` None saves
-        the conversation alone (a handler closing).
+        the conversation alone (a handler closing). `writes` are the update's other
+        changes (a handoff's queue, messages for other chats), made after the conversation's.
         """
         now = time.time()
         with self._transaction() as db:
@@ -392,6 +426,8 @@ class Store:
                 self._save_conversation(db, conversation, now)
             if moved_to is not None and conversation is not None:
                 self._copy_conversation(db, conversation.chat_id, moved_to)
+            for write in writes:
+                write(db)
             if update_id is not None:
                 db.execute("UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?",
                            (now, update_id))
@@ -527,3 +563,15 @@ class Store:
         with self._lock:
             (count,) = self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()
         return count
+
+    # -- for the modules that keep their own tables (handoffs, privacy) -----------------
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, for a few reads."""
+        with self._lock:
+            yield self._db
+
+    def writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction of its own (not an update's)."""
+        return self._transaction()

@@ -1,12 +1,15 @@
 """`chatdaemon chat`: talk to a bot in the terminal through the real daemon, no token, no network.
 
-Each line typed (or piped in) becomes a Telegram message from one user; the bot's answers
-are printed, keyboards and inline buttons as numbered choices that a number picks.
+Each line typed (or piped in) becomes a Telegram message, sent as typed: a number is text,
+and the bot picks the option of its latest keyboard as it does on Telegram. Several people
+may type (/as NAME), /tap N presses an inline button, and a message the bot leaves
+unanswered is marked as such.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -22,8 +25,38 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-USER = {"id": 1001, "is_bot": False, "first_name": "You", "username": "you"}
+FIRST_USER_ID = 1001
 ANSWER_TIMEOUT = 60.0
+SETTLE_SECONDS = 2.0   # after an answer, how long messages it set off (to operators) may take
+SILENCE = "(no answer: the bot sent nothing)"
+BANNER = """chatdaemon chat: you are {name} (chat {chat_id}), talking to the bot as on Telegram.
+  Type a message and press Enter. A number picks an option of the bot's latest keyboard.
+  /tap N     press inline button N of the bot's latest message
+  /as NAME   type as someone else (a new user; a number is taken as that chat's id)
+  Ctrl-D     end"""
+
+
+class Users:
+    """The people typing, each in a private chat of their own; one of them types now."""
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, dict] = {}
+        self.current = self.switch("You")
+
+    def switch(self, name: str) -> dict:
+        if name not in self.by_name:
+            user_id = int(name) if name.lstrip("-").isdigit() else \
+                FIRST_USER_ID + sum(not n.lstrip("-").isdigit() for n in self.by_name)
+            self.by_name[name] = {"id": user_id, "is_bot": False, "first_name": name,
+                                  "username": name.lower() if name.isidentifier() else None}
+        self.current = self.by_name[name]
+        return self.current
+
+    def name_of(self, chat_id: object) -> str:
+        for name, user in self.by_name.items():
+            if user["id"] == chat_id:
+                return name
+        return f"chat {chat_id}"
 
 
 class Terminal:
@@ -32,65 +65,82 @@ class Terminal:
     def __init__(self, out: TextIO):
         self.out = out
         self.lock = threading.Lock()
-        self.choices: list[tuple[str, str]] = []  # (kind, value): ("text", …) or ("callback", data)
+        self.users = Users()
+        self.buttons: dict[object, list[str]] = {}  # chat id -> the latest message's button data
+        self.shown = 0                               # messages the bot sent so far
 
     def show(self, method: str, params: dict) -> None:
         with self.lock:
+            chat_id = params.get("chat_id")
+            to = "" if chat_id == self.users.current["id"] else f" → {self.users.name_of(chat_id)}"
             if method in ("sendMessage", "editMessageText"):
-                prefix = "bot (edited): " if method == "editMessageText" else "bot: "
-                self._print(prefix + params.get("text", ""))
-                self._show_markup(params.get("reply_markup"))
+                self.shown += 1
+                edited = " (edited)" if method == "editMessageText" else ""
+                self._print(f"bot{to}{edited}: " + params.get("text", ""))
+                self._show_markup(chat_id, params.get("reply_markup"))
             elif method == "answerCallbackQuery":
                 if params.get("text"):
+                    self.shown += 1
                     self._print(f"bot (notice): {params['text']}")
-            elif method.startswith("send"):
+            elif method.startswith("send") and method != "sendChatAction":
+                self.shown += 1
                 what = method[4:].lower()
-                self._print(f"bot sends a {what}: {params.get('caption', '')}".rstrip(": "))
+                self._print(f"bot{to} sends a {what}: {params.get('caption', '')}".rstrip(": "))
 
-    def _show_markup(self, markup) -> None:
+    def _show_markup(self, chat_id: object, markup: object) -> None:
         if not isinstance(markup, dict):
             return
-        if markup.get("remove_keyboard"):
-            self.choices = []
-            return
-        rows = markup.get("keyboard") or markup.get("inline_keyboard")
-        if not rows:
-            return
         inline = "inline_keyboard" in markup
-        self.choices = []
-        for row in rows:
-            for button in row:
-                label = button if isinstance(button, str) else button.get("text", "")
-                if inline:
-                    self.choices.append(("callback", button.get("callback_data", label)))
-                else:
-                    self.choices.append(("text", label))
-                self._print(f"  [{len(self.choices)}] {label}")
+        rows = markup.get("inline_keyboard") if inline else markup.get("keyboard")
+        if inline:
+            self.buttons[chat_id] = []
+        for number, button in enumerate((b for row in rows or () for b in row), start=1):
+            label = button if isinstance(button, str) else button.get("text", "")
+            if inline and "url" in button:
+                self._print(f"  [{number}] {label} → {button['url']}")
+            else:
+                self._print(f"  [{number}] {label}")
+            if inline:
+                self.buttons[chat_id].append(button.get("callback_data") or "")
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 
-    def to_update(self, line: str) -> tuple[str, dict]:
-        """A typed line as an update: a number picks a shown choice, anything else is text."""
+    def command(self, line: str) -> bool:
+        """/as NAME: switch who types; True when the line was that command."""
+        if not line.startswith("/as "):
+            return False
         with self.lock:
-            choices = list(self.choices)
-        if line.strip().isdigit() and 1 <= int(line) <= len(choices):
-            kind, value = choices[int(line) - 1]
-            if kind == "callback":
-                message = {"message_id": 0, "chat": _chat(), "date": int(time.time())}
-                return "callback_query", {"id": f"cq{time.monotonic_ns()}", "from": USER,
-                                          "chat_instance": "local", "message": message,
-                                          "data": value}
-            line = value
-        return "message", {"from": USER, "chat": _chat(), "text": line}
+            user = self.users.switch(line[4:].strip() or "You")
+        self._print(f"(you are {user['first_name']} now, chat {user['id']})")
+        return True
+
+    def to_update(self, line: str) -> tuple[str, dict] | None:
+        """A typed line as an update, sent as typed (a number is text, as on Telegram); /tap N
+        presses a button. None for a /tap that names no button."""
+        with self.lock:
+            user = dict(self.users.current)
+            buttons = list(self.buttons.get(user["id"], ()))
+        chat = {"id": user["id"], "type": "private", "first_name": user["first_name"]}
+        if line.startswith("/tap"):
+            number = line[4:].strip()
+            if not number.isdecimal() or not 1 <= int(number) <= len(buttons) \
+                    or not buttons[int(number) - 1]:
+                self._print("(no such button: /tap N presses button N of the bot's latest "
+                            "message with buttons)")
+                return None
+            message = {"message_id": 0, "chat": chat, "date": int(time.time())}
+            return "callback_query", {"id": f"cq{time.monotonic_ns()}", "from": user,
+                                      "chat_instance": "local", "message": message,
+                                      "data": buttons[int(number) - 1]}
+        return "message", {"from": user, "chat": chat, "text": line}
 
 
-def _chat() -> dict:
-    return {"id": USER["id"], "type": "private", "first_name": USER["first_name"]}
+def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO, err: TextIO | None = None) -> None:
+    """Run the bot with a LocalTelegram and feed it stdin, one line at a time, until EOF.
 
-
-def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
-    """Run the bot with a LocalTelegram and feed it stdin, one line at a time, until EOF."""
+    The banner goes to `out` in a terminal, to `err` when lines are piped in (so that the
+    output of a script is the conversation alone)."""
     terminal = Terminal(out)
     api = LocalTelegram(terminal.show)
     settled = threading.Event()  # set when the daemon is ready, or has failed to start
@@ -103,6 +153,9 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
     assert store is not None   # the app started, so its store is open until it stops
     api.continue_after(store.last_update_id())
     interactive = stdin.isatty()
+    user = terminal.users.current
+    print(BANNER.format(name=user["first_name"], chat_id=user["id"]),
+          file=out if interactive else (err or sys.stderr), flush=True)
     try:
         while True:
             if interactive:
@@ -115,8 +168,15 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO) -> None:
                 continue
             if not interactive:
                 print(f"you: {line}", file=out, flush=True)
-            update_id = api.push(*terminal.to_update(line))
-            _wait_until_handled(app, store, update_id)
+            if terminal.command(line):
+                continue
+            update = terminal.to_update(line)
+            if update is None:
+                continue
+            shown = terminal.shown
+            _wait_until_handled(app, store, api.push(*update))
+            if terminal.shown == shown:
+                print(SILENCE, file=out, flush=True)
     finally:
         app.stop()
         runner.join(config.stop_timeout + 5)
@@ -135,9 +195,13 @@ def _run(app: App, settled: threading.Event) -> None:
 
 
 def _wait_until_handled(app: App, store: Store, update_id: int) -> None:
+    """Until the update is done and what it set off (rows for other chats) too, bounded."""
     deadline = time.monotonic() + ANSWER_TIMEOUT
-    while time.monotonic() < deadline and not app.stop_event.is_set():
-        if store.is_done(update_id):
+    while not store.is_done(update_id):
+        if time.monotonic() > deadline or app.stop_event.is_set():
+            log.warning("no answer within %.0f s", ANSWER_TIMEOUT)
             return
         time.sleep(0.01)
-    log.warning("no answer within %.0f s", ANSWER_TIMEOUT)
+    settle = time.monotonic() + SETTLE_SECONDS
+    while store.backlog() and time.monotonic() < settle and not app.stop_event.is_set():
+        time.sleep(0.01)

@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 QUARANTINE_AFTER = 3        # cut-short attempts (crash, kill, hang) before an update is set aside
 MAX_COMMIT_BACKOFF = 30.0   # a commit that fails (disk full) is retried at least this often
 REPLY_KINDS = ("message", "callback_query")   # updates whose user expects an answer
-LOCAL_KINDS = ("hook", "schedule")            # rows the daemon itself queued for a chat
+LOCAL_KINDS = ("hook", "schedule",            # rows the daemon itself queued for a chat
+               "handoff_notice", "handoff_reply", "handoff_end")
 BLOCKED = 403               # the user blocked the bot, or it was removed from the chat
 
 # Errors that leave the update pending: it is rolled back and replays later, or never
@@ -98,6 +99,9 @@ class Slot(Protocol):
 
     def count(self, name: str) -> None: ...
 
+    def wake(self, chat_ids: list[int]) -> None:
+        """Rows for these chats were committed: serve them."""
+
 
 class UpdateTransaction:
     """A chat's conversation and handler while one delegate serves it; one update at a time.
@@ -129,6 +133,8 @@ class UpdateTransaction:
         self._handler: Handler | None = None
         self._opened = False         # its start (open) ran
         self._ending: BaseException | None = None   # it ends after this update's commit
+        self._staged: list[Callable[[Any], None]] = []   # the update's other writes (stage)
+        self._wake: set[int] = set()                      # chats they queued rows for
 
     def _dispatch(self, row: InboxRow) -> None:
         """One update to the handler: made on the chat's first update (or the first after an
@@ -210,6 +216,7 @@ class UpdateTransaction:
 
     def _begin(self, row: InboxRow) -> None:
         self._row = row
+        self._staged, self._wake = [], set()
         self._before = self._conversation.snapshot()
         self._checked = None
         self._slot.handling(row.update_id)
@@ -286,6 +293,7 @@ class UpdateTransaction:
 
     def _rollback(self) -> None:
         assert self._before is not None   # _begin and close take it before any handler code runs
+        self._staged, self._wake = [], set()
         self._conversation.restore(self._before)
         self._checked = self._before
 
@@ -306,9 +314,13 @@ class UpdateTransaction:
         greet = conversation.is_new and self._row is not None
         # a new conversation is saved even unchanged: it is created once, with its first update
         changed = after != self._before or conversation.is_new or self._moved_to is not None
+        staged, wake = self._staged, self._wake
         self._retry_commit(lambda: self.store.finish(
             update_id, conversation if changed else None, moved_to=self._moved_to,
-            guard=self._guard))
+            guard=self._guard, writes=staged))
+        self._staged, self._wake = [], set()
+        if wake:
+            self._slot.wake(sorted(wake))  # after the commit: their rows exist now
         self._before = after
         self._release_migration()
         if greet and self._row is not None and log.isEnabledFor(logging.INFO):
@@ -358,6 +370,12 @@ class UpdateTransaction:
 
     def payload(self) -> dict | None:
         return payload_of(self._row) if self._row is not None else None
+
+    def stage(self, write: Callable[[Any], None], wake: tuple[int, ...] = ()) -> None:
+        """Make `write(connection)` part of this update's commit (rolled back with it); wake
+        the chats in `wake` once it is committed (it queued rows for them)."""
+        self._staged.append(write)
+        self._wake.update(wake)
 
     def callback_answered(self, query_id: str | None) -> None:
         if query_id:

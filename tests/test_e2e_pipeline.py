@@ -322,6 +322,9 @@ def test_helpdesk_tree_transcript_survives_a_restart(telegram, start_daemon, tmp
     assert keyboard_of(menu) == [["Opening hours"], ["Wi-Fi"], ["Something else"]]
     assert text_of(jo.say("HOURS")) == [
         "We're open Monday to Friday 8:00–18:00 and Saturday 9:00–14:00."]
+    # after a leaf the next message is asked to start again, never left to the fallback
+    assert text_of(jo.say("hours")) == ["Anything else? Start again?"]
+    assert text_of(jo.say("no")) == ["OK. Send /start whenever you want to start again."]
     assert text_of(jo.say("hours")) == ["Send /help to see what I can do."]  # out of the tree
     jo.say("/start")
     [networks] = jo.say("2")

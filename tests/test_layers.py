@@ -17,11 +17,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 LAYERS = {
     "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry", "transfer",
              "arguments"},
-    "Store": {"store", "dbfile"},
+    "Store": {"store", "dbfile", "handoffs", "privacy"},
     "Intake": {"poller", "inbox"},
     "Routing": {"delegator", "transaction"},
     "Handlers": {"chathandler", "pipeline", "tree", "templates", "httpcall", "definitions",
-                 "yamlfile", "bots", "patterns", "sandbox"},
+                 "yamlfile", "bots", "patterns", "sandbox", "handoff"},
     "Service": {"app", "daemon", "hookserver", "cli", "terminal", "local", "logs", "config",
                 "shipped", "signals", "status", "__init__", "__main__", "testing"},
 }

@@ -66,8 +66,9 @@ def test_pop_says_so_when_the_bot_sent_nothing_new(tmp_path):
     bot = TestBot(yaml_bot(tmp_path, """
         handlers:
           - {name: hi, pattern: '^hi$', response: {text: "hello"}}
+        fallback: none
     """))
-    bot.send("something else")       # no fallback: a deliberate silence
+    bot.send("something else")       # `fallback: none`: a deliberate silence
     with pytest.raises(NoReply):
         bot.pop()
     bot.send("hi")

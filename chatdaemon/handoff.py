@@ -1,0 +1,361 @@
+"""Human handoff, operators' commands and /forget: what a chat does before (or instead of) its bot.
+
+Every chat's handler is wrapped in a `Desk`. For most updates it only passes them on; it
+steps in when
+- the bot asked for a human (`handoff: true` in YAML, `self.handoff()` in Python): the
+  operators are told who asked and what they wrote, and the chat is with a human;
+- the chat is with a human: its messages are kept and forwarded to every operator, and the
+  bot does not see them;
+- the chat is an operator's: replies to the bot's messages about a person, /reply, /unread,
+  /next and /done;
+- a daemon-made row of the handoff arrives (a notice for an operator, an operator's answer
+  or /done for a person, the person's timer);
+- the person sends the forget command.
+
+Everything it changes is staged with the update's transaction (see handoffs.py), and
+whatever one chat owes another goes through the inbox as a row for that chat, sent by that
+chat's own delegate through the sender: nothing of a handoff lives only in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import handoffs
+from .chathandler import ChatSender
+from .handoffs import Person
+from .privacy import forget_chat
+
+log = logging.getLogger(__name__)
+
+_NAMED_CHAT = re.compile(r"\bchat (-?\d{1,19})\)")   # "Ann (@ann, chat 111)"
+TIMER = "chatdaemon.handoff"   # the schedule that checks a handoff's timeout
+MIN_TICK = 1.0                 # the timer's tick: a quarter of the timeout, at least this
+DEFAULT_TIMEOUT = 600.0
+
+NOTICE_START = ("🙋 {who} asks for a human:\n{text}\n\n"
+                "Reply to this message to answer; reply /done to hand them back to the bot.")
+NOTICE_MESSAGE = "💬 {who}:\n{text}"
+NOTICE_ANSWERED = "↪ {operator} answered {who}:\n{text}"
+NOTICE_BACK = "{who} is back with the bot ({reason})."
+TOLD_NOBODY = "Sorry, nobody is here to answer right now. I'll keep helping you myself."
+TOLD_TIMEOUT = ("Sorry, nobody could answer in time. You're back with me; "
+                "you can ask for a human again later.")
+TOLD_DONE = "This conversation with our team has ended; you're back with the bot. Thank you!"
+TOLD_FORGOTTEN = "Done: I deleted what I kept about this chat (conversation and messages)."
+OPERATOR_HELP = ("As an operator: reply to a message about someone to answer them, or send "
+                 "/reply CHAT_ID text, /unread, /next, /done CHAT_ID.")
+
+
+@dataclass(frozen=True)
+class People:
+    """What the daemon config says about people: operators, the handoff timeout, /forget."""
+
+    operators: tuple[int, ...] = ()
+    handoff_timeout: float = DEFAULT_TIMEOUT
+    forget_command: str | None = "/forget"   # None: no built-in forget
+
+
+class Desk:
+    """Wraps a chat's handler (a ChatHandler) with the handoff and /forget."""
+
+    def __init__(self, inner: Any, context: Any, conversation: Any, sender: Any, people: People):
+        self.inner = inner
+        self.context = context
+        self.conversation = conversation
+        self.chat_id: int = conversation.chat_id
+        self.people = people
+        self.sender = ChatSender(sender, self.chat_id, context)
+        self._open_pending = False
+
+    @property
+    def store(self) -> Any:
+        return self.context.store
+
+    # -- the Handler interface ----------------------------------------------------------------
+
+    @property
+    def ends_on_error(self) -> bool:
+        return bool(getattr(self.inner, "ends_on_error", True))
+
+    def start(self, payload: dict) -> bool:
+        """The transaction asks before a handler's first Telegram update: the bot's `open`
+        waits for the first update the desk passes on (an operator's command, or a message
+        while the person is with a human, never opens the bot's handler)."""
+        self._open_pending = True
+        return False
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        if self._takes(kind, payload):
+            return
+        if self._open_pending:  # this is the update `start` was asked about
+            self._open_pending = False
+            if self.inner.start(payload):
+                self._after_bot(payload)
+                return  # open handled it (telepot: then on_message does not see it)
+        self.inner.on_update(kind, payload)
+        self._after_bot(payload)
+
+    def _after_bot(self, payload: dict) -> None:
+        if getattr(self.inner, "handoff_requested", False):
+            self.inner.handoff_requested = False
+            self._start(payload, getattr(self.inner, "handoff_note", None))
+
+    def end(self, reason: BaseException) -> None:
+        self.inner.end(reason)
+
+    def _takes(self, kind: str, payload: dict) -> bool:
+        """Handle the update here, or say False to pass it to the bot."""
+        if kind == "handoff_notice":
+            self._deliver_notice(payload)
+            return True
+        if kind in ("handoff_reply", "handoff_end"):
+            self._from_operator(kind, payload)
+            return True
+        if kind == "schedule" and payload.get("name") == TIMER:
+            self._check_timeout()
+            return True
+        if kind not in ("message", "callback_query"):
+            return False
+        text = payload.get("text") if isinstance(payload.get("text"), str) else ""
+        if kind == "message" and self.chat_id in self.people.operators and \
+                self._operator_command(payload, text.strip()):
+            return True
+        if kind == "message" and self._is_forget(text):
+            self._forget()
+            return True
+        person = self._with_human()
+        if person is None:
+            return False
+        # with a human: the bot does not answer; the operators get it
+        self._forward(person, content_of(kind, payload), NOTICE_MESSAGE)
+        return True
+
+    # -- a person --------------------------------------------------------------------------
+
+    def _with_human(self) -> Person | None:
+        """This chat's handoff, if it is with a human. Its timer is armed in the same commit
+        that opens the handoff and stopped in the one that closes it (both by this chat
+        alone), so a chat without the timer needs no look in the database."""
+        if TIMER not in self.conversation.schedules:
+            return None
+        return handoffs.person_with_human(self.store, self.chat_id)
+
+    def _start(self, payload: dict, note: str | None) -> None:
+        """The bot handed this chat to a human (its own answer is out already)."""
+        if not self.people.operators:
+            log.info("chat %s asked for a human, but no operators are configured", self.chat_id)
+            self.sender.sendMessage(TOLD_NOBODY)
+            return
+        name, username = who_is(payload)
+        person = Person(self.chat_id, name, username)
+        self.context.stage(handoffs.open_handoff(person))
+        self._forward(person, note or content_of("message", payload), NOTICE_START)
+        log.info("chat %s is with a human now", self.chat_id)
+
+    def _forward(self, person: Person, text: str, notice: str) -> None:
+        """Keep a person's message (unread) and queue it for every operator."""
+        self.context.stage(handoffs.keep_message(self.chat_id, text))
+        self._tell_operators(person, notice.format(who=person.describe(), text=text))
+        self._arm_timer()
+
+    def _tell_operators(self, person: Person, text: str, but: int | None = None) -> None:
+        operators = [chat for chat in self.people.operators if chat != but]
+        rows = [(chat, "handoff_notice", {"about": person.chat_id, "text": text})
+                for chat in operators]
+        if rows:
+            self.context.stage(handoffs.queue_rows(rows), wake=tuple(operators))
+
+    def _arm_timer(self) -> None:
+        # the schedule is saved with the conversation, so the timeout survives a restart
+        every = max(MIN_TICK, self.people.handoff_timeout / 4)
+        self.conversation.schedules[TIMER] = {"every": every}
+
+    def _check_timeout(self) -> None:
+        person = handoffs.person_with_human(self.store, self.chat_id)
+        if person is None:
+            self.conversation.schedules.pop(TIMER, None)
+            return
+        oldest = handoffs.oldest_unread(self.store, self.chat_id)
+        if oldest is None or time.time() - oldest < self.people.handoff_timeout:
+            return
+        log.info("chat %s: no operator answered within %.0f s; back with the bot", self.chat_id,
+                 self.people.handoff_timeout)
+        self._back_to_bot(person, TOLD_TIMEOUT, "nobody answered in time")
+
+    def _back_to_bot(self, person: Person, told: str, reason: str, by: int | None = None) -> None:
+        self.context.stage(handoffs.close_handoff(self.chat_id))
+        self.conversation.schedules.pop(TIMER, None)
+        self.sender.sendMessage(told)
+        self._tell_operators(person, NOTICE_BACK.format(who=person.describe(), reason=reason), but=by)
+
+    def _from_operator(self, kind: str, payload: dict) -> None:
+        """An operator's answer, or their /done, queued for this person."""
+        person = handoffs.person_with_human(self.store, self.chat_id)
+        if person is None:
+            log.info("chat %s: an operator's %s arrived after the handoff ended; dropped",
+                     self.chat_id, kind)
+            return
+        if kind == "handoff_end":
+            self._back_to_bot(person, TOLD_DONE, "an operator sent /done", by=payload.get("operator"))
+            return
+        text = payload.get("text")
+        if isinstance(text, str) and text.strip():
+            self.sender.sendMessage(text)
+
+    # -- an operator -----------------------------------------------------------------------
+
+    def _deliver_notice(self, payload: dict) -> None:
+        """A message about a person for this operator: sent, and remembered as about them."""
+        about, text = payload.get("about"), payload.get("text")
+        if type(about) is not int or not isinstance(text, str):
+            return
+        sent = self.sender.sendMessage(text)
+        self._remember(sent, about)
+
+    def _remember(self, sent: Any, about: int) -> None:
+        message_id = sent.get("message_id") if isinstance(sent, dict) else None
+        if type(message_id) is int:
+            self.context.stage(handoffs.map_message(self.chat_id, message_id, about))
+
+    def _operator_command(self, msg: dict, text: str) -> bool:
+        """An operator's reply or command; False when it is for the bot itself."""
+        command, _, rest = text.partition(" ")
+        command = command.split("@")[0].lower()
+        about = self._replied_about(msg)
+        if command == "/unread":
+            self._list_waiting()
+        elif command == "/next":
+            self._show_next()
+        elif command == "/done":
+            target = about if about is not None else chat_id_in(rest)
+            self._end(target) if target is not None else self.sender.sendMessage(OPERATOR_HELP)
+        elif command == "/reply":
+            target_text, _, body = rest.strip().partition(" ")
+            target = chat_id_in(target_text)
+            if target is None or not body.strip():
+                self.sender.sendMessage("Usage: /reply CHAT_ID text")
+            else:
+                self._answer(target, body.strip(), msg)
+        elif about is not None and not text:
+            self.sender.sendMessage("Only text reaches a person from here; nothing was sent.")
+        elif about is not None:
+            self._answer(about, text, msg)
+        else:
+            return False
+        return True
+
+    def _replied_about(self, msg: dict) -> int | None:
+        """The person a reply is about: the message's recorded mapping, or else the chat id
+        the bot's message names (a copy sent again after a crash has no mapping of its own)."""
+        replied = msg.get("reply_to_message")
+        message_id = replied.get("message_id") if isinstance(replied, dict) else None
+        if type(message_id) is not int:
+            return None
+        about = handoffs.chat_of_message(self.store, self.chat_id, message_id)
+        if about is not None:
+            return about
+        sender = replied.get("from") if isinstance(replied.get("from"), dict) else {}
+        named = _NAMED_CHAT.search(replied.get("text") or "") if isinstance(
+            replied.get("text"), str) else None
+        return int(named.group(1)) if named and sender.get("is_bot") is True else None
+
+    def _answer(self, target: int, text: str, msg: dict) -> None:
+        person = handoffs.person_with_human(self.store, target)
+        if person is None:
+            self.sender.sendMessage(f"Chat {target} is not with a human now; nothing was sent.")
+            return
+        self.context.stage(handoffs.queue_rows(
+            [(target, "handoff_reply", {"text": text, "operator": self.chat_id})]), wake=(target,))
+        self.context.stage(handoffs.mark_read(target))
+        sent = self.sender.sendMessage(f"✓ Sent to {person.describe()}.")
+        self._remember(sent, target)
+        self._tell_operators(person, NOTICE_ANSWERED.format(
+            operator=who_is(msg)[0], who=person.describe(), text=text), but=self.chat_id)
+
+    def _end(self, target: int) -> None:
+        person = handoffs.person_with_human(self.store, target)
+        if person is None:
+            self.sender.sendMessage(f"Chat {target} is not with a human now.")
+            return
+        self.context.stage(handoffs.queue_rows(
+            [(target, "handoff_end", {"operator": self.chat_id})]), wake=(target,))
+        self.context.stage(handoffs.mark_read(target))
+        self.sender.sendMessage(f"✓ {person.describe()} goes back to the bot.")
+
+    def _list_waiting(self) -> None:
+        people = handoffs.waiting(self.store)
+        if not people:
+            self.sender.sendMessage("Nobody is with a human right now.")
+            return
+        lines = [f"• {entry.person.describe()}: {entry.unread} unread" for entry in people]
+        self.sender.sendMessage("With a human now:\n" + "\n".join(lines) + "\n\n/next shows the "
+                                "next person's messages.")
+
+    def _show_next(self) -> None:
+        """The messages of the person waiting longest, marked read; a reply answers them."""
+        waiting = [entry for entry in handoffs.waiting(self.store) if entry.unread]
+        if not waiting:
+            self.sender.sendMessage("No unread messages.")
+            return
+        person = waiting[0].person
+        messages = handoffs.unread_messages(self.store, person.chat_id)
+        body = "\n".join(f"• {text}" for _, text in messages)
+        sent = self.sender.sendMessage(f"{person.describe()}, {len(messages)} unread:\n{body}\n\n"
+                                       "Reply to this message to answer; reply /done to hand "
+                                       "them back to the bot.")
+        self._remember(sent, person.chat_id)
+        self.context.stage(handoffs.mark_read(person.chat_id, up_to=messages[-1][0]))
+
+    # -- forgetting --------------------------------------------------------------------------
+
+    def _is_forget(self, text: str) -> bool:
+        command = self.people.forget_command
+        return bool(command) and text.strip().split("@")[0].lower() == command.lower()
+
+    def _forget(self) -> None:
+        """Delete what is kept about this chat; the conversation starts afresh."""
+        conversation = self.conversation
+        conversation.state, conversation.vars = None, {}
+        conversation.state_context, conversation.schedules = {}, {}
+        self.context.stage(forget_chat(self.chat_id, handling=True))
+        log.info("chat %s: forgotten at its request", self.chat_id)
+        self.sender.sendMessage(TOLD_FORGOTTEN)
+
+
+def chat_id_in(text: str) -> int | None:
+    text = text.strip()
+    if text.lstrip("-").isdigit() and len(text) < 20:
+        return int(text)
+    return None
+
+
+def content_of(kind: str, payload: dict) -> str:
+    """A person's message as text for an operator (untrusted: any shape)."""
+    if kind == "callback_query":
+        return f"[pressed a button: {payload.get('data')!s:.200}]"
+    for key in ("text", "caption"):
+        if isinstance(payload.get(key), str) and payload[key].strip():
+            return payload[key]
+    for key in ("photo", "document", "voice", "audio", "video", "sticker", "location", "contact"):
+        if key in payload:
+            return f"[sent a {key}]"
+    return "[sent a message]"
+
+
+def who_is(payload: dict) -> tuple[str, str | None]:
+    """A person's name and @username from a message or callback query (untrusted)."""
+    user = payload.get("from") if isinstance(payload.get("from"), dict) else {}
+    message = payload.get("message") if isinstance(payload.get("message"), dict) else payload
+    chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
+    for source in (user, chat):
+        name = " ".join(str(part) for part in (source.get("first_name"), source.get("last_name"))
+                        if part) or source.get("title")
+        if name:
+            username = source.get("username") or user.get("username")
+            return str(name)[:64], str(username)[:64] if username else None
+    return "someone", None

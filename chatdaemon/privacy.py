@@ -1,0 +1,58 @@
+"""What the daemon keeps about one chat: exported as data, or forgotten.
+
+Forgetting deletes the conversation (state, variables, schedules), the handoff and its
+queued messages, the operator messages that point at the chat and its long button data,
+and blanks the payload of the chat's handled inbox rows. The rows themselves stay (empty)
+while the inbox keeps them: they are how a re-delivered update is recognised as seen.
+Updates still waiting to be handled keep their payload: they have not been answered yet.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+TABLES = ("conversations", "schedules", "handoffs", "handoff_messages", "button_tokens")
+
+
+def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
+    """Everything stored about `chat_id`, as JSON-ready data."""
+    names = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    found: dict[str, Any] = {"chat_id": chat_id}
+    for table in (*TABLES, "operator_messages"):
+        if table in names:
+            found[table] = _rows(db, f"SELECT * FROM {table} WHERE chat_id = ?", (chat_id,))
+    for row in found.get("conversations", []):
+        for key in ("vars", "state_context", "schedules"):
+            if isinstance(row.get(key), str):
+                row[key] = json.loads(row[key])
+    found["inbox"] = _rows(db, "SELECT update_id, kind, payload, done, received, handled FROM inbox"
+                               " WHERE chat_id = ? ORDER BY update_id", (chat_id,))
+    for row in found["inbox"]:
+        row["payload"] = json.loads(row["payload"])
+    return found
+
+
+def forget_chat(chat_id: int, handling: bool = False):
+    """A write (for an update's transaction, or one of its own) deleting what is kept about
+    `chat_id`. `handling`: the chat's first unhandled update is the one asking (/forget),
+    and is blanked too; the others keep their payload, to be answered."""
+    def write(db: sqlite3.Connection) -> None:
+        for table in TABLES:
+            db.execute(f"DELETE FROM {table} WHERE chat_id = ?", (chat_id,))
+        db.execute("DELETE FROM operator_messages WHERE chat_id = ?", (chat_id,))
+        # messages queued for operators about this person go too
+        db.execute("DELETE FROM inbox WHERE done = 0 AND kind = 'handoff_notice'"
+                   " AND json_extract(payload, '$.handoff_notice.about') = ?", (chat_id,))
+        db.execute("UPDATE inbox SET payload = '{}' WHERE chat_id = ? AND done = 1", (chat_id,))
+        if handling:
+            db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
+                       " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
+    return write
+
+
+def _rows(db: sqlite3.Connection, query: str, params: tuple) -> list[dict[str, Any]]:
+    cursor = db.execute(query, params)
+    columns = [column[0] for column in cursor.description]
+    return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
