@@ -11,12 +11,15 @@ from conftest import TOKEN
 from test_transaction import CHAT, FakeSender, FakeSlot, PythonBot, message, queued, transaction
 
 from chatdaemon import ChatHandler
+from chatdaemon.handoff import People
 from chatdaemon.store import Store
 from chatdaemon.telepot_compat import build_modules
 from chatdaemon.telepot_compat import exception as texception
 from chatdaemon.telepot_compat.runtime import Runtime
+from chatdaemon.testing import TestBot
 
 ROOT = Path(__file__).resolve().parent.parent
+OPERATOR = 900
 
 
 def test_ci_runs_mypy_on_the_package_after_ruff_and_before_the_tests():
@@ -84,3 +87,17 @@ def test_every_type_ignore_names_its_error_code_and_says_why():
             if not found.group(1) or not reason:
                 unexplained.append(f"{path.relative_to(ROOT)}:{number}")
     assert unexplained == []
+
+
+def test_a_testbot_handoff_reaches_the_operators_and_their_reply_the_person():
+    with TestBot(str(ROOT / "handlers" / "support")) as bot:
+        bot.bot.people = People(operators=(OPERATOR,))
+        bot.send("Talk to a person", chat=1)
+        assert bot.replies(1) == ["OK, I'm getting a person. Write your question here; "
+                                  "they will answer in this chat."]
+        assert "asks for a human" in bot.replies(OPERATOR)[0]
+        bot.send("my order is late", chat=1)
+        assert bot.replies(1) == []
+        assert bot.replies(OPERATOR) == ["💬 User 1 (chat 1):\nmy order is late"]
+        bot.send("/reply 1 Looking into it", chat=OPERATOR)
+        assert bot.replies(1) == ["Looking into it"]
