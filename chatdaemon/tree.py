@@ -58,11 +58,11 @@ class Tree:
     where: str
     not_understood: Template
     goodbye: Template
+    again: Template                # asked of the message after a leaf
     parse_mode: str | None = None
     target_state: str | None = None
     fingerprint: str = ""          # changes when the tree's answers change (a reload)
     pattern_where: str = ""        # file:line of `pattern`, for a pattern that times out
-    again: Template | None = None  # asked of the message after a leaf
     any_message: bool = False      # any message opens the tree (in no state), not only `pattern`
     command: str = ""              # the command that opens it, for hints ("/start")
 
