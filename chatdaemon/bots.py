@@ -51,8 +51,9 @@ class Bot:
     def hooks(self) -> dict:
         return self.definitions.hooks
 
-    def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
+    def create_handler(self, context: Any, conversation: Any, sender: Any) -> Desk:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
+        handler: ChatHandler
         if self.pipeline is not None:
             handler = PipelineHandler(context, conversation, sender, self.pipeline)
         else:
