@@ -20,6 +20,7 @@ import html
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -555,7 +556,7 @@ def as_numbered_list(reply: dict) -> dict:
     return listed
 
 
-_ESCAPES = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
+_ESCAPES: dict[str, Callable[[str], str]] = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
 
 
 def _token_for(data: str, response: Response, tokens: dict[str, str] | None, chat_id: int) -> str:
