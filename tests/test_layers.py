@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 
 LAYERS = {
     "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry"},
-    "Store": {"store", "dbfile"},
-    "Intake": {"poller", "inbox"},
+    "Store": {"store", "dbfile", "inbox", "conversations", "schedules"},
+    "Intake": {"poller"},
     "Routing": {"delegator", "transaction"},
     "Handlers": {"chathandler", "pipeline", "tree", "templates", "httpcall", "definitions",
                  "yamlfile", "bots", "patterns", "sandbox"},

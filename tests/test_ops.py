@@ -33,7 +33,7 @@ from chatdaemon.daemon import (
 )
 from chatdaemon.errors import ConfigError
 from chatdaemon.status import chat_name, list_chats, open_read_only, read_status
-from chatdaemon.store import Conversation, InboxRow, Store
+from chatdaemon.store import MIGRATIONS, Conversation, InboxRow, Store
 
 
 def message(update_id: int, chat_id: int, text: str, **chat: str) -> InboxRow:
@@ -76,7 +76,7 @@ def digest(path: Path) -> str:
 
 def test_status_counts_backlog_failures_quarantine_rejections_and_schedules(bot_db):
     status = read_status(open_read_only(str(bot_db)))
-    assert status["schema"] == 4
+    assert status["schema"] == len(MIGRATIONS)
     assert status["chats"] == 2
     # pending: 3 (chat 10), 5 (chat 40, failed once), the hook row; not the quarantined 4
     assert status["backlog"] == 3
