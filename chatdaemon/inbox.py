@@ -1,17 +1,37 @@
-"""What an incoming update is to chatdaemon: its kind and its seed (the chat it belongs to).
+"""The inbox: what an incoming update is to chatdaemon, and the table that keeps it.
 
-The durable inbox itself lives in the store (`Store.add_updates`, `pending`, `finish`);
-this module turns Telegram's update dicts into inbox rows, or into rejections with a
-reason. An update is untrusted input: every field is checked before it is used, and
-nothing here raises on any JSON value.
+Parsing turns Telegram's update dicts into inbox rows (kind, seed = the chat it belongs
+to), or into rejections with a reason. An update is untrusted input: every field is
+checked before it is used, and nothing here raises on any JSON value.
+
+The table's SQL lives here too, as functions of a connection the store hands in inside
+its transaction (`Store.add_updates`, `pending`, `finish`, … call them); this module opens
+no transaction and takes no lock of its own.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .store import LOCAL_BASE, InboxRow
+# Rows the daemon makes itself (hook notifications, schedule ticks) take ids from here up,
+# far above Telegram's update ids, so they share the inbox's order and guarantees.
+LOCAL_BASE = 1 << 40
+
+# Done inbox rows are kept this long so re-deliveries are still recognised: Telegram keeps
+# an unconfirmed update for at most 24 hours.
+KEEP_DONE_SECONDS = 48 * 3600
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    update_id: int
+    chat_id: int | None
+    kind: str
+    payload: dict
+    attempts: int = 0   # times handling it was cut short by a crash, a kill or a hang
 
 # Update kinds that carry a chat: the chat id is the seed that picks the delegate.
 _CHAT_KINDS = (
@@ -161,3 +181,131 @@ def _show(value: object) -> str:
     text = repr(value) if isinstance(value, int | float | str | bool | None) \
         else type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+# -- the table ----------------------------------------------------------------------------
+# Every function below runs on the store's connection, inside the transaction (or under the
+# lock) the store holds for it.
+
+def insert_updates(db: sqlite3.Connection, rows: Sequence[InboxRow], done: Iterable[int],
+                   now: float) -> list[InboxRow]:
+    """Insert a getUpdates batch; return the rows that were new.
+
+    Duplicates are recognised by their exact update_id (the primary key), never by a
+    high-water mark: update ids may jump backwards after a quiet week.
+    """
+    done = set(done)
+    new: list[InboxRow] = []
+    for row in rows:
+        is_done = row.update_id in done
+        cur = db.execute(
+            "INSERT OR IGNORE INTO inbox(update_id, chat_id, kind, payload, done,"
+            " received, handled) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.update_id, row.chat_id, row.kind, json.dumps(row.payload),
+             int(is_done), now, now if is_done else None),
+        )
+        if cur.rowcount:
+            new.append(row)
+    return new
+
+
+def insert_rejected(db: sqlite3.Connection, rejected: Sequence[tuple[str, str]], now: float) -> None:
+    db.executemany("INSERT INTO rejected(received, reason, payload) VALUES (?, ?, ?)",
+                   [(now, reason, payload) for reason, payload in rejected])
+
+
+def next_local_id(db: sqlite3.Connection) -> int:
+    (top,) = db.execute("SELECT MAX(update_id) FROM inbox WHERE update_id >= ?",
+                        (LOCAL_BASE,)).fetchone()
+    return LOCAL_BASE if top is None else top + 1
+
+
+def insert_local(db: sqlite3.Connection, items: Sequence[tuple[int, str, dict]],
+                 now: float) -> list[int]:
+    """Queue (chat_id, kind, payload) rows the daemon made, numbered after the last one."""
+    first = next_local_id(db)
+    ids = list(range(first, first + len(items)))
+    db.executemany(
+        "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+        " VALUES (?, ?, ?, ?, 0, ?)",
+        [(uid, chat_id, kind, json.dumps({kind: payload}), now)
+         for uid, (chat_id, kind, payload) in zip(ids, items, strict=True)],
+    )
+    return ids
+
+
+def last_update_id(db: sqlite3.Connection) -> int | None:
+    """The highest Telegram-style update id stored (daemon-made rows excluded)."""
+    (top,) = db.execute("SELECT MAX(update_id) FROM inbox WHERE update_id < ?",
+                        (LOCAL_BASE,)).fetchone()
+    return top
+
+
+def pending_chats(db: sqlite3.Connection) -> list[int]:
+    """Chats with unhandled updates, the chat with the oldest one first."""
+    rows = db.execute(
+        "SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
+        " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)"
+    ).fetchall()
+    return [chat_id for (chat_id,) in rows]
+
+
+def pending(db: sqlite3.Connection, chat_id: int, limit: int) -> list[InboxRow]:
+    """The chat's unhandled updates in update_id order."""
+    rows = db.execute(
+        "SELECT update_id, kind, payload, attempts FROM inbox WHERE chat_id = ? AND done = 0"
+        " ORDER BY update_id LIMIT ?",
+        (chat_id, limit),
+    ).fetchall()
+    return [InboxRow(uid, chat_id, kind, json.loads(payload), attempts)
+            for uid, kind, payload, attempts in rows]
+
+
+def has_pending(db: sqlite3.Connection, chat_id: int, kind: str, name_path: str, name: str) -> bool:
+    """Whether the chat has an unhandled row of `kind` whose payload names `name` at `name_path`."""
+    return db.execute(
+        "SELECT 1 FROM inbox WHERE chat_id = ? AND kind = ? AND done = 0"
+        " AND json_extract(payload, ?) = ?", (chat_id, kind, name_path, name)
+    ).fetchone() is not None
+
+
+def is_done(db: sqlite3.Connection, update_id: int) -> bool:
+    row = db.execute("SELECT done FROM inbox WHERE update_id = ?", (update_id,)).fetchone()
+    return bool(row and row[0])
+
+
+def backlog(db: sqlite3.Connection) -> int:
+    (count,) = db.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone()
+    return count
+
+
+def mark_done(db: sqlite3.Connection, update_id: int, now: float) -> None:
+    db.execute("UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?", (now, update_id))
+
+
+def prune(db: sqlite3.Connection, before: float) -> int:
+    """Delete handled rows handled before `before`; unhandled rows are never pruned."""
+    cur = db.execute("DELETE FROM inbox WHERE done = 1 AND handled < ?", (before,))
+    return cur.rowcount
+
+
+def count_interrupted(db: sqlite3.Connection) -> int:
+    """One more attempt for each chat's first pending row (the one in flight at a crash)."""
+    cur = db.execute(
+        "UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN (SELECT MIN(update_id)"
+        " FROM inbox WHERE done = 0 AND chat_id IS NOT NULL GROUP BY chat_id)")
+    return cur.rowcount
+
+
+def add_attempt(db: sqlite3.Connection, update_id: int) -> None:
+    db.execute("UPDATE inbox SET attempts = attempts + 1 WHERE update_id = ?", (update_id,))
+
+
+def quarantine(db: sqlite3.Connection, update_id: int, reason: str, now: float) -> None:
+    db.execute("UPDATE inbox SET done = 1, handled = ?, quarantined = ? WHERE update_id = ?",
+               (now, reason, update_id))
+
+
+def quarantined_count(db: sqlite3.Connection) -> int:
+    (count,) = db.execute("SELECT COUNT(*) FROM inbox WHERE quarantined IS NOT NULL").fetchone()
+    return count

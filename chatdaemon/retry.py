@@ -5,9 +5,9 @@
     bad token (401/404)       stop: raise BadToken
     any other TelegramError   retry after a back-off doubling from 1 s, capped at MAX_BACKOFF
 
-The poller and start-up use it; a caller with its own exits (the poller's 409, a start-up
+The poller, start-up and the sender use it; a caller with its own exits (the poller's 409, a start-up
 answer that is no Bot API) handles those before asking the policy. It has no clock and no
-sleep of its own, so any loop (the sender's too) can adopt it and be tested without waiting.
+sleep of its own, so every loop adopts it and is tested without waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .errors import BadToken, NetworkError, RetryAfter, TelegramError, is_bad_to
 
 MAX_BACKOFF = 30.0          # Telegram answering errors: give it room
 MAX_NETWORK_BACKOFF = 5.0   # no network: keep trying often enough to resume within seconds
+FIRST_SEND_BACKOFF = 0.5    # a reply a user waits for starts retrying sooner than a poll
 
 
 class RetryPolicy:

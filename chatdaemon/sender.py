@@ -1,9 +1,15 @@
 """The sender: the only way out to Telegram's send methods.
 
 Every outgoing call passes through `Sender.call`, which applies the proactive flood limits,
-obeys 429 `retry_after` for that scope, retries 5xx and network errors with capped
-back-off (a reply is never dropped because Telegram hiccuped), follows a group's
-migration to a supergroup, and splits text longer than 4096 UTF-16 units.
+follows a group's migration to a supergroup, splits text longer than 4096 UTF-16 units,
+and retries by the one retry policy (retry.py), so a reply is never dropped because
+Telegram hiccuped:
+
+    RetryAfter (429)      wait what Telegram says, for that scope (the chat, or all sends)
+    NetworkError          retry after a back-off capped at 5 s
+    401                   stop: BadToken, now and for every later call
+    5xx, unreadable 5xx   retry after a back-off capped at 30 s
+    any other 4xx         raised: the request itself is wrong
 
 A 401 on any call means the token was revoked: the sender raises BadToken and refuses every
 later call, so no update is marked done for a reply that could not go out.
@@ -19,14 +25,14 @@ from typing import Any
 
 from .errors import BadToken, NetworkError, RetryAfter, ShuttingDown, TelegramError
 from .ratelimit import RateLimiter
+from .retry import FIRST_SEND_BACKOFF, MAX_BACKOFF, RetryPolicy
 from .telegram import BotAPI
 from .textsplit import split_text, utf16_len
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 4096
-MAX_BACKOFF = 30.0          # Telegram answering 5xx
-MAX_NETWORK_BACKOFF = 5.0   # no answer at all: retry often enough to resume within seconds
+REVOKED = 401   # a send answered 401: the token was revoked (a 404 here is the request's own)
 
 
 def is_flood_limited(method: str) -> bool:
@@ -41,10 +47,14 @@ class Sender:
 
     def __init__(self, api: BotAPI, limiter: RateLimiter, stop: threading.Event,
                  on_migrate: Callable[[int, int], None] | None = None,
-                 max_backoff: float = MAX_BACKOFF):
+                 max_backoff: float = MAX_BACKOFF,
+                 sleep: Callable[[float], bool] | None = None):
+        """`sleep(seconds)` waits and returns True when the daemon is stopping (default:
+        waiting on `stop`); tests inject one that only records."""
         self.api = api
         self.limiter = limiter
         self._stop = stop
+        self._wait = sleep or stop.wait
         self._on_migrate = on_migrate
         self._max_backoff = max_backoff
         self._stats_lock = threading.Lock()  # delegates send from many threads at once
@@ -78,7 +88,7 @@ class Sender:
     def _call_until_answered(self, method: str, params: dict,
                              on_migrate: Callable[[int, int], None] | None = None,
                              check: Callable[[], None] | None = None) -> Any:
-        backoff = 0.5
+        policy = RetryPolicy(first=FIRST_SEND_BACKOFF, cap=self._max_backoff)
         limited = is_flood_limited(method)
         while True:
             chat_id = params.get("chat_id") if isinstance(params.get("chat_id"), int) else None
@@ -89,37 +99,41 @@ class Sender:
             self._check_allowed(method, check)
             try:
                 result = self.api.call(method, params)
-            except RetryAfter as exc:
-                self._count("throttled_429")
-                log.warning("%s: Telegram asks to wait %.0f s (429)", method, exc.retry_after)
-                self.limiter.pause(chat_id, exc.retry_after)
-                if not limited:
-                    self._sleep(exc.retry_after)
-                self._give_up_if_stopping()
-                continue
-            except TelegramError as exc:
-                if exc.migrate_to_chat_id is not None and chat_id is not None:
+            except (TelegramError, NetworkError) as exc:
+                if isinstance(exc, TelegramError) and exc.migrate_to_chat_id is not None \
+                        and chat_id is not None:
                     self._migrate(chat_id, exc.migrate_to_chat_id, params, on_migrate)
                     continue
-                if exc.status == 401:
-                    self.token_rejected = True
-                    raise BadToken(f"Telegram rejected the bot token on {method} (401 "
-                                   f"{exc.description}); was it revoked?") from None
-                if exc.status < 500:
-                    raise
-                self._retry_later(method, exc, backoff)
-            except NetworkError as exc:
-                self._retry_later(method, exc, min(backoff, MAX_NETWORK_BACKOFF))
-            else:
-                if limited:
-                    self._count("sent")
-                return result
-            backoff = min(backoff * 2, self._max_backoff)
+                self._wait_after(method, exc, policy, chat_id, limited)
+                continue
+            if limited:
+                self._count("sent")
+            return result
 
-    def _retry_later(self, method: str, exc: Exception, backoff: float) -> None:
+    def _wait_after(self, method: str, exc: TelegramError | NetworkError, policy: RetryPolicy,
+                    chat_id: int | None, limited: bool) -> None:
+        """Wait as the retry policy says after a failed call, or raise where retrying cannot help."""
+        if isinstance(exc, TelegramError) and not isinstance(exc, RetryAfter) \
+                and exc.status < 500 and exc.status != REVOKED:
+            raise exc   # a 4xx: the same request would fail the same way
+        try:
+            wait = policy.delay(exc)
+        except BadToken as refused:
+            # from here on every call is refused: no update is marked done for a reply
+            # that could not go out
+            self.token_rejected = True
+            raise BadToken(f"{refused} on {method}; was it revoked?") from None
+        if isinstance(exc, RetryAfter):
+            self._count("throttled_429")
+            log.warning("%s: Telegram asks to wait %.0f s (429)", method, wait)
+            self.limiter.pause(chat_id, wait)   # that scope waits: this chat, or every send
+            if not limited:
+                self._sleep(wait)   # a call the limiter does not hold waits here itself
+            self._give_up_if_stopping()
+            return
         self._count("retries")
-        log.warning("%s failed (%s); retrying in %.1f s", method, exc, backoff)
-        self._sleep(backoff)
+        log.warning("%s failed (%s); retrying in %.1f s", method, exc, wait)
+        self._sleep(wait)
 
     @property
     def stats(self) -> dict:
@@ -145,7 +159,7 @@ class Sender:
             on_migrate(chat_id, new_chat_id)
 
     def _sleep(self, seconds: float) -> None:
-        if seconds > 0 and self._stop.wait(seconds):
+        if seconds > 0 and self._wait(seconds):
             raise ShuttingDown()
 
     def _give_up_if_stopping(self) -> None:

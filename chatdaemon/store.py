@@ -1,4 +1,9 @@
-"""The SQLite store: one file holding the inbox of updates and every conversation's state.
+"""The SQLite store: the connection, its transactions and the schema's migrations.
+
+What is stored lives in the modules that own it, as SQL run on the connection this store
+hands them: the inbox of updates (inbox.py), conversations (conversations.py) and
+schedules (schedules.py). `Store` keeps their public methods in one place, each one a lock
+or one transaction around them.
 
 All access goes through one connection guarded by one lock. SQLite admits one writer at a
 time anyway; serialising in Python instead of in SQLite's busy handler keeps commits from
@@ -18,15 +23,15 @@ anything in it changes.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
+from . import conversations, inbox, schedules
+from .conversations import Conversation
 from .dbfile import (
     FileLock,
     PrivateUmask,
@@ -37,16 +42,12 @@ from .dbfile import (
     unreadable,
 )
 from .errors import ConfigError, ShuttingDown
+from .inbox import KEEP_DONE_SECONDS, LOCAL_BASE, InboxRow
 
 log = logging.getLogger(__name__)
 
-# Rows the daemon makes itself (hook notifications, schedule ticks) take ids from here up,
-# far above Telegram's update ids, so they share the inbox's order and guarantees.
-LOCAL_BASE = 1 << 40
-
-# Done inbox rows are kept this long so re-deliveries are still recognised: Telegram keeps
-# an unconfirmed update for at most 24 hours.
-KEEP_DONE_SECONDS = 48 * 3600
+__all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "InboxRow", "Store",
+           "create_private_file"]
 
 MIGRATIONS: list[str] = [
     # 1: the inbox and the conversations
@@ -100,7 +101,20 @@ MIGRATIONS: list[str] = [
         payload  TEXT NOT NULL
     );
     """,
-    # 5: people: who is with a human, their queued messages, which operator message is about
+    # 5: schedules have one home, their table: the conversation's JSON copy moves there (the
+    #    table already held each one; a missing row starts an interval from now) and its
+    #    column stays empty (kept: dropping a column needs SQLite 3.35, older than some Pis)
+    """
+    INSERT OR IGNORE INTO schedules(chat_id, name, every, next_at)
+        SELECT c.chat_id, s.key, CAST(json_extract(s.value, '$.every') AS REAL),
+               CAST(strftime('%s', 'now') AS REAL) + json_extract(s.value, '$.every')
+        FROM conversations AS c, json_each(CASE WHEN json_valid(c.schedules) THEN CASE
+            WHEN json_type(c.schedules) = 'object' THEN c.schedules END END) AS s
+        WHERE CASE WHEN s.type = 'object' THEN json_type(s.value, '$.every') END
+            IN ('integer', 'real');
+    UPDATE conversations SET schedules = '{}' WHERE schedules != '{}';
+    """,
+    # 6: people: who is with a human, their queued messages, which operator message is about
     #    whom, and button data too long for Telegram kept under a short token
     """
     CREATE TABLE handoffs (
@@ -133,31 +147,6 @@ MIGRATIONS: list[str] = [
     );
     """,
 ]
-
-
-@dataclass(frozen=True)
-class InboxRow:
-    update_id: int
-    chat_id: int | None
-    kind: str
-    payload: dict
-    attempts: int = 0   # times handling it was cut short by a crash, a kill or a hang
-
-
-@dataclass
-class Conversation:
-    chat_id: int
-    state: str | None
-    vars: dict
-    state_context: dict = field(default_factory=dict)
-    schedules: dict = field(default_factory=dict)   # name -> {"every": seconds}
-    is_new: bool = field(default=False, compare=False)  # no row in the database yet
-
-    def snapshot(self) -> str:
-        return json.dumps([self.state, self.vars, self.state_context, self.schedules])
-
-    def restore(self, snapshot: str) -> None:
-        self.state, self.vars, self.state_context, self.schedules = json.loads(snapshot)
 
 
 def create_private_file(path: str) -> None:
@@ -240,13 +229,6 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise unreadable(self.path, exc) from None
 
-    def last_update_id(self) -> int | None:
-        """The highest Telegram-style update id stored (daemon-made rows excluded)."""
-        with self._lock:
-            (top,) = self._db.execute("SELECT MAX(update_id) FROM inbox WHERE update_id < ?",
-                                      (LOCAL_BASE,)).fetchone()
-        return top
-
     def close(self) -> None:
         """Checkpoint, close and unlock; any later call raises ShuttingDown."""
         with self._lock:
@@ -290,50 +272,31 @@ class Store:
                 if durable:
                     db.execute("PRAGMA synchronous=NORMAL")
 
-    @staticmethod
-    def _next_local_id(db: sqlite3.Connection) -> int:
-        (top,) = db.execute("SELECT MAX(update_id) FROM inbox WHERE update_id >= ?",
-                            (LOCAL_BASE,)).fetchone()
-        return LOCAL_BASE if top is None else top + 1
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads, under the lock (no transaction: each read is one statement)."""
+        with self._lock:
+            yield self._db
 
-    # -- the inbox ----------------------------------------------------------------------
+    # -- the inbox (inbox.py) -------------------------------------------------------------
 
     def add_updates(self, rows: Sequence[InboxRow], done: Iterable[int] = (),
                     rejected: Sequence[tuple[str, str]] = ()) -> list[InboxRow]:
         """Store a getUpdates batch durably (fsync) and return the rows that were new.
 
-        Duplicates are recognised by their exact update_id, never by a high-water mark:
-        update ids may jump backwards after a quiet week. Rows whose id is in `done` are
-        stored already handled (updates no chat can handle). `rejected` holds the batch's
-        (reason, update as text) pairs that cannot be rows; they commit in the same transaction.
+        Rows whose id is in `done` are stored already handled (updates no chat can handle).
+        `rejected` holds the batch's (reason, update as text) pairs that cannot be rows;
+        they commit in the same transaction.
         """
-        done = set(done)
         now = time.time()
-        new: list[InboxRow] = []
         with self._transaction(durable=True) as db:
-            self._insert_rejected(db, rejected, now)
-            for row in rows:
-                is_done = row.update_id in done
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO inbox(update_id, chat_id, kind, payload, done,"
-                    " received, handled) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (row.update_id, row.chat_id, row.kind, json.dumps(row.payload),
-                     int(is_done), now, now if is_done else None),
-                )
-                if cur.rowcount:
-                    new.append(row)
-        return new
+            inbox.insert_rejected(db, rejected, now)
+            return inbox.insert_updates(db, rows, done, now)
 
     def add_rejected(self, rejected: Sequence[tuple[str, str]]) -> None:
         """Durably keep (reason, update as text) pairs too malformed to be inbox rows."""
         with self._transaction(durable=True) as db:
-            self._insert_rejected(db, rejected, time.time())
-
-    @staticmethod
-    def _insert_rejected(db: sqlite3.Connection, rejected: Sequence[tuple[str, str]],
-                         now: float) -> None:
-        db.executemany("INSERT INTO rejected(received, reason, payload) VALUES (?, ?, ?)",
-                       [(now, reason, payload) for reason, payload in rejected])
+            inbox.insert_rejected(db, rejected, time.time())
 
     def add_local(self, items: Sequence[tuple[int, str, dict]]) -> list[int]:
         """Durably queue (chat_id, kind, payload) rows the daemon made; return their ids.
@@ -341,113 +304,101 @@ class Store:
         Committed with fsync before returning, like a getUpdates batch: a hook POST is
         answered only once its notifications are on disk.
         """
-        now = time.time()
         with self._transaction(durable=True) as db:
-            first = self._next_local_id(db)
-            ids = list(range(first, first + len(items)))
-            db.executemany(
-                "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
-                " VALUES (?, ?, ?, ?, 0, ?)",
-                [(uid, chat_id, kind, json.dumps({kind: payload}), now)
-                 for uid, (chat_id, kind, payload) in zip(ids, items, strict=True)],
-            )
-        return ids
+            return inbox.insert_local(db, items, time.time())
+
+    def last_update_id(self) -> int | None:
+        """The highest Telegram-style update id stored (daemon-made rows excluded)."""
+        with self._reading() as db:
+            return inbox.last_update_id(db)
 
     def pending_chats(self) -> list[int]:
         """Chats with unhandled updates, the chat with the oldest one first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
-                " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)"
-            ).fetchall()
-        return [chat_id for (chat_id,) in rows]
+        with self._reading() as db:
+            return inbox.pending_chats(db)
 
     def pending(self, chat_id: int, limit: int = 20) -> list[InboxRow]:
         """The chat's unhandled updates in update_id order."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT update_id, kind, payload, attempts FROM inbox WHERE chat_id = ? AND done = 0"
-                " ORDER BY update_id LIMIT ?",
-                (chat_id, limit),
-            ).fetchall()
-        return [InboxRow(uid, chat_id, kind, json.loads(payload), attempts)
-                for uid, kind, payload, attempts in rows]
+        with self._reading() as db:
+            return inbox.pending(db, chat_id, limit)
 
     def is_done(self, update_id: int) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT done FROM inbox WHERE update_id = ?", (update_id,)).fetchone()
-        return bool(row and row[0])
+        with self._reading() as db:
+            return inbox.is_done(db, update_id)
 
     def backlog(self) -> int:
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone()
-        return count
+        with self._reading() as db:
+            return inbox.backlog(db)
 
     def prune(self, keep_seconds: float = KEEP_DONE_SECONDS) -> int:
         """Delete handled rows older than `keep_seconds`; unhandled rows are never pruned."""
-        with self._lock:
-            cur = self._db.execute(
-                "DELETE FROM inbox WHERE done = 1 AND handled < ?", (time.time() - keep_seconds,)
-            )
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        return cur.rowcount
+        with self._reading() as db:
+            pruned = inbox.prune(db, time.time() - keep_seconds)
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return pruned
 
-    # -- conversations ------------------------------------------------------------------
+    # -- conversations (conversations.py) -------------------------------------------------
 
     def load_conversation(self, chat_id: int) -> Conversation:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT state, vars, state_context, schedules FROM conversations WHERE chat_id = ?",
-                (chat_id,),
-            ).fetchone()
-        if row is None:
-            return Conversation(chat_id, None, {}, is_new=True)
-        return Conversation(chat_id, row[0], *(json.loads(value) for value in row[1:]))
+        with self._reading() as db:
+            return conversations.load(db, chat_id)
 
     def finish(self, update_id: int | None, conversation: Conversation | None, *,
                moved_to: int | None = None, guard: Callable[[], None] | None = None,
                writes: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> None:
         """Mark an update done and save the conversation it changed, in one transaction.
 
-        This is the one place where an update's effect becomes permanent: state and the
-        done mark commit together, so a replayed update never changes state twice.
-        `moved_to` (a group became that supergroup) copies the conversation as it stands
-        after this update to the new chat id in the same commit. `guard` runs inside the
-        transaction, under the store's lock, and may raise to refuse the commit: a check
-        made there cannot be overtaken by another thread's reads. `update_id` None saves
-        the conversation alone (a handler closing). `writes` are the update's other
-        changes (a handoff's queue, messages for other chats), made after the conversation's.
+        This is the one place where an update's effect becomes permanent: state, the
+        schedules it started or stopped and the done mark commit together, so a replayed
+        update never changes state twice. `moved_to` (a group became that supergroup)
+        copies the conversation as it stands after this update to the new chat id in the
+        same commit. `guard` runs inside the transaction, under the store's lock, and may
+        raise to refuse the commit: a check made there cannot be overtaken by another
+        thread's reads. `update_id` None saves the conversation alone (a handler closing).
+        `writes` are the update's other changes (a handoff's queue, messages for other
+        chats), made after the conversation's.
         """
         now = time.time()
         with self._transaction() as db:
             if guard is not None:
                 guard()
             if conversation is not None:
-                self._save_conversation(db, conversation, now)
+                conversations.save(db, conversation, now)
             if moved_to is not None and conversation is not None:
-                self._copy_conversation(db, conversation.chat_id, moved_to)
+                conversations.copy(db, conversation.chat_id, moved_to)
             for write in writes:
                 write(db)
             if update_id is not None:
-                db.execute("UPDATE inbox SET done = 1, handled = ? WHERE update_id = ?",
-                           (now, update_id))
+                inbox.mark_done(db, update_id, now)
         if conversation is not None:
-            conversation.is_new = False
+            conversations.mark_saved(conversation)
 
-    def _save_conversation(self, db: sqlite3.Connection, conversation: Conversation,
-                           now: float) -> None:
-        db.execute(
-            "INSERT INTO conversations(chat_id, state, vars, state_context, schedules,"
-            " updated) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chat_id) DO UPDATE SET"
-            " state = excluded.state, vars = excluded.vars,"
-            " state_context = excluded.state_context, schedules = excluded.schedules,"
-            " updated = excluded.updated",
-            (conversation.chat_id, conversation.state, json.dumps(conversation.vars),
-             json.dumps(conversation.state_context), json.dumps(conversation.schedules), now),
-        )
-        self._index_schedules(db, conversation, now)
+    def copy_chat(self, old_chat_id: int, new_chat_id: int) -> None:
+        """A group became a supergroup: the new chat starts from the group's conversation.
 
-    # -- attempts and quarantine --------------------------------------------------------
+        The old chat's pending updates stay with it (its delegate may be handling one right
+        now; its sends are redirected to the new id by the sender). A new chat that already
+        has a conversation keeps it.
+        """
+        with self._transaction() as db:
+            conversations.copy(db, old_chat_id, new_chat_id)
+
+    def conversation_count(self) -> int:
+        with self._reading() as db:
+            return conversations.count(db)
+
+    # -- schedules (schedules.py) ---------------------------------------------------------
+
+    def queue_due_ticks(self, now: float) -> list[int]:
+        """Queue one tick for every due schedule and re-arm it; return the chats to wake
+        (see schedules.queue_due_ticks)."""
+        with self._reading() as db:
+            if not schedules.anything_to_do(db, now):
+                return []  # nothing to do: no write transaction every second on an SD card
+        with self._transaction() as db:
+            return schedules.queue_due_ticks(db, now, time.time())
+
+    # -- attempts and quarantine (inbox.py) -----------------------------------------------
 
     def count_interrupted(self) -> int:
         """At start-up after an unclean end: one more attempt for each chat's first pending row.
@@ -459,10 +410,7 @@ class Store:
         if self._take_clean_stop():
             return 0
         with self._transaction() as db:
-            cur = db.execute(
-                "UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN (SELECT MIN(update_id)"
-                " FROM inbox WHERE done = 0 AND chat_id IS NOT NULL GROUP BY chat_id)")
-        return cur.rowcount
+            return inbox.count_interrupted(db)
 
     def note_clean_stop(self) -> None:
         """Every delegate ended in time: nothing was in flight, so the next start counts nothing."""
@@ -477,100 +425,22 @@ class Store:
     def add_attempt(self, update_id: int) -> None:
         """An update's handler ran past its deadline and was given up."""
         with self._transaction() as db:
-            db.execute("UPDATE inbox SET attempts = attempts + 1 WHERE update_id = ?", (update_id,))
+            inbox.add_attempt(db, update_id)
 
     def quarantine(self, update_id: int, reason: str) -> None:
         """Set an update aside for good: done, with the reason kept for the owner to see."""
         with self._transaction() as db:
-            db.execute("UPDATE inbox SET done = 1, handled = ?, quarantined = ? WHERE update_id = ?",
-                       (time.time(), reason, update_id))
+            inbox.quarantine(db, update_id, reason, time.time())
 
     def quarantined_count(self) -> int:
-        with self._lock:
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM inbox WHERE quarantined IS NOT NULL").fetchone()
-        return count
-
-    @staticmethod
-    def _index_schedules(db: sqlite3.Connection, conversation: Conversation, now: float) -> None:
-        """Keep the due-index in step with the conversation's schedules (same transaction)."""
-        kept = {name: (every, next_at) for name, every, next_at in db.execute(
-            "SELECT name, every, next_at FROM schedules WHERE chat_id = ?", (conversation.chat_id,))}
-        db.execute("DELETE FROM schedules WHERE chat_id = ?", (conversation.chat_id,))
-        for name, spec in conversation.schedules.items():
-            every = float(spec["every"])
-            old_every, next_at = kept.get(name, (None, None))
-            if old_every != every:
-                next_at = None  # a new schedule, or a new interval: first tick one interval from now
-            db.execute(
-                "INSERT INTO schedules(chat_id, name, every, next_at) VALUES (?, ?, ?, ?)",
-                (conversation.chat_id, name, every, next_at if next_at is not None else now + every),
-            )
-
-    def queue_due_ticks(self, now: float) -> list[int]:
-        """Queue one tick for every due schedule and re-arm it; return the chats to wake.
-
-        Missed ticks are coalesced: however long the daemon was down, a schedule gets one
-        catch-up tick and its next one an interval from now. A schedule whose next tick lies
-        more than one interval ahead (the clock jumped back) is re-armed from now.
-        """
-        with self._lock:
-            if self._db.execute("SELECT 1 FROM schedules WHERE next_at <= ? OR next_at > ? + every"
-                                " LIMIT 1", (now, now)).fetchone() is None:
-                return []  # nothing to do: no write transaction every second on an SD card
-        chats: list[int] = []
-        with self._transaction() as db:
-            db.execute("UPDATE schedules SET next_at = ? + every WHERE next_at > ? + every", (now, now))
-            due = db.execute("SELECT chat_id, name, every FROM schedules WHERE next_at <= ?",
-                             (now,)).fetchall()
-            next_id = self._next_local_id(db)
-            for chat_id, name, every in due:
-                db.execute("UPDATE schedules SET next_at = ? WHERE chat_id = ? AND name = ?",
-                           (now + every, chat_id, name))
-                waiting = db.execute(
-                    "SELECT 1 FROM inbox WHERE chat_id = ? AND kind = 'schedule' AND done = 0"
-                    " AND json_extract(payload, '$.schedule.name') = ?", (chat_id, name)
-                ).fetchone()
-                if waiting:
-                    continue  # the last tick is still queued: don't pile up more
-                db.execute(
-                    "INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
-                    " VALUES (?, ?, 'schedule', ?, 0, ?)",
-                    (next_id, chat_id, json.dumps({"schedule": {"name": name, "at": now}}),
-                     time.time()))
-                next_id += 1
-                chats.append(chat_id)
-        return chats
-
-    def copy_chat(self, old_chat_id: int, new_chat_id: int) -> None:
-        """A group became a supergroup: the new chat starts from the group's conversation.
-
-        The old chat's pending updates stay with it (its delegate may be handling one right
-        now; its sends are redirected to the new id by the sender). A new chat that already
-        has a conversation keeps it.
-        """
-        with self._transaction() as db:
-            self._copy_conversation(db, old_chat_id, new_chat_id)
-
-    @staticmethod
-    def _copy_conversation(db: sqlite3.Connection, old_chat_id: int, new_chat_id: int) -> None:
-        db.execute(
-            "INSERT OR IGNORE INTO conversations(chat_id, state, vars, state_context, schedules,"
-            " updated) SELECT ?, state, vars, state_context, '{}', updated FROM conversations"
-            " WHERE chat_id = ?", (new_chat_id, old_chat_id))
-
-    def conversation_count(self) -> int:
-        with self._lock:
-            (count,) = self._db.execute("SELECT COUNT(*) FROM conversations").fetchone()
-        return count
+        with self._reading() as db:
+            return inbox.quarantined_count(db)
 
     # -- for the modules that keep their own tables (handoffs, privacy) -----------------
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """The connection, under the lock, for a few reads."""
-        with self._lock:
-            yield self._db
+        return self._reading()
 
     def writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """One write transaction of its own (not an update's)."""

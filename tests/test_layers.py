@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 LAYERS = {
     "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry", "transfer",
              "arguments"},
-    "Store": {"store", "dbfile", "handoffs", "privacy"},
-    "Intake": {"poller", "inbox"},
+    "Store": {"store", "dbfile", "inbox", "conversations", "schedules", "handoffs", "privacy"},
+    "Intake": {"poller"},
     "Routing": {"delegator", "transaction"},
     "Handlers": {"chathandler", "pipeline", "tree", "templates", "httpcall", "definitions",
                  "yamlfile", "bots", "patterns", "sandbox", "handoff"},
