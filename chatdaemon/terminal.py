@@ -12,16 +12,13 @@ import logging
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from .app import App, Events
 from .bots import Bot
 from .config import Config
 from .dbfile import TERMINAL
 from .local import LocalTelegram
-
-if TYPE_CHECKING:
-    from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +146,7 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO, err: TextIO | Non
     runner.start()
     if not settled.wait(30) or app.failure:
         raise app.failure or RuntimeError("the bot did not start")
-    store = app.store
-    assert store is not None   # the app started, so its store is open until it stops
-    api.continue_after(store.last_update_id())
+    api.continue_after(app.store.last_update_id())
     interactive = stdin.isatty()
     user = terminal.users.current
     print(BANNER.format(name=user["first_name"], chat_id=user["id"]),
@@ -174,7 +169,7 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO, err: TextIO | Non
             if update is None:
                 continue
             shown = terminal.shown
-            _wait_until_handled(app, store, api.push(*update))
+            _wait_until_handled(app, api.push(*update))
             if terminal.shown == shown:
                 print(SILENCE, file=out, flush=True)
     finally:
@@ -194,14 +189,14 @@ def _run(app: App, settled: threading.Event) -> None:
         settled.set()
 
 
-def _wait_until_handled(app: App, store: Store, update_id: int) -> None:
+def _wait_until_handled(app: App, update_id: int) -> None:
     """Until the update is done and what it set off (rows for other chats) too, bounded."""
     deadline = time.monotonic() + ANSWER_TIMEOUT
-    while not store.is_done(update_id):
+    while not app.store.is_done(update_id):
         if time.monotonic() > deadline or app.stop_event.is_set():
             log.warning("no answer within %.0f s", ANSWER_TIMEOUT)
             return
         time.sleep(0.01)
     settle = time.monotonic() + SETTLE_SECONDS
-    while store.backlog() and time.monotonic() < settle and not app.stop_event.is_set():
+    while app.store.backlog() and time.monotonic() < settle and not app.stop_event.is_set():
         time.sleep(0.01)
