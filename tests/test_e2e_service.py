@@ -288,7 +288,7 @@ def test_sighup_reloads_a_good_bot_and_keeps_it_after_a_bad_one(telegram, start_
     assert daemon.stop() == 0
 
 
-# -- 3. network outage: see test_e2e_outages.py (30 s of silence, a getUpdates 5xx/429 storm)
+# -- 3. network outage: see test_e2e_outages.py (a dozen seconds of silence, a getUpdates 5xx/429 storm)
 
 
 # -- 4. 5xx storm ----------------------------------------------------------------------------
