@@ -29,10 +29,13 @@ def test_200_chats_times_20_messages_counted_exactly(telegram, start_daemon):
     telegram.push_many([(chat, f"n{i}") for i in range(20) for chat in chats])
     start_daemon()
     assert telegram.wait_for_sent(4000, timeout=120), len(telegram.sent)
-    time.sleep(0.3)
-    assert len(telegram.sent) == 4000
+    # one sentinel per chat: per-chat order means every reply due before it is out once it is
+    telegram.push_many([(chat, "sentinel") for chat in chats])
+    assert telegram.wait_for(lambda: all(telegram.sent_to(c)[-1:] == ["21"] for c in chats),
+                             timeout=60), len(telegram.sent)
+    assert len(telegram.sent) == 4200
     for chat in chats:
-        assert counts(telegram, chat) == list(range(1, 21)), chat
+        assert counts(telegram, chat) == list(range(1, 22)), chat
 
 
 def test_kill_9_during_load_loses_nothing_and_state_changes_once(telegram, start_daemon, tmp_path):

@@ -222,13 +222,15 @@ def test_sigterm_during_load_loses_nothing(telegram, start_daemon, tmp_path):
     telegram.set_latency(0)
     start_daemon()
     assert wait_until(lambda: all(telegram.sent_to(c)[-1:] == ["10"] for c in chats), timeout=60)
-    time.sleep(0.3)  # nothing more may follow
+    # nothing more may follow: a sentinel per chat is answered after anything still due
+    telegram.push_many([(chat, "sentinel") for chat in chats])
+    assert wait_until(lambda: all(telegram.sent_to(c)[-1:] == ["11"] for c in chats), timeout=30)
     for chat in chats:
         # a clean stop finishes in-flight updates and commits them: no gap, no repeat
-        assert counts(telegram, chat) == list(range(1, 11)), (chat, counts(telegram, chat))
+        assert counts(telegram, chat) == list(range(1, 12)), (chat, counts(telegram, chat))
     db = tmp_path / "bot.sqlite3"
     assert wait_until(lambda: undone(db) == 0, timeout=10)
-    assert query(db, "SELECT COUNT(*) FROM inbox")[0][0] == 600
+    assert query(db, "SELECT COUNT(*) FROM inbox")[0][0] == 600 + len(chats)  # with the sentinels
 
 
 def test_sigterm_lets_a_reply_waiting_for_its_send_slot_go_out(telegram, start_daemon):
@@ -243,8 +245,10 @@ def test_sigterm_lets_a_reply_waiting_for_its_send_slot_go_out(telegram, start_d
     assert len(telegram.sent_to(5001)) == 4, "the waiting part was dropped, or more went out"
     start_daemon(TEST_HANDLERS / "echo", rate_limits="on")
     assert telegram.wait_for(lambda: len(telegram.sent_to(5001)) >= 6, timeout=20)
-    time.sleep(1.5)  # a replayed second answer would add two more
-    assert len(telegram.sent_to(5001)) == 6
+    # a replayed second answer would add two more before the sentinel's echo (per-chat order)
+    telegram.push_message(5001, "sentinel")
+    assert telegram.wait_for(lambda: telegram.sent_to(5001)[-1:] == ["sentinel"], timeout=20)
+    assert len(telegram.sent_to(5001)) == 7
 
 
 # -- 2. SIGHUP reload ------------------------------------------------------------------------
@@ -302,11 +306,13 @@ def test_5xx_storm_delivers_every_count_in_order(telegram, start_daemon):
     injected = telegram.faults_injected["500"]
     telegram.clear_faults()
     assert telegram.wait_for_sent(20, timeout=20)
-    time.sleep(0.3)
+    # a sentinel per chat is answered after every retry still due in that chat
+    telegram.push_many([(chat, "sentinel") for chat in chats])
+    assert telegram.wait_for(lambda: all(counts(telegram, c)[-1:] == [5] for c in chats), timeout=20)
     assert injected >= 3, "the storm did not happen"
-    assert len(telegram.sent) == 20
+    assert len(telegram.sent) == 25
     for chat in chats:
-        assert counts(telegram, chat) == [1, 2, 3, 4], (chat, counts(telegram, chat))
+        assert counts(telegram, chat) == [1, 2, 3, 4, 5], (chat, counts(telegram, chat))
 
 
 # -- 5. hooks, /healthz, /metrics ------------------------------------------------------------
@@ -469,8 +475,11 @@ def test_hook_burst_of_1000_is_accepted_and_delivered_in_order(telegram, start_d
 
     assert telegram.wait_for(lambda: len(telegram.sent_to(444)) >= 1000, timeout=60), \
         len(telegram.sent_to(444))
-    time.sleep(0.3)
-    delivered = telegram.sent_to(444)
+    # a sentinel notification, delivered after anything still due to the chat (per-chat order)
+    assert post(port, "/hooks/burst", {"t": "end", "seq": 0}, GOOD_KEY).status == 202
+    assert telegram.wait_for(lambda: telegram.sent_to(444)[-1:] == ["end:0"], timeout=20)
+    everything = telegram.sent_to(444)
+    delivered = everything[:-1]
     assert len(delivered) == 1000 and len(set(delivered)) == 1000
     for t in range(senders):  # each sender's notifications arrive in the order it posted them
         seqs = [int(text.split(":")[1]) for text in delivered if text.startswith(f"{t}:")]
@@ -480,7 +489,7 @@ def test_hook_burst_of_1000_is_accepted_and_delivered_in_order(telegram, start_d
     accepted = [text for (text,) in query(
         db, "SELECT json_extract(payload, '$.hook.message.text') FROM inbox"
             " WHERE kind = 'hook' AND chat_id = 444 ORDER BY update_id")]
-    assert accepted == delivered
+    assert accepted == everything
     assert wait_until(lambda: undone(db) == 0, timeout=10)
     # and no second saw more than the chat's limit (plus its burst)
     times = sorted(call["time"] for call in telegram.sent if call["chat_id"] == 444)
