@@ -189,7 +189,7 @@ def test_a_second_daemon_exits_75_within_two_poll_periods_and_the_first_answers_
         assert "another process is polling getUpdates" in second.log()
         # process start-up (about a second here) plus two poll periods
         assert took < 2 * poll + 2.5, f"the second daemon took {took:.1f} s to exit"
-        time.sleep(0.5)  # traffic keeps flowing after the second one left
+        time.sleep(0.5)  # behaviour: traffic keeps flowing for a while after the second one left
     finally:
         stop.set()
         traffic.join(10)
