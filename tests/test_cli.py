@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -110,17 +111,20 @@ def test_a_library_error_becomes_its_exit_status_and_a_message(tmp_path, capsys,
     assert "unknown key 'databse'" in capsys.readouterr().err
 
 
-def test_a_token_in_an_error_is_redacted(tmp_path, capsys, monkeypatch):
+def test_a_token_in_an_error_is_redacted(capsys, monkeypatch):
     token = "123456:SECRET-token_abcdefghijklmnop"
-    monkeypatch.setattr(cli, "cmd_check", lambda args: (_ for _ in ()).throw(
-        errors.ConfigError(f"bad thing near bot{token}/getMe")))
+
+    def failing_check(args: argparse.Namespace) -> int:
+        raise errors.ConfigError(f"bad thing near bot{token}/getMe")
+
+    monkeypatch.setattr(cli, "cmd_check", failing_check)
     assert cli.main(["check"]) == errors.EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.startswith("chatdaemon: ")
     assert "SECRET" not in err
 
 
-def test_a_token_that_does_not_look_like_one_is_refused_without_echo(tmp_path, monkeypatch):
+def test_a_token_that_does_not_look_like_one_is_refused_without_echo(monkeypatch):
     monkeypatch.delenv("CHATDAEMON_TOKEN", raising=False)
     args = cli.build_parser().parse_args(["run", "not-a-token-at-all"])
     with pytest.raises(errors.ConfigError) as info:
@@ -132,7 +136,6 @@ def test_the_token_comes_from_the_environment_and_leaves_it(monkeypatch):
     monkeypatch.setenv("CHATDAEMON_TOKEN", " 123456:abcdefghijklmnop\n")
     args = cli.build_parser().parse_args(["run"])
     assert cli.read_token(args) == "123456:abcdefghijklmnop"
-    import os
     assert "CHATDAEMON_TOKEN" not in os.environ
 
 
