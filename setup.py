@@ -58,7 +58,8 @@ setup(
         "urllib3>=1.26,<3",  # its connection classes let a request's total deadline cut it off
     ],
     extras_require={
-        "test": ["pytest>=8", "wheel>=0.40"],   # wheel: tests/test_install.py builds one
+        # wheel: tests/test_install.py builds one; pytest-xdist: the suite runs on 6 workers
+        "test": ["pytest>=8", "pytest-xdist>=3.5,<4", "wheel>=0.40"],
         # dev: the linters CI runs, and the stubs mypy needs for our untyped dependencies
         "dev": ["ruff>=0.4", "mypy>=1.8", "types-requests", "types-PyYAML", "types-regex",
                 "types-tabulate"],

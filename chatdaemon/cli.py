@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
-        "run", help="run the bot in the foreground", epilog=EXIT_STATUSES,
+        "run", help="run the bot in the foreground",
+        epilog=EXIT_STATUSES + "Example:\n  CHATDAEMON_TOKEN=123:abc chatdaemon run --handlers "
+                               "handlers/guess --db guess.sqlite3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the bot. The token comes from the TOKEN argument, --token-file, "
                     "$CHATDAEMON_TOKEN, or the systemd credential $CREDENTIALS_DIRECTORY/token "
@@ -64,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --daemon: how long to wait for the first poll before returning "
                           "(default 30; the daemon keeps trying after that)")
 
-    check = commands.add_parser("check", help="validate config and handlers, say what the bot does")
+    check = commands.add_parser(
+        "check", help="validate config and handlers, say what the bot does",
+        epilog="Example:\n  chatdaemon check --handlers handlers/guess",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_bot_options(check, db=False)
 
     chat = commands.add_parser(
         "chat", help="talk to the bot in the terminal (no token, no network)",
         description="Talk to the bot in the terminal; lines may be piped in: "
-                    "printf '/start\\nhello\\n' | chatdaemon chat --handlers handlers/counter")
+                    "printf '/start\\nhello\\n' | chatdaemon chat --handlers handlers/counter",
+        epilog="Example:\n  chatdaemon chat --handlers handlers/counter",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_bot_options(chat)
     chat.add_argument("--log-level", metavar="LEVEL", type=_log_level, default=None)
     _add_operating_commands(commands)
