@@ -68,6 +68,8 @@ def bot(handlers: list[dict], fallback: str | None = "fallback", env: dict | Non
     compiler.add_handlers(handlers)
     if schedules:
         compiler.add_schedules(schedules)
+    if fallback is None:  # `fallback: none`: silence on purpose (else a default one answers)
+        compiler.result.fallback = compiler.fallback("none", "bot.yaml:99")
     definitions = compiler.finish()
     compiler.problems.raise_any()
     if fallback is not None:
