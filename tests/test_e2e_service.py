@@ -654,8 +654,10 @@ def test_daemon_mode_pidfile_file_modes_and_a_stale_pidfile(telegram, tmp_path):
         assert wait_until(lambda: not alive(last) and not pidfile.exists(), timeout=15)
         assert TOKEN_SECRET not in (tmp_path / "chatdaemon.log").read_text()
     finally:
-        for pid in seen:
-            if alive(pid) and is_our_daemon(pid, pidfile):
+        # a daemon left running after a failure would keep polling 127.0.0.1 and could answer
+        # another test's messages once that test's double takes over its port
+        for pid in [*seen, pid_in(pidfile)]:
+            if pid is not None and alive(pid) and is_our_daemon(pid, pidfile):
                 os.kill(pid, signal.SIGKILL)
 
 
