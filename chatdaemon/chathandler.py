@@ -23,7 +23,14 @@ import os
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .arguments import SIGNATURES, bind_arguments, to_parameters
-from .errors import BadToken, HandlerClosed, IdleTerminate, StopListening, TelegramError
+from .errors import (
+    BadToken,
+    HandlerClosed,
+    IdleTerminate,
+    StopListening,
+    TelegramError,
+    is_stale_callback,
+)
 
 if TYPE_CHECKING:
     from .sender import Sender
@@ -197,9 +204,7 @@ class ChatSender:
         try:
             return self._send("answerCallbackQuery", params)
         except TelegramError as exc:
-            description = exc.description.lower()
-            if exc.status != 400 or "query" not in description or not (
-                    "too old" in description or "invalid" in description):
+            if not is_stale_callback(exc):
                 raise  # a real mistake (text too long, a bad url) is the handler's to see
             log.info("chat %s: button press no longer answerable: %s", self._chat_id, exc.description)
             return False

@@ -32,8 +32,10 @@ session, an old instance still stopping), so a supervisor's retry is the right a
 database of another bot or another schema, by contrast, never fixes itself (78, no restart).
 
 Exceptions carry their data as attributes; nothing is classified by matching message text,
-except that Telegram's 409 description tells a webhook from another poller. A bad token is
-told by status code alone, in one place: `is_bad_token`.
+except where Telegram gives no other sign, each in one function here: its 409 description
+tells a webhook from another poller, and its 400 description tells a button press too old
+to answer (`is_stale_callback`). A bad token is told by status code alone, in one place:
+`is_bad_token`.
 """
 
 from __future__ import annotations
@@ -185,6 +187,15 @@ def is_bad_token(exc: BaseException) -> TypeGuard[TelegramError]:
     """Whether Telegram's answer says it does not know the token (401 or 404), by status code."""
     return isinstance(exc, TelegramError) and not isinstance(exc, BadAnswer) \
         and exc.status in BAD_TOKEN_STATUSES
+
+
+def is_stale_callback(exc: BaseException) -> bool:
+    """Whether answerCallbackQuery was refused because the press waited too long (downtime, a
+    backlog): 400 "query is too old … or query ID is invalid". Telegram gives no code for it."""
+    if not isinstance(exc, TelegramError) or exc.status != 400:
+        return False
+    description = exc.description.lower()
+    return "query" in description and ("too old" in description or "invalid" in description)
 
 
 class NetworkError(ChatdaemonError):

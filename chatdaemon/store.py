@@ -266,11 +266,22 @@ class Store:
                     yield db
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                    self._roll_back(db)
+                    raise  # the cause (disk full, I/O error), never a failed ROLLBACK's
             finally:
                 if durable:
-                    db.execute("PRAGMA synchronous=NORMAL")
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA synchronous=NORMAL")
+
+    def _roll_back(self, db: sqlite3.Connection) -> None:
+        """Undo what is left of a failed transaction. SQLite may have rolled it back itself
+        (a full disk, an I/O error); a ROLLBACK then fails and must not hide why."""
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("database %s: rolling back failed too: %s", self.path, exc)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from chatdaemon.inbox import LOCAL_BASE, to_row
+from chatdaemon.inbox import LOCAL_BASE, InboxRow, to_row
 from chatdaemon.store import MIGRATIONS, Store
 
 CHAT = 42
@@ -166,3 +166,31 @@ def test_every_older_schema_upgrades_and_keeps_its_rows(tmp_path, version):
         assert store.load_conversation(CHAT).schedules == {"report": {"every": 60.0}}
     finally:
         store.close()
+
+
+class FullDisk:
+    """A connection whose COMMIT fails as on a full disk: SQLite has rolled back already."""
+
+    def __init__(self, real: sqlite3.Connection):
+        self.real = real
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT":
+            self.real.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def test_a_failed_commit_raises_its_own_cause_not_the_rollbacks(fresh_db):
+    fresh_db.add_updates([InboxRow(1, 5, "message", {"update_id": 1, "message": {}})])
+    real = fresh_db._connection
+    fresh_db._connection = FullDisk(real)
+    with pytest.raises(sqlite3.OperationalError, match="database or disk is full"):
+        fresh_db.add_updates([InboxRow(2, 5, "message", {"update_id": 2, "message": {}})])
+    fresh_db._connection = real
+    assert [row.update_id for row in fresh_db.pending(5)] == [1]   # nothing half-written
+    fresh_db.add_updates([InboxRow(2, 5, "message", {"update_id": 2, "message": {}})])
+    assert [row.update_id for row in fresh_db.pending(5)] == [1, 2]
