@@ -81,6 +81,25 @@ class FileLock:
             self._fd = None
 
 
+def lock_holder(database: str) -> int | None:
+    """The pid of the process holding `database`'s lock, or None: read from /proc/locks, so
+    looking takes no lock of its own (a daemon starting meanwhile is never refused)."""
+    try:
+        info = os.stat(f"{os.path.realpath(database)}.lock")
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in lines:
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (a blocked waiter has "->" first)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" \
+                and fields[5] == wanted and fields[4].isdigit():
+            return int(fields[4])
+    return None
+
+
 def _read_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()

@@ -18,6 +18,7 @@ from typing import Any
 import sqlite_utils
 import tabulate
 
+from .dbfile import lock_holder
 from .errors import ConfigError
 from .store import LOCAL_BASE
 
@@ -48,8 +49,10 @@ def read_status(db: sqlite_utils.Database) -> dict[str, Any]:
     pending = "done = 0" + (" AND quarantined IS NULL" if quarantine else "")
     last = next(db.query("SELECT MAX(received) AS last FROM inbox WHERE update_id < ?",
                          [LOCAL_BASE]))["last"]
+    path = db.conn.execute("PRAGMA database_list").fetchone()[2]
     return {
-        "database": db.conn.execute("PRAGMA database_list").fetchone()[2],
+        "database": path,
+        "daemon_pid": lock_holder(path),   # None: no process holds the database now
         "schema": db.conn.execute("PRAGMA user_version").fetchone()[0],
         "owner": _meta(db),
         "backlog": inbox.count_where(pending),
@@ -175,6 +178,7 @@ def format_status(status: dict[str, Any]) -> str:
         ("database", status["database"]),
         ("schema", status["schema"]),
         ("owner", owner),
+        ("daemon", f"running as pid {status['daemon_pid']}" if status["daemon_pid"] else "not running"),
         ("backlog", f"{status['backlog']} update(s) waiting"),
         ("failing", _count(status["failing"], "waiting update(s) that failed at least once")),
         ("chats", status["chats"]),
