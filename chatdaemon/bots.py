@@ -17,14 +17,15 @@ import sys
 import traceback
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import yamlfile
 from .chathandler import DEFAULT_ERROR_TEXT, ChatHandler
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
-from .pipeline import Pipeline, PipelineHandler
-from .templates import Templates
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks"}
 PACKAGE = "chatdaemon_bots"
@@ -50,6 +51,7 @@ class Bot:
     def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         if self.pipeline is not None:
+            from .pipeline import PipelineHandler
             return PipelineHandler(context, conversation, sender, self.pipeline)
         return self.handler_class(context, conversation, sender)
 
@@ -124,7 +126,7 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
     mistake in every file, never another exception (a reload must survive any file).
     """
     files = definition_files(directory, where)
-    compiler = Compiler(Templates(), environ)
+    compiler = Compiler(environ=environ)  # templates (jinja2) only once a definition has one
     problems = compiler.problems
     seen = _Seen(error_text)
     for path in files:
@@ -145,6 +147,8 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
     if handler_class is not None:
         bot.handler_class, bot.python_ref = handler_class, seen.python[0]
     else:
+        # the YAML pipeline, and what it imports (requests, jinja2, regex), only for a YAML bot
+        from .pipeline import Pipeline
         bot.pipeline = Pipeline(definitions, seen.error_text)
     return bot
 
