@@ -8,9 +8,12 @@ the token is checked with getMe before anything else talks to Telegram.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,6 +39,8 @@ from .telegram import NOT_JSON, BotAPI
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
+BUSY_TICK = 1.0     # seconds between supervising rounds while updates are in flight or before READY
+IDLE_TICK = 60.0    # at most this long between rounds when idle and nobody asks for more (STATUS=)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Events:
     starting: Callable[[App], None] = lambda app: None   # start-up is retrying; still alive
     tick: Callable[[App], None] = lambda app: None
     stopping: Callable[[App], None] = lambda app: None
+    tick_every: float | None = None   # how often `tick` must run once ready (a watchdog's cadence)
 
 
 @dataclass
@@ -72,6 +78,8 @@ class App:
         self.start_error: str | None = None
         self.start_wait = 0.0              # how long start-up waits before its next try
         self._reload_requested = False
+        self._attention = threading.Event()  # wakes the supervising loop: stop, reload, new work
+        self._sleeping_long = False          # the supervising loop waits for more than BUSY_TICK
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -95,6 +103,7 @@ class App:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._attention.set()
 
     def _install_signals(self) -> None:
         def on_signal(signum, frame):
@@ -102,6 +111,7 @@ class App:
             self.stop()
         def on_hangup(signum, frame):
             self._reload_requested = True
+            self._attention.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_hangup)
@@ -125,7 +135,7 @@ class App:
         self.delegator = Delegator(self.store, self.bot, sender, on_fatal=self._fail,
                                    **delegate_limits(config))
         self.delegator.replay()
-        self.poller = Poller(self.api, self.store, self.delegator.notify, self.stop_event,
+        self.poller = Poller(self.api, self.store, self._arrived, self.stop_event,
                              poll_timeout=config.poll_timeout,
                              allowed_updates=config.allowed_updates,
                              conflict_grace=config.conflict_grace)
@@ -238,7 +248,13 @@ class App:
         """Store one notification per chat durably, then wake the chats' delegates."""
         chats = list(chat_ids)
         self.store.add_local([(chat_id, "hook", payload) for chat_id in chats])
-        self.delegator.notify(chats)
+        self._arrived(chats)
+
+    def _arrived(self, chat_ids) -> None:
+        """New rows in the inbox: wake their chats, and the supervising loop if it sleeps long."""
+        self.delegator.notify(chat_ids)
+        if self._sleeping_long:
+            self._attention.set()  # it watches in-flight updates (and new schedules) closely
 
     def _queue_schedule_ticks(self) -> None:
         chats = self.store.queue_due_ticks(time.time())
@@ -248,19 +264,50 @@ class App:
     # -- the supervising loop ----------------------------------------------------------------
 
     def _supervise(self) -> None:
+        """Queue schedule ticks, give up overdue updates, reload, report and prune, waking
+        only when one of them has work: every BUSY_TICK while updates are in flight (or
+        before the first poll), else at the next due schedule tick, events tick or prune.
+        Stop, SIGHUP and new updates wake it at once."""
         last_prune = time.monotonic()
-        while not self.stop_event.wait(1.0):
-            self._queue_schedule_ticks()
-            self.delegator.abandon_overdue()
-            if self._reload_requested:
-                self._reload_requested = False
-                self._reload()
-            self.events.tick(self)
-            if time.monotonic() - last_prune > PRUNE_EVERY:
-                last_prune = time.monotonic()
-                pruned = self.store.prune()
-                if pruned:
-                    log.info("pruned %d handled update(s) older than 48 h", pruned)
+        next_tick = 0.0
+        ticks = ScheduleClock(self.config.database)
+        try:
+            while not self.stop_event.is_set():
+                self._attention.clear()  # before the round: what arrives during it wakes the next
+                now = time.monotonic()
+                self._queue_schedule_ticks()
+                self.delegator.abandon_overdue()
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._reload()
+                busy = self._busy()
+                if busy or now >= next_tick:
+                    self.events.tick(self)
+                    # the first idle round ticks too: READY=1 goes out the round after the first poll
+                    next_tick = now if busy else now + (self.events.tick_every or IDLE_TICK)
+                if now - last_prune > PRUNE_EVERY:
+                    last_prune = now
+                    pruned = self.store.prune()
+                    if pruned:
+                        log.info("pruned %d handled update(s) older than 48 h", pruned)
+                pause = BUSY_TICK if busy else min(next_tick - now, last_prune + PRUNE_EVERY - now,
+                                                   ticks.seconds_to_next())
+                self._pause(pause)
+        finally:
+            ticks.close()
+
+    def _busy(self) -> bool:
+        """Updates in flight or waiting (their deadlines need watching), or no poll yet."""
+        poller = self.poller
+        return poller is None or poller.polls == 0 or self.store.backlog() > 0
+
+    def _pause(self, seconds: float) -> None:
+        seconds = max(seconds, 0.01)
+        self._sleeping_long = seconds > BUSY_TICK
+        try:
+            self._attention.wait(seconds)
+        finally:
+            self._sleeping_long = False
 
     def _reload(self) -> None:
         """SIGHUP: load config and bot again; on any error keep the running bot and say why."""
@@ -315,6 +362,34 @@ class App:
             "last_poll_age": (time.monotonic() - poller.last_poll) if poller and poller.last_poll else None,
             "last_error": poller.last_error if poller else None,
         }
+
+
+class ScheduleClock:
+    """When the next schedule tick falls due, read on a read-only connection of its own.
+
+    Only the supervising thread uses it. Any failure to read means "soon": the loop then
+    checks the schedules every BUSY_TICK, as it would with a tick due.
+    """
+
+    def __init__(self, database: str):
+        self.database = database
+        self._db: sqlite3.Connection | None = None
+
+    def seconds_to_next(self) -> float:
+        try:
+            if self._db is None:
+                uri = f"file:{urllib.parse.quote(os.path.abspath(self.database))}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True)
+            # fetchall: the statement ends here, holding no read snapshot (WAL checkpoints)
+            [(next_at,)] = self._db.execute("SELECT MIN(next_at) FROM schedules").fetchall()
+        except sqlite3.Error:
+            return BUSY_TICK
+        return IDLE_TICK if next_at is None else next_at - time.time()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 def delegate_limits(config: Config) -> dict:

@@ -243,7 +243,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_daemon(args, token, config, bot, early)
     configure(config.log_level, secrets=(token,))
     notifier = Notifier()
-    events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
+    events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping,
+                    tick_every=notifier.tick_every)
     api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
     with removing_new_database(config.database, os.path.exists(config.database)):
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),

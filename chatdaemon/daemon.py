@@ -103,6 +103,12 @@ class Notifier:
             self._last_status = line
             self.send(f"STATUS={line}")
 
+    @property
+    def tick_every(self) -> float | None:
+        """How often tick() must run: WATCHDOG=1 goes out when a third of the interval has
+        passed, so ticks every interval/2.5 feed it about then (48 s for WatchdogSec=120)."""
+        return None if self.watchdog_interval is None else self.watchdog_interval / 2.5
+
     def _feed_watchdog(self, poll_loop_alive: bool) -> None:
         """WATCHDOG=1 only while the poll loop keeps its bounds (see Poller.alive)."""
         if self.watchdog_interval is None or not poll_loop_alive:

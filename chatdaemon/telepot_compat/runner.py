@@ -120,5 +120,5 @@ def run_program(script: str, args: list[str], config, log_level: str | None = No
               error_text=config.error_text)
     notifier = Notifier()
     events = Events(ready=runtime.attach, starting=notifier.starting, tick=notifier.tick,
-                    stopping=notifier.stopping)
+                    stopping=notifier.stopping, tick_every=notifier.tick_every)
     App(config, bot, runtime.api, events).run()
