@@ -14,7 +14,8 @@ Workloads (rate limits off, as for a local Bot API server; durability on):
               10,000 messages over 500 chats → messages/s and CPU seconds of each
   idle        the counter (Python) and the signup (YAML) bot after start-up and a few messages,
               polling as in production (25 s): RSS, and wake-ups per second over 15 s of idleness
-              (voluntary context switches summed over /proc/PID/task/*/status)
+              (voluntary context switches summed over /proc/PID/task/*/status); the counter
+              once more with its hook server listening
   threads64   64 chats kept busy at once (64 delegate threads): peak VmSize, VmRSS, threads
   connections the throughput load while /proc/PID/net/tcp is sampled: peak established
               connections from the daemon to the Bot API, and messages/s
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,18 +48,20 @@ TOKEN = "123456:BENCH-token_abcdefghijklmnopqrstuvwxyz"
 class Run:
     """One daemon process with a fresh database against a fresh test double."""
 
-    def __init__(self, handlers: str, config: str = "", poll_timeout: int = 5) -> None:
+    def __init__(self, handlers: str, config: str = "", poll_timeout: int = 5, hook_port: int = 0,
+                 env: dict | None = None) -> None:
         self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-")
         self.telegram = FakeTelegram(TOKEN).start()
         config_path = Path(self.scratch.name) / "config.yaml"
-        config_path.write_text(f"polling: {{timeout: {poll_timeout}}}\nhooks: {{port: 0}}\n" + config)
+        config_path.write_text(f"polling: {{timeout: {poll_timeout}}}\nhooks: {{port: {hook_port}}}\n"
+                               + config)
         self.log = open(Path(self.scratch.name) / "daemon.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(ROOT / "handlers" / handlers),
              "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--api-url", self.telegram.url,
              "--rate-limits", "off", "--config", str(config_path), "--log-level", "WARNING"],
-            env={**os.environ, "CHATDAEMON_TOKEN": TOKEN}, stdout=self.log, stderr=subprocess.STDOUT,
-            cwd=str(ROOT))
+            env={**os.environ, "CHATDAEMON_TOKEN": TOKEN, **(env or {})}, stdout=self.log,
+            stderr=subprocess.STDOUT, cwd=str(ROOT))
         ok = self.telegram.wait_for(
             lambda: any(c["method"] == "getUpdates" for c in self.telegram.calls), 30)
         if not ok:
@@ -253,9 +257,15 @@ CONVERSATIONS = {"counter": ["hello", "again", "and again"],
                  "signup": ["/start", "Ann", "ann@example.org"]}
 
 
-def idle_figures(handlers: str, chats: int = 3) -> tuple[float, float]:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def idle_figures(handlers: str, chats: int = 3, hooks: bool = False) -> tuple[float, float]:
     """(RSS in MB, wake-ups per second) of an idle daemon that has answered a few messages."""
-    run = Run(handlers, poll_timeout=25)
+    run = Run(handlers, poll_timeout=25, hook_port=free_port() if hooks else 0)
     try:
         texts = CONVERSATIONS[handlers]
         for text in texts:
@@ -274,8 +284,10 @@ def idle_figures(handlers: str, chats: int = 3) -> tuple[float, float]:
 def idle() -> dict:
     counter_rss, counter_wakeups = idle_figures("counter")
     signup_rss, signup_wakeups = idle_figures("signup")
+    _, hooks_wakeups = idle_figures("counter", hooks=True)
     return {"counter_rss_mb": counter_rss, "signup_rss_mb": signup_rss,
-            "counter_wakeups_per_s": counter_wakeups, "signup_wakeups_per_s": signup_wakeups}
+            "counter_wakeups_per_s": counter_wakeups, "signup_wakeups_per_s": signup_wakeups,
+            "counter_with_hook_server_wakeups_per_s": hooks_wakeups}
 
 
 def threads64(chats: int = 64, per_chat: int = 200) -> dict:
