@@ -245,7 +245,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     notifier = Notifier()
     events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping,
                     tick_every=notifier.tick_every)
-    api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+    api = TelegramClient(token, config.api_url)
     with removing_new_database(config.database, os.path.exists(config.database)):
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
             owner=owner_of_token(token), early=early).run()
@@ -277,7 +277,7 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
 
     def serve(report: StartReport) -> None:
         configure(config.log_level, secrets=(token,))
-        api = TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4)
+        api = TelegramClient(token, config.api_url)
         events = Events(ready=lambda app: log_file.reopen_on_hangup(), starting=report.starting,
                         tick=report.tick)
         with removing_new_database(config.database, existed):
