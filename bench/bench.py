@@ -16,7 +16,8 @@ Workloads (rate limits off, as for a local Bot API server; durability on):
               polling as in production (25 s): RSS, and wake-ups per second over 15 s of idleness
               (voluntary context switches summed over /proc/PID/task/*/status); the counter
               once more with its hook server listening
-  threads64   64 chats kept busy at once (64 delegate threads): peak VmSize, VmRSS, threads
+  threads64   64 chats kept busy at once (64 delegate threads): peak VmSize, VmRSS, threads;
+              then the same with MALLOC_ARENA_MAX=2 in the environment (as the systemd units set it)
   connections the throughput load while /proc/PID/net/tcp is sampled: peak established
               connections from the daemon to the Bot API, and messages/s
 Speeds are medians over --repeat runs; the machine is shared, so compare ratios.
@@ -290,9 +291,15 @@ def idle() -> dict:
             "counter_with_hook_server_wakeups_per_s": hooks_wakeups}
 
 
-def threads64(chats: int = 64, per_chat: int = 200) -> dict:
+def threads64() -> dict:
+    """64 chat threads, with glibc's default malloc arenas and with MALLOC_ARENA_MAX=2."""
+    default, limited = busy_threads(), busy_threads({"MALLOC_ARENA_MAX": "2"})
+    return {**default, **{f"arena2_{key}": value for key, value in limited.items()}}
+
+
+def busy_threads(env: dict | None = None, chats: int = 64, per_chat: int = 200) -> dict:
     """64 chats with messages queued at once, so 64 delegate threads run side by side."""
-    run = Run("counter", config="delegates: {max: 64}\n")
+    run = Run("counter", config="delegates: {max: 64}\n", env=env)
     try:
         with Peaks(run.process.pid) as peaks:
             run.telegram.push_many([(8_000_000 + c, "m") for _ in range(per_chat) for c in range(chats)])
