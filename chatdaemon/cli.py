@@ -234,11 +234,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     token = read_token(args)
     config, bot = _load_for_run(args)
     from .app import App, Events
-    from .daemon import Notifier, removing_new_database
+    from .daemon import Notifier, limit_malloc_arenas, removing_new_database
     from .dbfile import owner_of_token
     from .logs import configure
     from .telegram import TelegramClient
 
+    limit_malloc_arenas()  # before any thread: the detached daemon inherits it
     if args.daemon:
         return _run_daemon(args, token, config, bot, early)
     configure(config.log_level, secrets=(token,))
