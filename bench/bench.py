@@ -12,6 +12,14 @@ Workloads (rate limits off, as for a local Bot API server; durability on):
   help        `chatdaemon --help` wall time
   telepot     telepot's counter (handlers/telepot) under `chatdaemon telepot` vs the native counter,
               10,000 messages over 500 chats → messages/s and CPU seconds of each
+  idle        the counter (Python) and the signup (YAML) bot after start-up and a few messages,
+              polling as in production (25 s): RSS, and wake-ups per second over 15 s of idleness
+              (voluntary context switches summed over /proc/PID/task/*/status); the counter
+              once more with its hook server listening
+  threads64   64 chats kept busy at once (64 delegate threads): peak VmSize, VmRSS, threads;
+              then the same with MALLOC_ARENA_MAX=2 in the environment (as the systemd units set it)
+  connections the throughput load while /proc/PID/net/tcp is sampled: peak established
+              connections from the daemon to the Bot API, and messages/s
 Speeds are medians over --repeat runs; the machine is shared, so compare ratios.
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fake_telegram import FakeTelegram  # noqa: E402
+from procstat import Peaks, status_fields, wait_until, wakeups_per_second  # noqa: E402
 
 TOKEN = "123456:BENCH-token_abcdefghijklmnopqrstuvwxyz"
 
@@ -39,18 +49,20 @@ TOKEN = "123456:BENCH-token_abcdefghijklmnopqrstuvwxyz"
 class Run:
     """One daemon process with a fresh database against a fresh test double."""
 
-    def __init__(self, handlers: str, config: str = "") -> None:
+    def __init__(self, handlers: str, config: str = "", poll_timeout: int = 5, hook_port: int = 0,
+                 env: dict | None = None) -> None:
         self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-")
         self.telegram = FakeTelegram(TOKEN).start()
         config_path = Path(self.scratch.name) / "config.yaml"
-        config_path.write_text("polling: {timeout: 5}\nhooks: {port: 0}\n" + config)
+        config_path.write_text(f"polling: {{timeout: {poll_timeout}}}\nhooks: {{port: {hook_port}}}\n"
+                               + config)
         self.log = open(Path(self.scratch.name) / "daemon.log", "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(ROOT / "handlers" / handlers),
              "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--api-url", self.telegram.url,
              "--rate-limits", "off", "--config", str(config_path), "--log-level", "WARNING"],
-            env={**os.environ, "CHATDAEMON_TOKEN": TOKEN}, stdout=self.log, stderr=subprocess.STDOUT,
-            cwd=str(ROOT))
+            env={**os.environ, "CHATDAEMON_TOKEN": TOKEN, **(env or {})}, stdout=self.log,
+            stderr=subprocess.STDOUT, cwd=str(ROOT))
         ok = self.telegram.wait_for(
             lambda: any(c["method"] == "getUpdates" for c in self.telegram.calls), 30)
         if not ok:
@@ -241,8 +253,82 @@ def telepot(messages: int = 10000, chats: int = 500) -> dict:
             "telepot_cpu_s": telepot_cpu, "native_cpu_s": native_cpu}
 
 
+IDLE_SECONDS = 15.0
+CONVERSATIONS = {"counter": ["hello", "again", "and again"],
+                 "signup": ["/start", "Ann", "ann@example.org"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def idle_figures(handlers: str, chats: int = 3, hooks: bool = False) -> tuple[float, float]:
+    """(RSS in MB, wake-ups per second) of an idle daemon that has answered a few messages."""
+    run = Run(handlers, poll_timeout=25, hook_port=free_port() if hooks else 0)
+    try:
+        texts = CONVERSATIONS[handlers]
+        for text in texts:
+            run.telegram.push_many([(7_000_000 + c, text) for c in range(chats)])
+        if not run.telegram.wait_for_sent(len(texts) * chats, timeout=60):
+            raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        # let the replies' transactions commit and the poll settle into its long wait
+        wait_until(lambda: run.telegram.polling, 10)
+        time.sleep(1.0)
+        rss = status_fields(run.process.pid)["VmRSS"] / 1024
+        return rss, wakeups_per_second(run.process.pid, IDLE_SECONDS)
+    finally:
+        run.close()
+
+
+def idle() -> dict:
+    counter_rss, counter_wakeups = idle_figures("counter")
+    signup_rss, signup_wakeups = idle_figures("signup")
+    _, hooks_wakeups = idle_figures("counter", hooks=True)
+    return {"counter_rss_mb": counter_rss, "signup_rss_mb": signup_rss,
+            "counter_wakeups_per_s": counter_wakeups, "signup_wakeups_per_s": signup_wakeups,
+            "counter_with_hook_server_wakeups_per_s": hooks_wakeups}
+
+
+def threads64() -> dict:
+    """64 chat threads, with glibc's default malloc arenas and with MALLOC_ARENA_MAX=2."""
+    default, limited = busy_threads(), busy_threads({"MALLOC_ARENA_MAX": "2"})
+    return {**default, **{f"arena2_{key}": value for key, value in limited.items()}}
+
+
+def busy_threads(env: dict | None = None, chats: int = 64, per_chat: int = 200) -> dict:
+    """64 chats with messages queued at once, so 64 delegate threads run side by side."""
+    run = Run("counter", config="delegates: {max: 64}\n", env=env)
+    try:
+        with Peaks(run.process.pid) as peaks:
+            run.telegram.push_many([(8_000_000 + c, "m") for _ in range(per_chat) for c in range(chats)])
+            if not run.telegram.wait_for_sent(chats * per_chat, timeout=600):
+                raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        return {"peak_vmsize_mb": peaks.peak["VmSize"] / 1024,
+                "peak_rss_mb": peaks.peak["VmRSS"] / 1024, "peak_threads": peaks.peak["Threads"]}
+    finally:
+        run.close()
+
+
+def connections(messages: int = 20000, chats: int = 1000) -> dict:
+    """The throughput load, with the daemon's connections to the Bot API counted meanwhile."""
+    run = Run("counter")
+    try:
+        with Peaks(run.process.pid, port=run.telegram.port, interval=0.01) as peaks:
+            began = time.monotonic()
+            run.telegram.push_many([(9_000_000 + i % chats, "m") for i in range(messages)])
+            if not run.telegram.wait_for_sent(messages, timeout=600):
+                raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+            elapsed = time.monotonic() - began
+        return {"peak_connections": peaks.peak["connections"], "msgs_per_s": messages / elapsed}
+    finally:
+        run.close()
+
+
 WORKLOADS = {"throughput": throughput, "latency": latency, "footprint": footprint,
-             "faults": faults, "pipeline": pipeline, "help": help_time, "telepot": telepot}
+             "faults": faults, "pipeline": pipeline, "help": help_time, "telepot": telepot,
+             "idle": idle, "threads64": threads64, "connections": connections}
 
 
 def main() -> None:

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
 
+BUSY_TICK = 1.0     # seconds between supervising rounds while updates are in flight or before READY
+IDLE_TICK = 60.0    # at most this long between rounds when idle and nobody asks for more (STATUS=)
 
 @dataclass
 class Events:
@@ -54,6 +56,7 @@ class Events:
     starting: Callable[[Any], None] = lambda progress: None
     tick: Callable[[Daemon], None] = lambda daemon: None
     stopping: Callable[[Daemon], None] = lambda daemon: None
+    tick_every: float | None = None   # how often `tick` must run once ready (a watchdog's cadence)
 
 
 class Controls:
@@ -64,13 +67,19 @@ class Controls:
 
     def __init__(self) -> None:
         self.stop_event = threading.Event()
-        self.wake = threading.Event()      # cuts the supervising loop's 1 s wait short
+        self.wake = threading.Event()      # wakes the supervising loop: stop, reload, new work
+        self.sleeping_long = False         # the supervising loop waits longer than BUSY_TICK
         self.reload_requested = False
         self.failure: BaseException | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
         self.wake.set()
+
+    def arrived(self) -> None:
+        """New rows in the inbox: a loop asleep for long must watch their deadlines now."""
+        if self.sleeping_long:
+            self.wake.set()
 
     def fail(self, exc: BaseException) -> None:
         """An error that ends the daemon (a revoked token): the main thread exits with its status."""
@@ -214,18 +223,27 @@ class Daemon:
         chats = list(chat_ids)
         self.store.add_local([(chat_id, "hook", payload) for chat_id in chats])
         self.delegator.notify(chats)
+        self.controls.arrived()
 
     def _queue_schedule_ticks(self) -> None:
         chats = self.store.queue_due_ticks(time.time())
         if chats:
             self.delegator.notify(list(dict.fromkeys(chats)))
+            self.controls.arrived()
 
     # -- the supervising loop ----------------------------------------------------------------
 
     def _supervise(self) -> None:
+        """Queue schedule ticks, give up overdue updates, reload, report and prune, waking
+        only when one of them has work: every BUSY_TICK while updates are in flight (or
+        before the first poll), else at the next due schedule tick, events tick or prune.
+        Stop, SIGHUP, the first poll and new updates wake it at once."""
         last_prune = time.monotonic()
+        next_tick = 0.0
         ready = False
-        while not self._sleep_a_tick():
+        while not self.stop_event.is_set():
+            self._wake.clear()  # before the round: what arrives during it wakes the next one
+            now = time.monotonic()
             if not ready and self.poller.polls:
                 # READY: getMe answered, the database open, and getUpdates answered (its
                 # first call has timeout 0, so on an idle bot this is well within a second).
@@ -236,18 +254,34 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self._reload()
-            self.events.tick(self)
-            if time.monotonic() - last_prune > PRUNE_EVERY:
-                last_prune = time.monotonic()
+            busy = self._busy()
+            if busy or now >= next_tick:
+                self.events.tick(self)
+                next_tick = now if busy else now + (self.events.tick_every or IDLE_TICK)
+            if now - last_prune > PRUNE_EVERY:
+                last_prune = now
                 pruned = self.store.prune()
                 if pruned:
                     log.info("pruned %d handled update(s) older than 48 h", pruned)
+            self._pause(BUSY_TICK if busy else min(next_tick - now, last_prune + PRUNE_EVERY - now,
+                                                   self._seconds_to_next_schedule()))
 
-    def _sleep_a_tick(self) -> bool:
-        """Wait up to 1 s (less when the poller first answers); True when the daemon stops."""
-        self._wake.wait(1.0)
-        self._wake.clear()
-        return self.stop_event.is_set()
+    def _busy(self) -> bool:
+        """Updates in flight or waiting (their deadlines need watching), or no poll yet."""
+        return self.poller.polls == 0 or self.store.backlog() > 0
+
+    def _seconds_to_next_schedule(self) -> float:
+        next_at = self.store.next_tick_at()
+        return IDLE_TICK if next_at is None else next_at - time.time()
+
+    def _pause(self, seconds: float) -> None:
+        controls = self.controls
+        seconds = max(seconds, 0.01)
+        controls.sleeping_long = seconds > BUSY_TICK
+        try:
+            self._wake.wait(seconds)
+        finally:
+            controls.sleeping_long = False
 
     def _reload(self) -> None:
         """SIGHUP: load config and bot again; on any error keep the running bot and say why."""
@@ -334,7 +368,11 @@ def build_daemon(config: Config, bot: Bot, api: BotAPI, *, events: Events | None
         send_stop = threading.Event()
         sender = Sender(api, RateLimiter(config.limits), send_stop)
         delegator = Delegator(store, bot, sender, on_fatal=controls.fail, **delegate_limits(config))
-        poller = Poller(api, store, delegator.notify, controls.stop_event,
+        def notify(chat_ids: list[int]) -> None:
+            delegator.notify(chat_ids)
+            controls.arrived()
+
+        poller = Poller(api, store, notify, controls.stop_event,
                         poll_timeout=config.poll_timeout,
                         allowed_updates=config.allowed_updates,
                         conflict_grace=config.conflict_grace,
@@ -449,6 +487,7 @@ class App:
             controls.stop()
         def on_hangup(signum, frame):
             controls.reload_requested = True
+            controls.wake.set()
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_hangup)

@@ -18,15 +18,16 @@ import sys
 import traceback
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import yamlfile
 from .chathandler import DEFAULT_ERROR_TEXT, BotSender, ChatHandler, SeedTuple
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
 from .handoff import Desk, People
-from .pipeline import Pipeline, PipelineHandler
-from .templates import Templates
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks",
                    "session_timeout"}
@@ -55,6 +56,7 @@ class Bot:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         handler: ChatHandler
         if self.pipeline is not None:
+            from .pipeline import PipelineHandler
             handler = PipelineHandler(context, conversation, sender, self.pipeline)
         else:
             assert self.handler_class is not None   # load_bot gives a bot a pipeline or a class
@@ -142,12 +144,12 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
     mistake in every file, never another exception (a reload must survive any file).
     """
     files = definition_files(directory, where)
-    compiler = Compiler(Templates(), environ)
+    compiler = Compiler(environ=environ)  # templates (jinja2) only once a definition has one
     problems = compiler.problems
     seen = _Seen(error_text)
     for path in files:
         problems.run(_read_definition, path, compiler, seen)
-    definitions = compiler.finish()
+    definitions = compiler.finish(answers_itself=seen.python is not None)
     handler_class = None
     if seen.python is not None and seen.yaml_where is not None:
         problems.add(ConfigError(f"a bot is either `python` ({seen.python[1]}) or YAML handlers, "
@@ -164,6 +166,8 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
         assert seen.python is not None   # a handler class is imported only from `python:`
         bot.handler_class, bot.python_ref = handler_class, seen.python[0]
     else:
+        # the YAML pipeline, and what it imports (requests, jinja2, regex), only for a YAML bot
+        from .pipeline import Pipeline
         bot.pipeline = Pipeline(definitions, seen.error_text)
     return bot
 

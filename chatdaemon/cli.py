@@ -273,19 +273,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     token = read_token(args)
     config, bot = _load_for_run(args)
     from .app import App, Events
-    from .daemon import Notifier, removing_new_database
+    from .daemon import Notifier, limit_malloc_arenas, removing_new_database
     from .dbfile import owner_of_token
     from .logs import configure
     from .telegram import TelegramClient
     from .transfer import FileAPI  # handlers may upload and download files
 
+    limit_malloc_arenas()  # before any thread: the detached daemon inherits it
     if args.daemon:
         return _run_daemon(args, token, config, bot, early)
     configure(config.log_level, secrets=(token,))
     notifier = Notifier()
-    events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping)
-    api = FileAPI(TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4),
-                  token, config.api_url)
+    events = Events(starting=notifier.starting, tick=notifier.tick, stopping=notifier.stopping,
+                    tick_every=notifier.tick_every)
+    api = FileAPI(TelegramClient(token, config.api_url), token, config.api_url)
     with removing_new_database(config.database, os.path.exists(config.database)):
         App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
             owner=owner_of_token(token), early=early).run()
@@ -318,8 +319,7 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
 
     def serve(report: StartReport) -> None:
         configure(config.log_level, secrets=(token,))
-        api = FileAPI(TelegramClient(token, config.api_url, pool_size=config.max_delegates + 4),
-                      token, config.api_url)
+        api = FileAPI(TelegramClient(token, config.api_url), token, config.api_url)
         events = Events(ready=lambda app: log_file.reopen_on_hangup(), starting=report.starting,
                         tick=report.tick)
         with removing_new_database(config.database, existed):

@@ -103,6 +103,12 @@ class Notifier:
             self._last_status = line
             self.send(f"STATUS={line}")
 
+    @property
+    def tick_every(self) -> float | None:
+        """How often tick() must run: WATCHDOG=1 goes out when a third of the interval has
+        passed, so ticks every interval/2.5 feed it about then (48 s for WatchdogSec=120)."""
+        return None if self.watchdog_interval is None else self.watchdog_interval / 2.5
+
     def _feed_watchdog(self, poll_loop_alive: bool) -> None:
         """WATCHDOG=1 only while the poll loop keeps its bounds (see Poller.alive)."""
         if self.watchdog_interval is None or not poll_loop_alive:
@@ -114,6 +120,30 @@ class Notifier:
 
     def stopping(self, app: Daemon) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
+
+
+M_ARENA_MAX = -8    # glibc's mallopt() parameter number (malloc.h)
+MALLOC_ARENAS = 2   # as the systemd units set MALLOC_ARENA_MAX
+
+
+def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
+    """Cap glibc's malloc arenas at MALLOC_ARENAS for runs outside the units; True if done.
+
+    glibc gives each thread that allocates while another does an arena of its own (64 MiB
+    of address space on 64-bit): 64 chat threads took the daemon to 1 GB of VmSize, on a
+    32-bit Pi half of what it can address. Call it before any thread starts. A
+    MALLOC_ARENA_MAX in the environment (the units set it) is left to glibc; with another
+    C library there is nothing to do.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    if "MALLOC_ARENA_MAX" in env:
+        return False
+    try:
+        import ctypes
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1
 
 
 def status_line(app: Daemon) -> str:

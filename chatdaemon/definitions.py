@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import yamlfile
 from .errors import ConfigError
-from .patterns import MATCH_SECONDS, Pattern, PatternError, compile_pattern, probe
-from .templates import ANY_PATTERN, Template, Templates
-from .tree import Tree, compile_tree
 from .yamlfile import Problems, check_keys
+
+# patterns (regex), templates (jinja2) and tree are imported where a definition first needs
+# them: a bot of one Python handler never loads them
+if TYPE_CHECKING:
+    from .patterns import Pattern
+    from .templates import Template, Templates
+    from .tree import Tree
 
 HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", "request",
                 "response", "on_error", "save", "handoff", "schedule"}
@@ -131,8 +135,8 @@ class Definitions:
 class Compiler:
     """Turns the YAML of a handlers directory into Definitions."""
 
-    def __init__(self, templates: Templates, environ: dict[str, str] | None = None):
-        self.templates = templates
+    def __init__(self, templates: Templates | None = None, environ: dict[str, str] | None = None):
+        self._templates = templates
         self.environ = os.environ if environ is None else environ
         self.result = Definitions()
         self.problems = Problems()
@@ -140,6 +144,14 @@ class Compiler:
         self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
         self._lost_states: set[str] = set()     # named by handlers left out for an error
         self._lost_schedules: set[str] = set()  # schedules left out for an error
+
+    @property
+    def templates(self) -> Templates:
+        """The template compiler, built when the first template is met."""
+        if self._templates is None:
+            from .templates import Templates
+            self._templates = Templates()
+        return self._templates
 
     def _template(self, source: Any, where: str, parse_mode: str | None = None,
                   url: bool = False) -> Template:
@@ -207,6 +219,7 @@ class Compiler:
         if not isinstance(item.get("handoff", False), bool):
             part.add(ConfigError(f"handler {name}: handoff must be true or false",
                                  _at(item, "handoff")))
+        from .templates import ANY_PATTERN
         regex = part.run(self._pattern, item, name, failed=ANY_PATTERN)
         self._regex = regex  # response, request, on_error and save see this handler's groups
         try:
@@ -256,6 +269,7 @@ class Compiler:
     def _pattern(self, item: dict, name: str) -> Pattern | None:
         if "pattern" not in item:
             return None
+        from .patterns import MATCH_SECONDS, PatternError, compile_pattern, probe
         source = item["pattern"]
         where = _at(item, "pattern")
         if not isinstance(source, str):
@@ -527,6 +541,7 @@ class Compiler:
     def add_tree(self, data: Any, where: str) -> None:
         if self.result.tree is not None:
             raise ConfigError(f"tree is already set in {self.result.tree.where}", where)
+        from .tree import compile_tree
         self.result.tree = compile_tree(data, yamlfile.where_of(data, where), self.templates,
                                         self._state_name)
 
@@ -554,9 +569,11 @@ class Compiler:
         self.result.fallback = self.response(DEFAULT_FALLBACK + hint, "(the default fallback)")
         self.result.default_fallback = True
 
-    def finish(self) -> Definitions:
-        """The whole-bot checks; the problems of the whole load are left in `problems`."""
-        self._default_fallback()
+    def finish(self, answers_itself: bool = False) -> Definitions:
+        """The whole-bot checks; the problems of the whole load are left in `problems`.
+        `answers_itself`: a Python handler answers every message (no default fallback)."""
+        if not answers_itself:
+            self._default_fallback()
         self._check_states()
         self._check_schedules()
         self.result.handlers.sort(key=lambda h: (-h.priority, h.order))

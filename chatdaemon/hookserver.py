@@ -18,6 +18,7 @@ import hmac
 import io
 import json
 import logging
+import selectors
 import socket
 import threading
 import time
@@ -26,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from .templates import EMOJI, TemplateError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,11 @@ class HookServer(ThreadingHTTPServer):
         self.limiter = HookLimiter()
         self.slots = ConnectionSlots(max_connections, max_per_client)
         self.accepted = 0
+        # shutdown() wakes the serving thread through this pair: no periodic poll when idle
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._stopping = False
+        self._served = threading.Event()
+        self._served.set()  # nothing to wait for until serve_forever runs
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address):
@@ -143,9 +147,45 @@ class HookServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         log.debug("hook server: connection from %s failed", client_address[0], exc_info=True)
 
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept connections until shutdown(); sleeps in select() with no timeout meanwhile.
+
+        socketserver's own loop wakes every poll_interval to look for a shutdown request;
+        here shutdown() writes to a wake-up socket instead, so an idle server never wakes.
+        """
+        if self._stopping:
+            return
+        self._served.clear()
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_reader, selectors.EVENT_READ)
+                while not self._stopping:
+                    ready = selector.select(poll_interval)
+                    if self._stopping:
+                        break
+                    if any(key.fileobj is self for key, _ in ready):
+                        self._handle_request_noblock()
+                    self.service_actions()
+        finally:
+            self._served.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() and wait until it has returned (at once: no poll to wait for)."""
+        self._stopping = True
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:  # already closed: nothing is serving
+            pass
+        self._served.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
     def start(self) -> None:
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.5},
-                         name="hook-server", daemon=True).start()
+        threading.Thread(target=self.serve_forever, name="hook-server", daemon=True).start()
         host, port = self.server_address[:2]
         log.info("hooks, /healthz and /metrics on http://%s:%s", host, port)
 
@@ -261,6 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.loads(body) if body.strip() else {}
         except ValueError as exc:
             return self._json(400, {"ok": False, "error": f"the body is not JSON: {exc}"})
+        from .templates import EMOJI, TemplateError  # jinja2: only once a hook is posted
         try:
             message = door.render(hook.response, {"data": data, "env": door.env(), "emoji": EMOJI})
         except TemplateError as exc:

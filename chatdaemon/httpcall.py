@@ -18,21 +18,22 @@ imported here for the callers that know them as httpcall's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import threading
 import urllib.parse
-from typing import Any
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from typing import TYPE_CHECKING, Any
 
 from .definitions import Request
 from .templates import Template, Trusted, url_value
 
-__all__ = ["DeadlineAdapter", "RequestFailed", "Trusted", "new_session", "perform",
+# requests and urllib3 (about 6 MB resident) are imported with the first request a bot
+# makes: a bot without `request:` never loads them
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["RequestFailed", "Session", "Trusted", "deadline_adapter", "new_session", "perform",
            "render_url", "url_value"]
 
 MAX_BODY = 1024 * 1024
@@ -120,20 +121,43 @@ def render_tree(value: Any, context: dict) -> Any:
     return value
 
 
-def new_session() -> requests.Session:
-    """A session whose requests a total deadline can cut off, the response headers included."""
+class Session:
+    """A requests session whose requests a total deadline can cut off, made on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+
+    def get(self) -> requests.Session:
+        with self._lock:
+            if self._session is None:
+                self._session = _deadline_session()
+            return self._session
+
+
+def new_session() -> Session:
+    """A session for perform(); requests itself is imported by its first request."""
+    return Session()
+
+
+def _deadline_session() -> requests.Session:
+    import requests
     session = requests.Session()
-    adapter = DeadlineAdapter()
+    adapter = deadline_adapter()()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
 
 
-def perform(request: Request, context: dict, session: requests.Session) -> dict:
+def perform(request: Request, context: dict, session: Session) -> dict:
     """Make the request; return {status, data, headers} for a 2xx answer, else RequestFailed.
 
     `session` comes from new_session(): its adapter lets the deadline cut the exchange off.
     """
+    if not isinstance(session, Session):
+        raise TypeError("perform() needs a session from httpcall.new_session()")
+    import requests
+    http = session.get()
     url = render_url(request.url, context)
     kwargs: dict[str, Any] = {
         "params": {k: t.render(context) for k, t in request.params.items()} or None,
@@ -147,14 +171,12 @@ def perform(request: Request, context: dict, session: requests.Session) -> dict:
         kwargs["json"] = render_tree(request.json, context)
     elif request.data is not None:
         kwargs["data"] = render_tree(request.data, context)
-    adapter = session.get_adapter(url)
-    if not isinstance(adapter, DeadlineAdapter):
-        raise TypeError("perform() needs a session from httpcall.new_session()")
+    adapter = http.get_adapter(url)
     # the invariant: the whole exchange, from connect to the body's last byte, ends by
     # `timeout` after it began; the (connect, read) timeout still bounds each single read
     with adapter.deadline(request.timeout) as watch:
         try:
-            response = _exchange(session, request.method, url, kwargs, watch)
+            response = _exchange(http, request.method, url, kwargs, watch)
         except requests.exceptions.Timeout:
             raise RequestFailed(f"no answer within {request.timeout:g} s",
                                 _no_answer("timeout")) from None
@@ -240,68 +262,77 @@ def _shut(sock: socket.socket) -> None:
         pass
 
 
-class _Watched(HTTPConnection):
-    """Mixed into urllib3's connections: each socket a request uses is shown to its Watch."""
+@functools.cache
+def deadline_adapter() -> type:
+    """requests' HTTPAdapter, with connections that report their sockets to the current Watch.
 
-    adapter: DeadlineAdapter  # set on the adapter's own subclasses
+    A class made on first use, so that importing this module does not import requests.
+    """
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        self.adapter.note(sock)
-        return sock
+    class _Watched:
+        """Mixed into urllib3's connections: each socket a request uses is shown to its Watch."""
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        self.adapter.note(getattr(self, "sock", None))  # a kept-alive connection, reused
-        return super().request(*args, **kwargs)
+        adapter: DeadlineAdapter  # set on the adapter's own subclasses
 
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()  # type: ignore[misc]
+            self.adapter.note(sock)
+            return sock
 
-class DeadlineAdapter(HTTPAdapter):
-    """requests' adapter, with connections that report their sockets to the current Watch."""
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            self.adapter.note(getattr(self, "sock", None))  # a kept-alive connection, reused
+            return super().request(*args, **kwargs)  # type: ignore[misc]
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        self._current = threading.local()  # the Watch of the request this thread is making
-        super().__init__(*args, **kwargs)
+    class DeadlineAdapter(HTTPAdapter):
+        def __init__(self, *args: Any, **kwargs: Any):
+            self._current = threading.local()  # the Watch of the request this thread is making
+            super().__init__(*args, **kwargs)
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self._watch_pools(self.poolmanager)
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self._watch_pools(self.poolmanager)
 
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        self._watch_pools(manager)
-        return manager
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            self._watch_pools(manager)
+            return manager
 
-    def _watch_pools(self, manager: Any) -> None:
-        manager.pool_classes_by_scheme = {
-            "http": _subclass(HTTPConnectionPool, HTTPConnection, self),
-            "https": _subclass(HTTPSConnectionPool, HTTPSConnection, self),
-        }
+        def _watch_pools(self, manager: Any) -> None:
+            manager.pool_classes_by_scheme = {
+                "http": _subclass(HTTPConnectionPool, HTTPConnection, self),
+                "https": _subclass(HTTPSConnectionPool, HTTPSConnection, self),
+            }
 
-    @contextlib.contextmanager
-    def deadline(self, seconds: float):
-        """Watch what this thread's next request reads, and cut it off after `seconds`."""
-        watch = Watch(seconds)
-        self._current.watch = watch
-        watch.start()
-        try:
-            yield watch
-        finally:
-            watch.finish()
-            self._current.watch = None
+        @contextlib.contextmanager
+        def deadline(self, seconds: float):
+            """Watch what this thread's next request reads, and cut it off after `seconds`."""
+            watch = Watch(seconds)
+            self._current.watch = watch
+            watch.start()
+            try:
+                yield watch
+            finally:
+                watch.finish()
+                self._current.watch = None
 
-    def note(self, sock: Any) -> None:
-        watch = getattr(self._current, "watch", None)
-        if watch is not None:
-            watch.add(sock)
+        def note(self, sock: Any) -> None:
+            watch = getattr(self._current, "watch", None)
+            if watch is not None:
+                watch.add(sock)
 
+    def _subclass(pool: type, connection: type, adapter: DeadlineAdapter) -> type:
+        """`pool` whose connections are `connection` reporting to `adapter`."""
+        watched = type(f"Watched{connection.__name__}", (_Watched, connection), {"adapter": adapter})
+        return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": watched})
 
-def _subclass(pool: type, connection: type, adapter: DeadlineAdapter) -> type:
-    """`pool` whose connections are `connection` reporting to `adapter`."""
-    watched = type(f"Watched{connection.__name__}", (_Watched, connection), {"adapter": adapter})
-    return type(f"Watched{pool.__name__}", (pool,), {"ConnectionCls": watched})
+    return DeadlineAdapter
 
 
 def _read_capped(answer: requests.Response, watch: Watch) -> bytes:
+    import requests
     chunks, size = [], 0
     for chunk in answer.iter_content(16384):
         size += len(chunk)

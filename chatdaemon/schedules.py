@@ -43,6 +43,12 @@ def save(db: sqlite3.Connection, chat_id: int, saved: dict | None, wanted: dict,
                    " VALUES (?, ?, ?, ?)", (chat_id, name, every, now + every))
 
 
+def next_due(db: sqlite3.Connection) -> float | None:
+    """When the earliest schedule falls due (time.time() seconds), or None with none."""
+    [(next_at,)] = db.execute("SELECT MIN(next_at) FROM schedules").fetchall()
+    return next_at
+
+
 def anything_to_do(db: sqlite3.Connection, now: float) -> bool:
     """Whether a schedule is due, or lies more than one interval ahead (the clock jumped back)."""
     return db.execute("SELECT 1 FROM schedules WHERE next_at <= ? OR next_at > ? + every"

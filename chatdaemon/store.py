@@ -400,6 +400,11 @@ class Store:
 
     # -- schedules (schedules.py) ---------------------------------------------------------
 
+    def next_tick_at(self) -> float | None:
+        """When the earliest schedule falls due (time.time() seconds), or None with none."""
+        with self._reading() as db:
+            return schedules.next_due(db)
+
     def queue_due_ticks(self, now: float) -> list[int]:
         """Queue one tick for every due schedule and re-arm it; return the chats to wake
         (see schedules.queue_due_ticks)."""

@@ -18,6 +18,7 @@ import queue
 import re
 import socket
 import ssl
+import threading
 import urllib.parse
 import urllib.request
 from typing import Any, Protocol
@@ -39,6 +40,10 @@ HEAD_BYTES = 4096   # the part of a refused answer kept for the caller (the firs
 _METHOD_NAME = re.compile(r"[A-Za-z]{1,64}")
 TOKEN_PATTERN = re.compile(r"\d{3,}:[A-Za-z0-9_-]{10,}")
 USER_AGENT = "chatdaemon"
+# Open connections to the Bot API at most, the long poll's included: against Telegram each is
+# a TLS session. Sending is bound by the rate limits (about 30/s) and round trips, not by
+# connections: 64 chat threads answered no faster with 64 of them than with 8.
+MAX_CONNECTIONS = 8
 
 
 class BotAPI(Protocol):
@@ -72,7 +77,8 @@ class TelegramClient:
     """Calls the Bot API at `api_url` over pooled keep-alive connections."""
 
     def __init__(self, token: str, api_url: str = DEFAULT_API_URL, *,
-                 connect_timeout: float = 10.0, read_timeout: float = 30.0, pool_size: int = 64):
+                 connect_timeout: float = 10.0, read_timeout: float = 30.0,
+                 pool_size: int = MAX_CONNECTIONS):
         parts = urllib.parse.urlsplit(api_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("the Bot API URL must be http:// or https:// with a host")
@@ -86,6 +92,7 @@ class TelegramClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._pool: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(pool_size)
+        self._slots = threading.BoundedSemaphore(pool_size)  # connections in use or kept idle
 
     def __repr__(self) -> str:
         return f"TelegramClient({self._scheme}://{self._host}:{self._port}, <token redacted>)"
@@ -99,10 +106,16 @@ class TelegramClient:
             raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
         body = json.dumps(params or {}, ensure_ascii=False).encode()
         read = self.read_timeout if timeout is None else timeout
+        # the invariant: at most pool_size connections are open; a call beyond waits for one
+        # (no longer than a call may take) and otherwise fails as not sent
+        if not self._slots.acquire(timeout=self.connect_timeout + self.read_timeout):
+            raise NetworkError(method, "no free connection in time", maybe_delivered=False)
         try:
             status, data = self._exchange(method, body, read, reuse=True)
         except _NotSent as exc:
             raise NetworkError(method, str(exc), maybe_delivered=False, where=self.where) from None
+        finally:
+            self._slots.release()
         return _result_of(method, status, data)
 
     def _exchange(self, method: str, body: bytes, read: float, reuse: bool) -> tuple[int, bytes]:

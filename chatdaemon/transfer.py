@@ -17,8 +17,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from .errors import NetworkError, TelegramError
 from .telegram import BotAPI, _result_of
 
@@ -101,6 +99,7 @@ class FileAPI:
                 fields[key] = value
             else:  # multipart fields are text: objects and numbers go as JSON
                 fields[key] = json.dumps(value, ensure_ascii=False)
+        import requests  # only bots that upload pay for it (about 10 MB on a Pi)
         try:
             response = requests.post(self._method_base + method, data=fields, files=files,
                                      timeout=self._timeout)
@@ -116,6 +115,7 @@ class FileAPI:
 
         Raises TelegramError (method "download_file") when the file server refuses.
         """
+        import requests  # only bots that download pay for it
         try:
             response = requests.get(self._file_base + file_path.lstrip("/"), stream=True,
                                     timeout=self._timeout)

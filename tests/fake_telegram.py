@@ -639,6 +639,11 @@ class FakeTelegram:
                 f"Content-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n")
         request.wfile.write(head.encode("latin-1") + content)
 
+    def open_connections(self) -> int:
+        """Client connections open to the double right now (kept-alive ones included)."""
+        with self.cond:
+            return len(self._connections)
+
 
 # -- helpers ---------------------------------------------------------------------------------
 

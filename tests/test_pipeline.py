@@ -15,7 +15,7 @@ from requests.structures import CaseInsensitiveDict
 
 from chatdaemon.definitions import Compiler
 from chatdaemon.errors import UpdateFailed
-from chatdaemon.httpcall import DeadlineAdapter
+from chatdaemon.httpcall import deadline_adapter
 from chatdaemon.pipeline import FrozenDict, Pipeline, PipelineHandler, frozen, render_reply
 from chatdaemon.store import Conversation
 from chatdaemon.templates import Templates
@@ -37,7 +37,7 @@ class Sender:
         return [params["text"] for method, params in self.calls if method == "sendMessage"]
 
 
-class FakeAdapter(DeadlineAdapter):
+class FakeAdapter(deadline_adapter()):
     """Answers every request with the next queued (status, body, content type), recorded."""
 
     def __init__(self):
@@ -83,8 +83,8 @@ class Chat:
     def __init__(self, pipeline: Pipeline, state: str | None = None):
         self.pipeline = pipeline
         self.adapter = FakeAdapter()
-        pipeline.session.mount("http://", self.adapter)
-        pipeline.session.mount("https://", self.adapter)
+        pipeline.session.get().mount("http://", self.adapter)
+        pipeline.session.get().mount("https://", self.adapter)
         self.conversation = Conversation(CHAT, state, {})
         self.sender = Sender()
         self.handler = PipelineHandler(None, self.conversation, self.sender, pipeline)

@@ -111,7 +111,7 @@ def run_program(script: str, args: list[str], config, log_level: str | None = No
     from .runtime import Runtime
 
     configure(log_level or config.log_level)
-    runtime = Runtime(config.api_url, pool_size=config.max_delegates + 4)
+    runtime = Runtime(config.api_url)
     program = start_program(script, args, runtime)
     token = wait_for_loop(program, runtime)
     configure(log_level or config.log_level, secrets=(token,))
@@ -120,6 +120,6 @@ def run_program(script: str, args: list[str], config, log_level: str | None = No
               error_text=config.error_text)
     notifier = Notifier()
     events = Events(ready=runtime.attach, starting=notifier.starting, tick=notifier.tick,
-                    stopping=notifier.stopping)
+                    stopping=notifier.stopping, tick_every=notifier.tick_every)
     assert runtime.api is not None   # the message loop started, so the program made its Bot
     App(config, bot, runtime.api, events).run()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from ..telegram import TelegramClient
+from ..telegram import MAX_CONNECTIONS, TelegramClient
 from . import exception
 from .chat import route_for
 from .transport import FileAPI
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Runtime:
     """What the program registered, and the way its calls leave the process."""
 
-    def __init__(self, api_url: str, pool_size: int = 16):
+    def __init__(self, api_url: str, pool_size: int = MAX_CONNECTIONS):
         self.api_url = api_url
         self.pool_size = pool_size
         self.token: str | None = None
