@@ -165,7 +165,8 @@ class HookServer(ThreadingHTTPServer):
                     if self._stopping:
                         break
                     if any(key.fileobj is self for key, _ in ready):
-                        self._handle_request_noblock()
+                        # socketserver's own serve_forever calls it; its stubs leave it out
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
                     self.service_actions()
         finally:
             self._served.set()
