@@ -49,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,7 +367,7 @@ def quarantine_note(run: Run, faulty: Faulty) -> str:
     """How many updates `chatdaemon status` counts as quarantined; how many of them the
     inbox's quarantined column places in chats other than the faulty one."""
     total = run.status()["quarantined"]
-    with sqlite3.connect(f"{run.db.as_uri()}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"{run.db.as_uri()}?mode=ro", uri=True)) as db:
         elsewhere = db.execute("SELECT COUNT(*) FROM inbox WHERE quarantined IS NOT NULL"
                                " AND chat_id != ?", (faulty.chat,)).fetchone()[0]
     return f"{total} quarantined, {elsewhere} of them in other chats"
