@@ -34,7 +34,7 @@ from typing import Any
 from .errors import Abandoned, BadToken, ShuttingDown
 from .sender import Sender
 from .store import Store
-from .transaction import Bot, UpdateTransaction
+from .transaction import Bot, Careful, UpdateTransaction
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Delegator:
         self._all_gone = threading.Condition(self._lock)
         self._stopped = threading.Event()
         self.stopping = False
+        self.careful: Careful | None = None   # after a crash loop: rows started one at a time
         self._stats = {"handled": 0, "failed": 0, "quarantined": 0, "abandoned": 0,
                        "peak_delegates": 0}
 
@@ -87,10 +88,16 @@ class Delegator:
 
     def replay(self) -> list[int]:
         """At start-up: count the interrupted attempts, then start the chats with pending rows."""
+        suspects = self.store.repeat_suspects()
         interrupted = self.store.count_interrupted()
         if interrupted:
             log.info("%d update(s) were in flight when the daemon last ended; trying them again",
                      interrupted)
+        elif suspects:
+            # a crash loop: start the suspects one at a time, so only the guilty one is counted
+            log.warning("the daemon ended again with %d update(s) pending that were cut short "
+                        "before; trying them one at a time", len(suspects))
+            self.careful = Careful(suspects, wait=self.limits.update_timeout + 5)
         pending = self.store.pending_chats()
         if pending:
             log.info("replaying pending updates of %d chat(s)", len(pending))
@@ -420,7 +427,7 @@ class Delegate(threading.Thread):
     def _open(self) -> UpdateTransaction:
         delegator = self.delegator
         return UpdateTransaction(self.chat_id, self.store, delegator.sender, delegator.bot, self,
-                                 sleep=delegator.pause)
+                                 sleep=delegator.pause, careful=delegator.careful)
 
     # -- the transaction's Slot ------------------------------------------------------------
 

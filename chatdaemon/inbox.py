@@ -289,12 +289,28 @@ def prune(db: sqlite3.Connection, before: float) -> int:
     return cur.rowcount
 
 
+_FIRST_PENDING = ("SELECT MIN(update_id) FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
+                  " GROUP BY chat_id")
+
+
 def count_interrupted(db: sqlite3.Connection) -> int:
-    """One more attempt for each chat's first pending row (the one in flight at a crash)."""
-    cur = db.execute(
-        "UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN (SELECT MIN(update_id)"
-        " FROM inbox WHERE done = 0 AND chat_id IS NOT NULL GROUP BY chat_id)")
+    """One more attempt for each chat's first pending row (the one in flight at a crash).
+
+    Only at a first unclean end: when one of those rows was counted before, the daemon is
+    in a crash loop and counting every chat's first row again would set innocent updates
+    aside with the guilty one; then `repeat_suspects` are started one at a time instead,
+    each counted as it starts."""
+    if repeat_suspects(db):
+        return 0
+    cur = db.execute(f"UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN ({_FIRST_PENDING})")
     return cur.rowcount
+
+
+def repeat_suspects(db: sqlite3.Connection) -> list[int]:
+    """First pending rows already cut short before: one of them keeps ending the daemon."""
+    return [update_id for (update_id,) in db.execute(
+        f"SELECT update_id FROM inbox WHERE update_id IN ({_FIRST_PENDING}) AND attempts > 0"
+        " ORDER BY update_id")]
 
 
 def add_attempt(db: sqlite3.Connection, update_id: int) -> None:

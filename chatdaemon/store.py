@@ -428,6 +428,11 @@ class Store:
         with self._transaction() as db:
             return inbox.count_interrupted(db)
 
+    def repeat_suspects(self) -> list[int]:
+        """Chats' first pending rows that were cut short before (see inbox.repeat_suspects)."""
+        with self._reading() as db:
+            return inbox.repeat_suspects(db)
+
     def note_clean_stop(self) -> None:
         """Every delegate ended in time: nothing was in flight, so the next start counts nothing."""
         with self._transaction() as db:

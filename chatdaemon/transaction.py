@@ -21,10 +21,13 @@ no handler code is imported here, and handlers see it only as their `ChatContext
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from .errors import (
@@ -103,6 +106,31 @@ class Slot(Protocol):
         """Rows for these chats were committed: serve them."""
 
 
+class Careful:
+    """After the daemon ended again while the same rows were pending (a crash loop): those
+    rows are started one at a time, each with its attempt counted before it starts, so
+    that only the update that ends the daemon is counted, not the others in flight."""
+
+    def __init__(self, update_ids: Iterable[int], wait: float):
+        self._ids = set(update_ids)
+        self._alone = threading.Lock()
+        self._wait = wait   # a hung one is given up by then; the next starts anyway
+
+    def covers(self, update_id: int) -> bool:
+        return update_id in self._ids
+
+    @contextlib.contextmanager
+    def alone(self, store: Store, update_id: int) -> Iterator[None]:
+        locked = self._alone.acquire(timeout=self._wait)
+        try:
+            self._ids.discard(update_id)
+            store.add_attempt(update_id)   # counted before it starts: a crash now is its own
+            yield
+        finally:
+            if locked:
+                self._alone.release()
+
+
 class UpdateTransaction:
     """A chat's conversation and handler while one delegate serves it; one update at a time.
 
@@ -111,7 +139,8 @@ class UpdateTransaction:
     """
 
     def __init__(self, chat_id: int, store: Store, sender: Sender, bot: Bot, slot: Slot, *,
-                 sleep: Callable[[float], bool], quarantine_after: int = QUARANTINE_AFTER):
+                 sleep: Callable[[float], bool], quarantine_after: int = QUARANTINE_AFTER,
+                 careful: Careful | None = None):
         self.chat_id = chat_id
         self.store = store
         self.sender = sender
@@ -119,6 +148,7 @@ class UpdateTransaction:
         self._slot = slot
         self._sleep = sleep          # waits; True when the daemon is stopping
         self._quarantine_after = quarantine_after
+        self._careful = careful
         self._conversation = store.load_conversation(chat_id)
         self._row: InboxRow | None = None
         # between updates `_before` is the snapshot of the conversation as saved (made when
@@ -161,13 +191,25 @@ class UpdateTransaction:
             if row.attempts >= self._quarantine_after:
                 self._quarantine(row)
                 return
-            self._follow_migration(row)
-            self._begin(row)
-            self._run(lambda: self._dispatch(row))
-            self._finish_current()
+            if self._careful is not None and self._careful.covers(row.update_id):
+                with self._careful.alone(self.store, row.update_id):
+                    # counted as it starts: the count includes the end it may have caused last
+                    row = dataclasses.replace(row, attempts=row.attempts + 1)
+                    if row.attempts >= self._quarantine_after:
+                        self._quarantine(row)
+                        return
+                    self._handle_one(row)
+            else:
+                self._handle_one(row)
         finally:
             self._release_migration()
         self._end_handler_if_ending()
+
+    def _handle_one(self, row: InboxRow) -> None:
+        self._follow_migration(row)
+        self._begin(row)
+        self._run(lambda: self._dispatch(row))
+        self._finish_current()
 
     def _follow_migration(self, row: InboxRow) -> None:
         """Telegram's service messages of a group's move to a supergroup: the old group's

@@ -13,7 +13,7 @@ from chatdaemon.errors import Abandoned, BadToken, TelegramError
 from chatdaemon.inbox import to_row
 from chatdaemon.store import Conversation, Store
 from chatdaemon.templates import EMOJI
-from chatdaemon.transaction import UpdateTransaction
+from chatdaemon.transaction import Careful, UpdateTransaction
 
 CHAT = 42
 
@@ -244,7 +244,32 @@ def test_start_up_counts_only_each_chats_first_pending_row_and_nothing_after_a_c
     store.note_clean_stop()
     assert store.count_interrupted() == 0
     assert [r.attempts for r in store.pending(CHAT)] == [1, 0]
-    assert store.count_interrupted() == 2  # the clean mark counts for one start only
+    # the clean mark counts for one start only; the next unclean end finds rows counted
+    # before, a crash loop: nothing is counted for all, the suspects start one at a time
+    assert store.count_interrupted() == 0
+    assert store.repeat_suspects() == [1, 3]
+
+
+def test_in_a_crash_loop_only_the_update_that_ends_the_daemon_is_set_aside(store, sender, slot):
+    innocent, poison = message(1, "hi", chat_id=5), message(2, "die")
+    store.add_updates([innocent, poison])
+    assert store.count_interrupted() == 2                  # the first unclean end: both counted
+    # the second start: a crash loop; each suspect is counted only as it starts, alone
+    careful = Careful(store.repeat_suspects(), wait=1.0)
+    assert careful.covers(1) and careful.covers(2)
+    UpdateTransaction(5, store, sender, PythonBot(Counter), slot, sleep=lambda s: False,
+                      careful=careful).handle(store.pending(5)[0])
+    assert store.is_done(1) and sender.texts() == ["1"]
+    with careful.alone(store, 2):
+        pass                                               # the poison ends the daemon here
+    # the third start: only the poison is a suspect; its third end sets it aside unhandled
+    assert store.count_interrupted() == 0 and store.repeat_suspects() == [2]
+    UpdateTransaction(CHAT, store, sender, PythonBot(Counter), slot, sleep=lambda s: False,
+                      careful=Careful(store.repeat_suspects(), wait=1.0)).handle(store.pending(CHAT)[0])
+    assert store.quarantined_count() == 1 and store.is_done(2)
+    assert sender.texts() == ["1", "Sorry, that failed."]  # the poison's handler never ran
+    with store.reading() as db:                           # the innocent one was never set aside
+        assert db.execute("SELECT quarantined FROM inbox WHERE update_id = 1").fetchone() == (None,)
 
 
 # -- sends that fail ---------------------------------------------------------------------------
