@@ -24,6 +24,16 @@ LOCAL_BASE = 1 << 40
 # an unconfirmed update for at most 24 hours.
 KEEP_DONE_SECONDS = 48 * 3600
 
+# Telegram re-sends only an update whose batch was never acknowledged, and the poller
+# acknowledges a batch with its next getUpdates, seconds after the batch's commit. A
+# database over its size cap may lose handled rows down to this age: a re-delivery then
+# needs the daemon to have been cut off from Telegram for longer and to restart.
+KEEP_DONE_AT_LEAST_SECONDS = 3600
+
+# What a handled row's payload becomes once it is no longer needed: its id alone still
+# recognises a re-delivery.
+DROPPED_PAYLOAD = "{}"
+
 
 @dataclass(frozen=True)
 class InboxRow:
@@ -286,6 +296,27 @@ def mark_done(db: sqlite3.Connection, update_id: int, now: float) -> None:
 def prune(db: sqlite3.Connection, before: float) -> int:
     """Delete handled rows handled before `before`; unhandled rows are never pruned."""
     cur = db.execute("DELETE FROM inbox WHERE done = 1 AND handled < ?", (before,))
+    return cur.rowcount
+
+
+def drop_oldest_payloads(db: sqlite3.Connection, count: int) -> int:
+    """Empty the payload of up to `count` handled rows, oldest first; their ids stay.
+
+    Quarantined rows keep theirs (the owner may still want to read what was set aside);
+    unhandled rows always keep theirs.
+    """
+    cur = db.execute(
+        "UPDATE inbox SET payload = ? WHERE update_id IN (SELECT update_id FROM inbox"
+        " WHERE done = 1 AND quarantined IS NULL AND payload != ? ORDER BY received LIMIT ?)",
+        (DROPPED_PAYLOAD, DROPPED_PAYLOAD, count))
+    return cur.rowcount
+
+
+def prune_oldest(db: sqlite3.Connection, received_before: float, count: int) -> int:
+    """Delete up to `count` handled rows received before `received_before`, oldest first."""
+    cur = db.execute(
+        "DELETE FROM inbox WHERE update_id IN (SELECT update_id FROM inbox"
+        " WHERE done = 1 AND received < ? ORDER BY received LIMIT ?)", (received_before, count))
     return cur.rowcount
 
 

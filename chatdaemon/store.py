@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from . import conversations, inbox, schedules
 from .conversations import Conversation
@@ -42,12 +43,38 @@ from .dbfile import (
     unreadable,
 )
 from .errors import ConfigError, ShuttingDown
-from .inbox import KEEP_DONE_SECONDS, LOCAL_BASE, InboxRow
+from .inbox import KEEP_DONE_AT_LEAST_SECONDS, KEEP_DONE_SECONDS, LOCAL_BASE, InboxRow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "InboxRow", "Store",
-           "create_private_file"]
+__all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "InboxRow", "Pruned",
+           "Retention", "Store", "create_private_file"]
+
+DEFAULT_MAX_DATABASE_BYTES = 64 * 2 ** 20
+FIT_ROUNDS = 100   # a prune to fit the size cap stops after this many batches, done or not
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long and how much the database keeps of what is finished."""
+
+    keep_handled: float = KEEP_DONE_SECONDS     # seconds a handled update is kept
+    max_database_bytes: int = DEFAULT_MAX_DATABASE_BYTES   # 0: no cap
+    forget_conversations_after: float | None = None   # seconds idle; None: kept for ever
+
+
+@dataclass
+class Pruned:
+    """What one prune removed."""
+
+    updates: int = 0          # handled updates deleted
+    payloads: int = 0         # handled updates whose payload was dropped (the id stays)
+    conversations: int = 0    # idle conversations deleted
+    freed_bytes: int = 0      # given back to the file system
+    over_cap_bytes: int = 0   # still above the size cap when nothing more could go
+
+    def __bool__(self) -> bool:
+        return bool(self.updates or self.payloads or self.conversations or self.freed_bytes)
 
 MIGRATIONS: list[str] = [
     # 1: the inbox and the conversations
@@ -181,6 +208,13 @@ def shape_file(db: sqlite3.Connection, path: str, empty: bool) -> None:
         db.execute("VACUUM")
     except sqlite3.OperationalError as exc:
         log.warning("database %s: could not rewrite it (%s); it keeps its old page size", path, exc)
+
+
+def _used_bytes(db: sqlite3.Connection) -> int:
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    return (pages - free) * page_size
 
 
 def create_private_file(path: str) -> None:
@@ -378,10 +412,64 @@ class Store:
 
     def prune(self, keep_seconds: float = KEEP_DONE_SECONDS) -> int:
         """Delete handled rows older than `keep_seconds`; unhandled rows are never pruned."""
-        with self._reading() as db:
-            pruned = inbox.prune(db, time.time() - keep_seconds)
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return self.apply_retention(Retention(keep_seconds, max_database_bytes=0)).updates
+
+    def apply_retention(self, retention: Retention, now: float | None = None) -> Pruned:
+        """Delete what `retention` no longer keeps, and give the space back to the disk.
+
+        First by age: handled updates, then (when asked) idle conversations. Then, while the
+        database is above its size cap: the payloads of the oldest handled updates (their
+        ids still recognise a re-delivery), then those updates themselves down to
+        KEEP_DONE_AT_LEAST_SECONDS. Unhandled updates are never pruned, whatever the cap.
+        """
+        now = time.time() if now is None else now
+        pruned = Pruned()
+        with self._transaction() as db:
+            pruned.updates = inbox.prune(db, now - retention.keep_handled)
+            if retention.forget_conversations_after is not None:
+                pruned.conversations = conversations.prune_idle(
+                    db, now - retention.forget_conversations_after)
+        if retention.max_database_bytes:
+            self._fit(retention.max_database_bytes, now, pruned)
+        pruned.freed_bytes = self._give_back_space()
         return pruned
+
+    def database_bytes(self) -> int:
+        """The bytes the database's pages hold (its free pages not counted)."""
+        with self._reading() as db:
+            return _used_bytes(db)
+
+    def _fit(self, cap: int, now: float, pruned: Pruned) -> None:
+        """Drop payloads, then handled rows, oldest first, in batches until under `cap`."""
+        for _ in range(FIT_ROUNDS):
+            with self._transaction() as db:
+                excess = _used_bytes(db) - cap
+                if excess <= 0:
+                    return
+                batch = max(100, excess // 200)   # rows: a payload is a few hundred bytes
+                dropped = inbox.drop_oldest_payloads(db, batch)
+                pruned.payloads += dropped
+                if not dropped:
+                    deleted = inbox.prune_oldest(db, now - KEEP_DONE_AT_LEAST_SECONDS, batch)
+                    pruned.updates += deleted
+                    if not deleted:
+                        pruned.over_cap_bytes = excess
+                        return
+        with self._reading() as db:
+            pruned.over_cap_bytes = max(0, _used_bytes(db) - cap)
+
+    def _give_back_space(self) -> int:
+        """Return free pages to the file system (incremental auto-vacuum), checkpointed."""
+        with self._reading() as db:
+            (free_pages,) = db.execute("PRAGMA freelist_count").fetchone()
+            (page_size,) = db.execute("PRAGMA page_size").fetchone()
+            (auto_vacuum,) = db.execute("PRAGMA auto_vacuum").fetchone()
+            if not free_pages or auto_vacuum != AUTO_VACUUM_INCREMENTAL:
+                return 0
+            db.execute("PRAGMA incremental_vacuum").fetchall()   # runs one page per step
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            (left,) = db.execute("PRAGMA freelist_count").fetchone()
+        return (free_pages - left) * page_size
 
     # -- conversations (conversations.py) -------------------------------------------------
 
