@@ -268,9 +268,8 @@ class Daemon:
         """Apply the retention settings; the database stays within its age and size."""
         pruned = self.store.apply_retention(self.config.retention)
         if pruned:
-            log.info("pruned %d handled update(s), %d payload(s), %d idle conversation(s); "
-                     "%d KiB given back", pruned.updates, pruned.payloads, pruned.conversations,
-                     pruned.freed_bytes // 1024)
+            log.info("pruned %d handled update(s) and %d idle conversation(s); %d KiB given "
+                     "back", pruned.updates, pruned.conversations, pruned.freed_bytes // 1024)
         if pruned.over_cap_bytes:
             log.warning("the database is %d KiB over retention.max_database_mb and holds nothing "
                         "more it may drop (unhandled updates, conversations, updates of the "

@@ -30,10 +30,6 @@ KEEP_DONE_SECONDS = 48 * 3600
 # needs the daemon to have been cut off from Telegram for longer and to restart.
 KEEP_DONE_AT_LEAST_SECONDS = 3600
 
-# What a handled row's payload becomes once it is no longer needed: its id alone still
-# recognises a re-delivery.
-DROPPED_PAYLOAD = "{}"
-
 
 @dataclass(frozen=True)
 class InboxRow:
@@ -296,19 +292,6 @@ def mark_done(db: sqlite3.Connection, update_id: int, now: float) -> None:
 def prune(db: sqlite3.Connection, before: float) -> int:
     """Delete handled rows handled before `before`; unhandled rows are never pruned."""
     cur = db.execute("DELETE FROM inbox WHERE done = 1 AND handled < ?", (before,))
-    return cur.rowcount
-
-
-def drop_oldest_payloads(db: sqlite3.Connection, count: int) -> int:
-    """Empty the payload of up to `count` handled rows, oldest first; their ids stay.
-
-    Quarantined rows keep theirs (the owner may still want to read what was set aside);
-    unhandled rows always keep theirs.
-    """
-    cur = db.execute(
-        "UPDATE inbox SET payload = ? WHERE update_id IN (SELECT update_id FROM inbox"
-        " WHERE done = 1 AND quarantined IS NULL AND payload != ? ORDER BY received LIMIT ?)",
-        (DROPPED_PAYLOAD, DROPPED_PAYLOAD, count))
     return cur.rowcount
 
 

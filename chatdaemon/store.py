@@ -68,13 +68,12 @@ class Pruned:
     """What one prune removed."""
 
     updates: int = 0          # handled updates deleted
-    payloads: int = 0         # handled updates whose payload was dropped (the id stays)
     conversations: int = 0    # idle conversations deleted
     freed_bytes: int = 0      # given back to the file system
     over_cap_bytes: int = 0   # still above the size cap when nothing more could go
 
     def __bool__(self) -> bool:
-        return bool(self.updates or self.payloads or self.conversations or self.freed_bytes)
+        return bool(self.updates or self.conversations or self.freed_bytes)
 
 MIGRATIONS: list[str] = [
     # 1: the inbox and the conversations
@@ -418,9 +417,10 @@ class Store:
         """Delete what `retention` no longer keeps, and give the space back to the disk.
 
         First by age: handled updates, then (when asked) idle conversations. Then, while the
-        database is above its size cap: the payloads of the oldest handled updates (their
-        ids still recognise a re-delivery), then those updates themselves down to
-        KEEP_DONE_AT_LEAST_SECONDS. Unhandled updates are never pruned, whatever the cap.
+        database is above its size cap, the oldest handled updates down to those received
+        in the last KEEP_DONE_AT_LEAST_SECONDS. Unhandled updates are never pruned, whatever
+        the cap. (Emptying payloads instead would free no page: SQLite does not merge the
+        pages an UPDATE leaves sparse.)
         """
         now = time.time() if now is None else now
         pruned = Pruned()
@@ -440,21 +440,19 @@ class Store:
             return _used_bytes(db)
 
     def _fit(self, cap: int, now: float, pruned: Pruned) -> None:
-        """Drop payloads, then handled rows, oldest first, in batches until under `cap`."""
+        """Delete handled rows, oldest first, in batches until under `cap`."""
         for _ in range(FIT_ROUNDS):
             with self._transaction() as db:
                 excess = _used_bytes(db) - cap
                 if excess <= 0:
                     return
-                batch = max(100, excess // 200)   # rows: a payload is a few hundred bytes
-                dropped = inbox.drop_oldest_payloads(db, batch)
-                pruned.payloads += dropped
-                if not dropped:
-                    deleted = inbox.prune_oldest(db, now - KEEP_DONE_AT_LEAST_SECONDS, batch)
-                    pruned.updates += deleted
-                    if not deleted:
-                        pruned.over_cap_bytes = excess
-                        return
+                batch = max(100, excess // 200)   # rows: an update is a few hundred bytes
+                # never an unhandled row, nor one Telegram might still re-send
+                deleted = inbox.prune_oldest(db, now - KEEP_DONE_AT_LEAST_SECONDS, batch)
+                pruned.updates += deleted
+                if not deleted:
+                    pruned.over_cap_bytes = excess
+                    return
         with self._reading() as db:
             pruned.over_cap_bytes = max(0, _used_bytes(db) - cap)
 
@@ -466,7 +464,7 @@ class Store:
             (auto_vacuum,) = db.execute("PRAGMA auto_vacuum").fetchone()
             if not free_pages or auto_vacuum != AUTO_VACUUM_INCREMENTAL:
                 return 0
-            db.execute("PRAGMA incremental_vacuum").fetchall()   # runs one page per step
+            db.executescript("PRAGMA incremental_vacuum;")   # execute() would free one page only
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             (left,) = db.execute("PRAGMA freelist_count").fetchone()
         return (free_pages - left) * page_size
