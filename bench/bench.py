@@ -510,7 +510,7 @@ def dbsize(updates: int = 50_000, chats: int = 500) -> dict:
     """A database that took `updates` updates, handled over 3 days, then one prune."""
     sys.path.insert(0, str(ROOT))
     from chatdaemon.inbox import to_row
-    from chatdaemon.store import Store
+    from chatdaemon.store import Retention, Store
     scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-dbsize-", dir=SCRATCH)
     try:
         path = str(Path(scratch.name) / "size.sqlite3")
@@ -529,7 +529,7 @@ def dbsize(updates: int = 50_000, chats: int = 500) -> dict:
         store.close()
         before = os.path.getsize(path)
         store = Store(path)
-        pruned = store.prune()
+        pruned = store.apply_retention(Retention()).updates   # the defaults: 48 h, 64 MB
         store.close()
         return {"updates": updates, "before_mb": before / 1e6, "pruned": pruned,
                 "after_prune_mb": os.path.getsize(path) / 1e6}
