@@ -247,21 +247,27 @@ def last_update_id(db: sqlite3.Connection) -> int | None:
     return top
 
 
-def pending_chats(db: sqlite3.Connection) -> list[int]:
+# A schedule's next tick waits in the inbox before it falls due, `received` set to when it
+# does (schedules.py); until then it is no pending row. Only ticks: a row from Telegram or
+# a hook is pending whatever the clock says, so a clock set back hides none of them.
+DUE = "(kind != 'schedule' OR received <= ?)"
+
+
+def pending_chats(db: sqlite3.Connection, now: float) -> list[int]:
     """Chats with unhandled updates, the chat with the oldest one first."""
     rows = db.execute(
-        "SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
-        " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)"
+        f"SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL AND {DUE}"
+        " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)", (now,)
     ).fetchall()
     return [chat_id for (chat_id,) in rows]
 
 
-def pending(db: sqlite3.Connection, chat_id: int, limit: int) -> list[InboxRow]:
+def pending(db: sqlite3.Connection, chat_id: int, limit: int, now: float) -> list[InboxRow]:
     """The chat's unhandled updates in update_id order."""
     rows = db.execute(
         "SELECT update_id, kind, payload, attempts FROM inbox WHERE chat_id = ? AND done = 0"
-        " ORDER BY update_id LIMIT ?",
-        (chat_id, limit),
+        f" AND {DUE} ORDER BY update_id LIMIT ?",
+        (chat_id, now, limit),
     ).fetchall()
     return [InboxRow(uid, chat_id, kind, json.loads(payload), attempts)
             for uid, kind, payload, attempts in rows]
@@ -280,8 +286,9 @@ def is_done(db: sqlite3.Connection, update_id: int) -> bool:
     return bool(row and row[0])
 
 
-def backlog(db: sqlite3.Connection) -> int:
-    (count,) = db.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone()
+def backlog(db: sqlite3.Connection, now: float) -> int:
+    (count,) = db.execute(f"SELECT COUNT(*) FROM inbox WHERE done = 0 AND {DUE}",
+                          (now,)).fetchone()
     return count
 
 
@@ -303,11 +310,12 @@ def prune_oldest(db: sqlite3.Connection, received_before: float, count: int) -> 
     return cur.rowcount
 
 
-def count_interrupted(db: sqlite3.Connection) -> int:
+def count_interrupted(db: sqlite3.Connection, now: float) -> int:
     """One more attempt for each chat's first pending row (the one in flight at a crash)."""
     cur = db.execute(
         "UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN (SELECT MIN(update_id)"
-        " FROM inbox WHERE done = 0 AND chat_id IS NOT NULL GROUP BY chat_id)")
+        f" FROM inbox WHERE done = 0 AND chat_id IS NOT NULL AND {DUE} GROUP BY chat_id)",
+        (now,))
     return cur.rowcount
 
 

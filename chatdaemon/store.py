@@ -394,12 +394,12 @@ class Store:
     def pending_chats(self) -> list[int]:
         """Chats with unhandled updates, the chat with the oldest one first."""
         with self._reading() as db:
-            return inbox.pending_chats(db)
+            return inbox.pending_chats(db, time.time())
 
     def pending(self, chat_id: int, limit: int = 20) -> list[InboxRow]:
         """The chat's unhandled updates in update_id order."""
         with self._reading() as db:
-            return inbox.pending(db, chat_id, limit)
+            return inbox.pending(db, chat_id, limit, time.time())
 
     def is_done(self, update_id: int) -> bool:
         with self._reading() as db:
@@ -407,7 +407,7 @@ class Store:
 
     def backlog(self) -> int:
         with self._reading() as db:
-            return inbox.backlog(db)
+            return inbox.backlog(db, time.time())
 
     def prune(self, keep_seconds: float = KEEP_DONE_SECONDS) -> int:
         """Delete handled rows older than `keep_seconds`; unhandled rows are never pruned."""
@@ -502,6 +502,7 @@ class Store:
                 write(db)
             if update_id is not None:
                 inbox.mark_done(db, update_id, now)
+                schedules.rearm_after_tick(db, update_id, now)
         if conversation is not None:
             conversations.mark_saved(conversation)
 
@@ -531,7 +532,9 @@ class Store:
         (see schedules.queue_due_ticks)."""
         with self._reading() as db:
             if not schedules.anything_to_do(db, now):
-                return []  # nothing to do: no write transaction every second on an SD card
+                # the usual case: the due ticks wait in the inbox already; no write
+                # transaction every second (nor every tick) on an SD card
+                return schedules.due_chats(db, now)
         with self._transaction() as db:
             return schedules.queue_due_ticks(db, now, time.time())
 
@@ -547,7 +550,7 @@ class Store:
         if self._take_clean_stop():
             return 0
         with self._transaction() as db:
-            return inbox.count_interrupted(db)
+            return inbox.count_interrupted(db, time.time())
 
     def note_clean_stop(self) -> None:
         """Every delegate ended in time: nothing was in flight, so the next start counts nothing."""
@@ -568,6 +571,7 @@ class Store:
         """Set an update aside for good: done, with the reason kept for the owner to see."""
         with self._transaction() as db:
             inbox.quarantine(db, update_id, reason, time.time())
+            schedules.rearm_after_tick(db, update_id, time.time())
 
     def quarantined_count(self) -> int:
         with self._reading() as db:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 from chatdaemon.conversations import Conversation
 from chatdaemon.inbox import to_row
@@ -82,3 +83,104 @@ def test_an_update_costs_a_few_small_pages_in_the_wal(tmp_path):
     # leaf, the index and the conversation — each 1 KiB, where 4 KiB pages made them 4 KiB
     assert 1 <= inserted <= 5
     assert 1 <= done <= 4
+
+
+# -- schedule ticks: one write transaction each ----------------------------------------------
+
+CHAT = 42
+
+
+def waiting_ticks(store: Store) -> list[tuple]:
+    with store.reading() as db:
+        return db.execute("SELECT update_id, received FROM inbox WHERE kind = 'schedule'"
+                          " AND done = 0").fetchall()
+
+
+def make_due(store: Store) -> None:
+    with store.writing() as db:
+        db.execute("UPDATE inbox SET received = received - 3600 WHERE kind = 'schedule'")
+        db.execute("UPDATE schedules SET next_at = next_at - 3600")
+
+
+def commits(store: Store) -> list[str]:
+    """Every COMMIT the store runs from now on."""
+    seen: list[str] = []
+    store._connection.set_trace_callback(lambda sql: sql == "COMMIT" and seen.append(sql))
+    return seen
+
+
+def started(store: Store, every: float = 60.0) -> Store:
+    store.add_updates([to_row(message(1, CHAT))])
+    running = Conversation(CHAT, None, {}, schedules={"report": {"every": every}},
+                           saved_schedules={})
+    store.finish(1, running)
+    return store
+
+
+def test_a_tick_is_queued_and_handled_in_one_commit_that_queues_the_next(tmp_path):
+    store = started(Store(str(tmp_path / "ticks.sqlite3")))
+    try:
+        make_due(store)
+        seen = commits(store)
+        assert store.queue_due_ticks(time.time()) == [CHAT]     # found by reading alone
+        [tick] = store.pending(CHAT)
+        store.finish(tick.update_id, store.load_conversation(CHAT))
+        assert seen == ["COMMIT"]
+        [(next_id, due)] = waiting_ticks(store)
+        assert next_id > tick.update_id and time.time() + 55 < due <= time.time() + 60
+        assert store.pending(CHAT) == [] and store.backlog() == 0
+    finally:
+        store.close()
+
+
+def test_a_schedule_without_a_waiting_tick_gets_one_when_due(tmp_path):
+    """A database from an earlier version holds schedules whose ticks were never queued."""
+    store = started(Store(str(tmp_path / "old-ticks.sqlite3")))
+    try:
+        with store.writing() as db:
+            db.execute("DELETE FROM inbox WHERE kind = 'schedule'")
+        make_due(store)
+        assert store.queue_due_ticks(time.time()) == [CHAT]
+        assert len(store.pending(CHAT)) == 1
+        assert store.queue_due_ticks(time.time()) == [CHAT]     # not a second one
+        assert len(store.pending(CHAT)) == 1
+    finally:
+        store.close()
+
+
+def test_a_quarantined_tick_still_leaves_the_next_one_queued(tmp_path):
+    store = started(Store(str(tmp_path / "q.sqlite3")))
+    try:
+        make_due(store)
+        [tick] = store.pending(CHAT)
+        store.quarantine(tick.update_id, "kept crashing")
+        [(next_id, due)] = waiting_ticks(store)
+        assert next_id != tick.update_id and due > time.time()
+    finally:
+        store.close()
+
+
+def test_a_clock_set_back_rearms_the_waiting_tick_from_now(tmp_path):
+    store = started(Store(str(tmp_path / "clock.sqlite3")))
+    try:
+        with store.writing() as db:   # as if the clock had been a day ahead when it was queued
+            db.execute("UPDATE inbox SET received = received + 86400 WHERE kind = 'schedule'")
+            db.execute("UPDATE schedules SET next_at = next_at + 86400")
+        now = time.time()
+        assert store.queue_due_ticks(now) == []
+        [(_, due)] = waiting_ticks(store)
+        assert due == now + 60
+    finally:
+        store.close()
+
+
+def test_a_clock_set_back_hides_no_message(tmp_path):
+    store = Store(str(tmp_path / "hide.sqlite3"))
+    try:
+        store.add_updates([to_row(message(7, CHAT))])
+        with store.writing() as db:
+            db.execute("UPDATE inbox SET received = received + 86400")
+        assert [row.update_id for row in store.pending(CHAT)] == [7]
+        assert store.backlog() == 1 and store.pending_chats() == [CHAT]
+    finally:
+        store.close()
