@@ -287,6 +287,9 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=67108864")
+            # checkpoint after as many bytes as SQLite's default (1000 pages of 4 KiB) did:
+            # each checkpoint costs two fsyncs and rewrites the pages it copies
+            db.execute(f"PRAGMA wal_autocheckpoint={4 * 1024 * 1000 // PAGE_SIZE}")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 with self._transaction() as db:
                     for statement in filter(str.strip, script.split(";")):
