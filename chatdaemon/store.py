@@ -15,6 +15,11 @@ Two durability levels share that connection:
 - conversation state + "done" commit with synchronous=NORMAL (WAL): after a power cut they
   roll back together, the update replays, and the state still changes exactly once.
 
+What reaches the SD card: 1 KiB pages (a commit writes each page it touches whole to the
+WAL), one fsync per getUpdates batch, checkpoints every 4 MB of WAL. What stays on it:
+`apply_retention` deletes handled updates by age and size (never unhandled ones) and gives
+the freed pages back to the file system (incremental auto-vacuum).
+
 Opening holds the database for this process and this bot (see dbfile.py): a locked
 database, another bot's, a newer or foreign schema, or a damaged file is refused before
 anything in it changes.
