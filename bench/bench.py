@@ -20,6 +20,15 @@ Workloads (rate limits off, as for a local Bot API server; durability on):
               then the same with MALLOC_ARENA_MAX=2 in the environment (as the systemd units set it)
   connections the throughput load while /proc/PID/net/tcp is sampled: peak established
               connections from the daemon to the Bot API, and messages/s
+  writes      storage writes of the counter bot, on a real disk (--scratch, default /var/tmp; tmpfs
+              counts nothing): bytes per update when 200 messages come one at a time 0.05 s apart
+              and in 5 bursts of 100, from the process's write_bytes over its whole life (wait4's
+              ru_oublock, so the last checkpoint counts) minus an idle run's; fsync + fdatasync
+              calls per getUpdates batch that carried updates (strace -f, skipped without strace)
+  ticks       a pimonitor-like bot with a 5 s schedule, idle for 60 s: bytes and write
+              transactions (WAL commits, counted from the WAL's frames) per tick
+  dbsize      50,000 updates through the store with default retention, their handled time
+              spread over 3 days: database size before and after a prune
 Speeds are medians over --repeat runs; the machine is shared, so compare ratios.
 """
 
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -50,15 +60,16 @@ class Run:
     """One daemon process with a fresh database against a fresh test double."""
 
     def __init__(self, handlers: str, config: str = "", poll_timeout: int = 5, hook_port: int = 0,
-                 env: dict | None = None) -> None:
-        self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-")
+                 env: dict | None = None, scratch: str | None = None) -> None:
+        self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-", dir=scratch)
+        self.handlers = handlers if os.path.isabs(handlers) else str(ROOT / "handlers" / handlers)
         self.telegram = FakeTelegram(TOKEN).start()
         config_path = Path(self.scratch.name) / "config.yaml"
         config_path.write_text(f"polling: {{timeout: {poll_timeout}}}\nhooks: {{port: {hook_port}}}\n"
                                + config)
         self.log = open(Path(self.scratch.name) / "daemon.log", "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(ROOT / "handlers" / handlers),
+            [sys.executable, "-m", "chatdaemon", "run", "--handlers", self.handlers,
              "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--api-url", self.telegram.url,
              "--rate-limits", "off", "--config", str(config_path), "--log-level", "WARNING"],
             env={**os.environ, "CHATDAEMON_TOKEN": TOKEN, **(env or {})}, stdout=self.log,
@@ -326,9 +337,219 @@ def connections(messages: int = 20000, chats: int = 1000) -> dict:
         run.close()
 
 
+SCRATCH = os.environ.get("CHATDAEMON_BENCH_DIR", "/var/tmp")
+
+TICKER = '''
+from chatdaemon import ChatHandler
+
+
+class Ticker(ChatHandler):
+    def on_chat_message(self, msg):
+        self.start_schedule("report", 5)
+        self.sender.sendMessage("every 5 s")
+
+    def on_schedule(self, tick):
+        self.sender.sendMessage("load 0.42 0.40 0.38, up 3d 4h")
+'''
+
+
+def filesystem(path: str) -> str:
+    """The type of the filesystem holding `path` (from /proc/mounts)."""
+    best, kind = "", "?"
+    real = os.path.realpath(path)
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            _, point, fstype = line.split()[:3]
+            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                best, kind = point, fstype
+    return kind
+
+
+def life_write_bytes(run: Run) -> int:
+    """Stop the daemon and return what it wrote to storage over its life (ru_oublock × 512)."""
+    run.process.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(run.process.pid, 0)
+    run.process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_oublock * 512
+
+
+class Strace:
+    """fsync/fdatasync calls of a process, counted by strace -f while attached."""
+
+    def __init__(self, pid: int, path: str) -> None:
+        self.path = path
+        self.process = None
+        if shutil.which("strace"):
+            self.process = subprocess.Popen(
+                ["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", path, "-p", str(pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_until(lambda: os.path.exists(path), 10)
+            time.sleep(0.5)   # strace attaches to every thread after creating its output file
+
+    def count(self) -> int | None:
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(10)
+        with open(self.path) as out:
+            return sum(1 for line in out if "fsync(" in line or "fdatasync(" in line)
+
+
+def updates_batches(run: Run) -> int:
+    """getUpdates answers that carried updates: each one moves the next call's offset."""
+    offsets = [call["params"].get("offset") for call in run.telegram.calls_to("getUpdates")]
+    return sum(1 for before, after in zip(offsets, offsets[1:], strict=False) if after != before)
+
+
+def write_load(pattern: str, messages: int) -> tuple[int, int | None, int]:
+    """(bytes written over the run's life, fsyncs seen, batches) for one load pattern."""
+    run = Run("counter", scratch=SCRATCH)
+    try:
+        tracer = Strace(run.process.pid, str(Path(run.scratch.name) / "strace.out")) \
+            if pattern != "idle" else None
+        if pattern == "one":
+            for i in range(messages):
+                run.telegram.push_message(5_000_000 + i % 10, "m")
+                if not run.telegram.wait_for_sent(i + 1, timeout=30):
+                    raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+                time.sleep(0.05)
+        elif pattern == "burst":
+            for burst in range(messages // 100):
+                run.telegram.push_many([(5_000_000 + i % 10, "m") for i in range(100)])
+                if not run.telegram.wait_for_sent(100 * (burst + 1), timeout=60):
+                    raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+                time.sleep(0.5)
+        else:
+            wait_until(lambda: run.telegram.polling, 10)
+        time.sleep(0.5)   # the last reply's done mark commits after its send returns
+        fsyncs = tracer.count() if tracer else None
+        batches = updates_batches(run)
+        return life_write_bytes(run), fsyncs, batches
+    finally:
+        run.close()
+
+
+def writes() -> dict:
+    idle, _, _ = write_load("idle", 0)
+    one, one_fsyncs, one_batches = write_load("one", 200)
+    burst, burst_fsyncs, burst_batches = write_load("burst", 500)
+    result = {"filesystem": filesystem(SCRATCH), "idle_life_kb": idle / 1024,
+              "one_at_a_time_kb_per_update": (one - idle) / 200 / 1024,
+              "bursts_kb_per_update": (burst - idle) / 500 / 1024}
+    if one_fsyncs is not None:
+        result["one_at_a_time_fsyncs_per_batch"] = float(one_fsyncs / max(one_batches, 1))
+        result["bursts_fsyncs_per_batch"] = float(burst_fsyncs / max(burst_batches, 1))
+    else:
+        result["fsyncs"] = "skipped: no strace"
+    return result
+
+
+def wal_commits(wal_path: str, seen: set) -> int:
+    """New commit frames in a WAL file since `seen` (salt, frame offset) pairs were counted."""
+    commits = 0
+    try:
+        data = Path(wal_path).read_bytes()
+    except FileNotFoundError:
+        return 0
+    if len(data) < 32:
+        return 0
+    page_size = int.from_bytes(data[8:12], "big")
+    salt = data[16:24]
+    for offset in range(32, len(data) - 24 + 1, 24 + page_size):
+        header = data[offset:offset + 24]
+        if header[8:16] != salt:
+            break
+        if int.from_bytes(header[4:8], "big") and (salt, offset) not in seen:
+            seen.add((salt, offset))
+            commits += 1
+    return commits
+
+
+def ticks(seconds: float = 60.0) -> dict:
+    """Bytes and transactions per tick of a 5 s schedule with nobody talking."""
+    scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-ticker-", dir=SCRATCH)
+    try:
+        Path(scratch.name, "bot.yaml").write_text("python: ticker:Ticker\n")
+        Path(scratch.name, "ticker.py").write_text(TICKER)
+        run = Run(scratch.name, scratch=SCRATCH)
+        try:
+            run.telegram.push_message(6_000_000, "/start")
+            if not run.telegram.wait_for_sent(1, timeout=30):
+                raise RuntimeError("no answer to /start")
+            time.sleep(1.0)
+            wal = str(Path(run.scratch.name) / "bench.sqlite3-wal")
+            seen: set = set()
+            wal_commits(wal, seen)
+            before = io_write_bytes(run.process.pid)
+            sent_before = len(run.telegram.sent)
+            commits = 0
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                commits += wal_commits(wal, seen)
+            written = io_write_bytes(run.process.pid) - before
+            tick_count = len(run.telegram.sent) - sent_before
+            return {"filesystem": filesystem(SCRATCH), "ticks": tick_count,
+                    "kb_per_tick": written / max(tick_count, 1) / 1024,
+                    "transactions_per_tick": commits / max(tick_count, 1)}
+        finally:
+            run.close()
+    finally:
+        scratch.cleanup()
+
+
+def io_write_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def dbsize(updates: int = 50_000, chats: int = 500) -> dict:
+    """A database that took `updates` updates, handled over 3 days, then one prune."""
+    sys.path.insert(0, str(ROOT))
+    from chatdaemon.inbox import to_row
+    from chatdaemon.store import Retention, Store
+    scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-dbsize-", dir=SCRATCH)
+    try:
+        path = str(Path(scratch.name) / "size.sqlite3")
+        store = Store(path)
+        began = time.time()
+        for first in range(0, updates, 100):
+            rows = [to_row(sample_update(n, 1_000 + n % chats)) for n in range(first, first + 100)]
+            store.add_updates(rows)
+            for row in rows:
+                conversation = store.load_conversation(row.chat_id)
+                conversation.vars["count"] = conversation.vars.get("count", 0) + 1
+                store.finish(row.update_id, conversation)
+        with store.writing() as db:   # spread the handled times over the last 3 days
+            db.execute("UPDATE inbox SET handled = ? - (? - update_id) * ?",
+                       (began, updates, 3 * 86400 / updates))
+        store.close()
+        before = os.path.getsize(path)
+        store = Store(path)
+        pruned = store.apply_retention(Retention()).updates   # the defaults: 48 h, 64 MB
+        store.close()
+        return {"updates": updates, "before_mb": before / 1e6, "pruned": pruned,
+                "after_prune_mb": os.path.getsize(path) / 1e6}
+    finally:
+        scratch.cleanup()
+
+
+def sample_update(n: int, chat_id: int) -> dict:
+    """A text message shaped like Telegram's, about 300 bytes as JSON."""
+    person = {"id": chat_id, "is_bot": False, "first_name": "Ada", "username": "ada_l",
+              "language_code": "en"}
+    return {"update_id": n + 1, "message": {
+        "message_id": n + 1, "from": person, "chat": {**person, "type": "private"},
+        "date": 1_700_000_000 + n, "text": "hello there"}}
+
+
 WORKLOADS = {"throughput": throughput, "latency": latency, "footprint": footprint,
              "faults": faults, "pipeline": pipeline, "help": help_time, "telepot": telepot,
-             "idle": idle, "threads64": threads64, "connections": connections}
+             "idle": idle, "threads64": threads64, "connections": connections,
+             "writes": writes, "ticks": ticks, "dbsize": dbsize}
 
 
 def main() -> None:

@@ -238,8 +238,8 @@ class Daemon:
         only when one of them has work: every BUSY_TICK while updates are in flight (or
         before the first poll), else at the next due schedule tick, events tick or prune.
         Stop, SIGHUP, the first poll and new updates wake it at once."""
-        last_prune = time.monotonic()
-        next_tick = 0.0
+        last_prune = time.monotonic() - PRUNE_EVERY - 1   # the first round prunes: a Pi that
+        next_tick = 0.0                                    # restarts daily still prunes
         ready = False
         while not self.stop_event.is_set():
             self._wake.clear()  # before the round: what arrives during it wakes the next one
@@ -260,11 +260,20 @@ class Daemon:
                 next_tick = now if busy else now + (self.events.tick_every or IDLE_TICK)
             if now - last_prune > PRUNE_EVERY:
                 last_prune = now
-                pruned = self.store.prune()
-                if pruned:
-                    log.info("pruned %d handled update(s) older than 48 h", pruned)
+                self._prune()
             self._pause(BUSY_TICK if busy else min(next_tick - now, last_prune + PRUNE_EVERY - now,
                                                    self._seconds_to_next_schedule()))
+
+    def _prune(self) -> None:
+        """Apply the retention settings; the database stays within its age and size."""
+        pruned = self.store.apply_retention(self.config.retention)
+        if pruned:
+            log.info("pruned %d handled update(s) and %d idle conversation(s); %d KiB given "
+                     "back", pruned.updates, pruned.conversations, pruned.freed_bytes // 1024)
+        if pruned.over_cap_bytes:
+            log.warning("the database is %d KiB over retention.max_database_mb and holds nothing "
+                        "more it may drop (unhandled updates, conversations, updates of the "
+                        "last hour)", pruned.over_cap_bytes // 1024)
 
     def _busy(self) -> bool:
         """Updates in flight or waiting (their deadlines need watching), or no poll yet."""

@@ -8,6 +8,7 @@ the current directory as usual.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from .chathandler import DEFAULT_ERROR_TEXT
 from .errors import ConfigError
 from .inbox import DEFAULT_ALLOWED_UPDATES
 from .ratelimit import Limits
+from .store import Retention
 from .telegram import DEFAULT_API_URL
 
 DEFAULT_HOOK_PORT = 8787
@@ -45,6 +47,7 @@ class Config:
     log_level: str = "INFO"
     error_text: str = DEFAULT_ERROR_TEXT
     stop_timeout: float = 20.0
+    retention: Retention = field(default_factory=Retention)   # what the database keeps, how long
     # (key, file:line) of the values the config file set, so later errors can say where
     origins: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
@@ -71,7 +74,7 @@ class Config:
 
 _TOP_KEYS = {"api_url", "database", "handlers", "delegates", "polling", "rate_limits", "hooks",
              "operators", "log_level", "error_text", "stop_timeout", "handoff_timeout",
-             "forget_command"}
+             "forget_command", "retention"}
 _SECTIONS = {
     "delegates": {"max": ("max_delegates", int), "idle_timeout": ("idle_timeout", float),
                   "update_timeout": ("update_timeout", float), "yield_after": ("yield_after", int),
@@ -120,6 +123,8 @@ def load_config(path: str | None) -> Config:
             values.update(problems.run(_section, data, section, keys, failed={}))
     if "rate_limits" in data:
         values["limits"] = problems.run(_limits, data["rate_limits"], data.key_where["rate_limits"])
+    if "retention" in data:
+        values["retention"] = problems.run(_retention, data["retention"], data.key_where["retention"])
     problems.raise_any()
     config = Config(**values, origins=tuple((key, where) for key, where in data.key_where.items()
                                             if isinstance(key, str)))
@@ -167,6 +172,50 @@ def _limits(part: Any, where: str) -> Limits:
               for key, kind in _LIMIT_KEYS.items() if key in part}
     problems.raise_any()
     return Limits(**values)
+
+
+_RETENTION_KEYS = ("keep_handled", "max_database_mb", "forget_conversations_after")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _retention(part: Any, where: str) -> Retention:
+    yamlfile.check_keys(part, set(_RETENTION_KEYS), "retention", where)
+    defaults = Retention()
+    keep = _duration(part, "keep_handled", defaults.keep_handled)
+    # Telegram re-sends an unacknowledged update for up to 24 h: a handled one must be
+    # recognised at least that long
+    if keep is None or keep < 86400:
+        raise ConfigError(f"retention.keep_handled must be at least 24h, not {part['keep_handled']!r}",
+                          part.key_where.get("keep_handled"))
+    size = part.get("max_database_mb", defaults.max_database_bytes / 2 ** 20)
+    if size in (False, "off"):
+        size = 0
+    if isinstance(size, bool) or not isinstance(size, int | float) or size < 0:
+        raise ConfigError(f"retention.max_database_mb must be a number of MB or off, not {size!r}",
+                          part.key_where.get("max_database_mb"))
+    return Retention(keep, int(size * 2 ** 20),
+                     _duration(part, "forget_conversations_after", defaults.forget_conversations_after))
+
+
+def _duration(part: yamlfile.Mapping, key: str, default: float | None) -> float | None:
+    """Seconds from a number or '90s' / '30m' / '48h' / '7d'; off (or false) is None."""
+    if key not in part:
+        return default
+    value = part[key]
+    if value is False or value == "off":
+        return None
+    seconds = -1.0
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        number, unit = (text[:-1], _UNITS[text[-1]]) if text[-1] in _UNITS else (text, 1)
+        with contextlib.suppress(ValueError):
+            seconds = float(number) * unit
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"retention.{key} must be a duration like 48h, 30m, 7d or off, "
+                          f"not {value!r}", part.key_where.get(key))
+    return seconds
 
 
 def _typed(mapping: dict, key: str, kind: type, section: str = "") -> Any:

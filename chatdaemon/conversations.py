@@ -81,3 +81,17 @@ def copy(db: sqlite3.Connection, old_chat_id: int, new_chat_id: int) -> None:
 def count(db: sqlite3.Connection) -> int:
     (total,) = db.execute("SELECT COUNT(*) FROM conversations").fetchone()
     return total
+
+
+def prune_idle(db: sqlite3.Connection, before: float) -> int:
+    """Delete conversations last saved before `before` that nothing still refers to.
+
+    A chat with an unhandled update, a running schedule or a person with a human keeps its
+    conversation, whatever its age.
+    """
+    cur = db.execute(
+        "DELETE FROM conversations WHERE updated < ?"
+        " AND chat_id NOT IN (SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL)"
+        " AND chat_id NOT IN (SELECT chat_id FROM schedules)"
+        " AND chat_id NOT IN (SELECT chat_id FROM handoffs)", (before,))
+    return cur.rowcount

@@ -24,6 +24,12 @@ LOCAL_BASE = 1 << 40
 # an unconfirmed update for at most 24 hours.
 KEEP_DONE_SECONDS = 48 * 3600
 
+# Telegram re-sends only an update whose batch was never acknowledged, and the poller
+# acknowledges a batch with its next getUpdates, seconds after the batch's commit. A
+# database over its size cap may lose handled rows down to this age: a re-delivery then
+# needs the daemon to have been cut off from Telegram for longer and to restart.
+KEEP_DONE_AT_LEAST_SECONDS = 3600
+
 
 @dataclass(frozen=True)
 class InboxRow:
@@ -241,21 +247,27 @@ def last_update_id(db: sqlite3.Connection) -> int | None:
     return top
 
 
-def pending_chats(db: sqlite3.Connection) -> list[int]:
+# A schedule's next tick waits in the inbox before it falls due, `received` set to when it
+# does (schedules.py); until then it is no pending row. Only ticks: a row from Telegram or
+# a hook is pending whatever the clock says, so a clock set back hides none of them.
+DUE = "(kind != 'schedule' OR received <= ?)"
+
+
+def pending_chats(db: sqlite3.Connection, now: float) -> list[int]:
     """Chats with unhandled updates, the chat with the oldest one first."""
     rows = db.execute(
-        "SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
-        " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)"
+        f"SELECT chat_id FROM inbox WHERE done = 0 AND chat_id IS NOT NULL AND {DUE}"
+        " GROUP BY chat_id ORDER BY MIN(received), MIN(update_id)", (now,)
     ).fetchall()
     return [chat_id for (chat_id,) in rows]
 
 
-def pending(db: sqlite3.Connection, chat_id: int, limit: int) -> list[InboxRow]:
+def pending(db: sqlite3.Connection, chat_id: int, limit: int, now: float) -> list[InboxRow]:
     """The chat's unhandled updates in update_id order."""
     rows = db.execute(
         "SELECT update_id, kind, payload, attempts FROM inbox WHERE chat_id = ? AND done = 0"
-        " ORDER BY update_id LIMIT ?",
-        (chat_id, limit),
+        f" AND {DUE} ORDER BY update_id LIMIT ?",
+        (chat_id, now, limit),
     ).fetchall()
     return [InboxRow(uid, chat_id, kind, json.loads(payload), attempts)
             for uid, kind, payload, attempts in rows]
@@ -274,8 +286,9 @@ def is_done(db: sqlite3.Connection, update_id: int) -> bool:
     return bool(row and row[0])
 
 
-def backlog(db: sqlite3.Connection) -> int:
-    (count,) = db.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone()
+def backlog(db: sqlite3.Connection, now: float) -> int:
+    (count,) = db.execute(f"SELECT COUNT(*) FROM inbox WHERE done = 0 AND {DUE}",
+                          (now,)).fetchone()
     return count
 
 
@@ -289,28 +302,38 @@ def prune(db: sqlite3.Connection, before: float) -> int:
     return cur.rowcount
 
 
+def prune_oldest(db: sqlite3.Connection, received_before: float, count: int) -> int:
+    """Delete up to `count` handled rows received before `received_before`, oldest first."""
+    cur = db.execute(
+        "DELETE FROM inbox WHERE update_id IN (SELECT update_id FROM inbox"
+        " WHERE done = 1 AND received < ? ORDER BY received LIMIT ?)", (received_before, count))
+    return cur.rowcount
+
+
+# each chat's first pending row (a schedule tick waiting for its time is not pending yet)
 _FIRST_PENDING = ("SELECT MIN(update_id) FROM inbox WHERE done = 0 AND chat_id IS NOT NULL"
-                  " GROUP BY chat_id")
+                  f" AND {DUE} GROUP BY chat_id")
 
 
-def count_interrupted(db: sqlite3.Connection) -> int:
+def count_interrupted(db: sqlite3.Connection, now: float) -> int:
     """One more attempt for each chat's first pending row (the one in flight at a crash).
 
     Only at a first unclean end: when one of those rows was counted before, the daemon is
     in a crash loop and counting every chat's first row again would set innocent updates
     aside with the guilty one; then `repeat_suspects` are started one at a time instead,
     each counted as it starts."""
-    if repeat_suspects(db):
+    if repeat_suspects(db, now):
         return 0
-    cur = db.execute(f"UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN ({_FIRST_PENDING})")
+    cur = db.execute(f"UPDATE inbox SET attempts = attempts + 1 WHERE update_id IN ({_FIRST_PENDING})",
+                     (now,))
     return cur.rowcount
 
 
-def repeat_suspects(db: sqlite3.Connection) -> list[int]:
+def repeat_suspects(db: sqlite3.Connection, now: float) -> list[int]:
     """First pending rows already cut short before: one of them keeps ending the daemon."""
     return [update_id for (update_id,) in db.execute(
         f"SELECT update_id FROM inbox WHERE update_id IN ({_FIRST_PENDING}) AND attempts > 0"
-        " ORDER BY update_id")]
+        " ORDER BY update_id", (now,))]
 
 
 def add_attempt(db: sqlite3.Connection, update_id: int) -> None:

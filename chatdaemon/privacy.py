@@ -46,6 +46,9 @@ def forget_chat(chat_id: int, handling: bool = False):
         db.execute("DELETE FROM inbox WHERE done = 0 AND kind = 'handoff_notice'"
                    " AND json_extract(payload, '$.handoff_notice.about') = ?", (chat_id,))
         db.execute("UPDATE inbox SET payload = '{}' WHERE chat_id = ? AND done = 1", (chat_id,))
+        # the next ticks of the schedules deleted above wait in the inbox: they go with them
+        db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
+                   " AND kind = 'schedule'", (chat_id,))
         if handling:
             db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                        " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))

@@ -6,6 +6,13 @@ in memory; the commit of that update writes the change here in the same transact
 (conversations.save), so a schedule starts or stops exactly when its update is done.
 A commit that changes no schedule does not touch this table.
 
+A running schedule's next tick waits in the inbox already, an unhandled row whose
+`received` is when it falls due (the inbox hides it until then). The commit that handles
+a tick queues the next one (`rearm_after_tick`), so a tick costs one write transaction,
+not one to queue it and one to handle it; at the due time only reads happen. Where no
+tick waits (a database from an earlier version, a quarantined tick), `queue_due_ticks`
+queues one when the schedule falls due.
+
 The functions run on the store's connection inside the transaction the store holds.
 """
 
@@ -35,12 +42,53 @@ def save(db: sqlite3.Connection, chat_id: int, saved: dict | None, wanted: dict,
         saved = of_chat(db, chat_id)
     for name in saved.keys() - wanted.keys():
         db.execute("DELETE FROM schedules WHERE chat_id = ? AND name = ?", (chat_id, name))
+        _drop_waiting_tick(db, chat_id, name, now)
     for name, spec in wanted.items():
         every = float(spec["every"])
         if name in saved and float(saved[name]["every"]) == every:
             continue
         db.execute("INSERT OR REPLACE INTO schedules(chat_id, name, every, next_at)"
                    " VALUES (?, ?, ?, ?)", (chat_id, name, every, now + every))
+        _drop_waiting_tick(db, chat_id, name, now)
+        _queue_tick(db, chat_id, name, now + every)
+
+
+def rearm_after_tick(db: sqlite3.Connection, update_id: int, now: float) -> None:
+    """The tick `update_id` is handled: queue its schedule's next one, an interval from now.
+
+    Runs in the commit that marks the tick done, so a tick is handled and re-armed at once.
+    Nothing for any other row, nor for a schedule that stopped or already has a tick waiting.
+    """
+    if update_id < inbox.LOCAL_BASE:
+        return   # a Telegram update: never a tick
+    row = db.execute("SELECT chat_id, json_extract(payload, ?) FROM inbox WHERE update_id = ?"
+                     " AND kind = ?", (f"$.{TICK_KIND}.name", update_id, TICK_KIND)).fetchone()
+    if row is None:
+        return
+    chat_id, name = row
+    every = db.execute("SELECT every FROM schedules WHERE chat_id = ? AND name = ?",
+                       (chat_id, name)).fetchone()
+    if every is None or _has_waiting_tick(db, chat_id, name):
+        return
+    db.execute("UPDATE schedules SET next_at = ? WHERE chat_id = ? AND name = ?",
+               (now + every[0], chat_id, name))
+    _queue_tick(db, chat_id, name, now + every[0])
+
+
+def _queue_tick(db: sqlite3.Connection, chat_id: int, name: str, due: float) -> None:
+    inbox.insert_local(db, [(chat_id, TICK_KIND, {"name": name, "at": due})], due)
+
+
+def _has_waiting_tick(db: sqlite3.Connection, chat_id: int, name: str) -> bool:
+    return inbox.has_pending(db, chat_id, TICK_KIND, f"$.{TICK_KIND}.name", name)
+
+
+def _drop_waiting_tick(db: sqlite3.Connection, chat_id: int, name: str, now: float) -> None:
+    # marked done, never deleted: a deleted row's id would be given again to the next local
+    # row, and the done mark of the update being committed could then land on that one
+    db.execute("UPDATE inbox SET done = 1, handled = ? WHERE chat_id = ? AND kind = ? AND done = 0"
+               " AND json_extract(payload, ?) = ?",
+               (now, chat_id, TICK_KIND, f"$.{TICK_KIND}.name", name))
 
 
 def next_due(db: sqlite3.Connection) -> float | None:
@@ -50,27 +98,40 @@ def next_due(db: sqlite3.Connection) -> float | None:
 
 
 def anything_to_do(db: sqlite3.Connection, now: float) -> bool:
-    """Whether a schedule is due, or lies more than one interval ahead (the clock jumped back)."""
-    return db.execute("SELECT 1 FROM schedules WHERE next_at <= ? OR next_at > ? + every"
-                      " LIMIT 1", (now, now)).fetchone() is not None
+    """Whether a due schedule has no tick waiting, or lies more than one interval ahead
+    (the clock jumped back): the cases `queue_due_ticks` must write for."""
+    return db.execute(
+        "SELECT 1 FROM schedules AS s WHERE s.next_at > ? + s.every OR (s.next_at <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM inbox WHERE chat_id = s.chat_id AND kind = ?"
+        " AND done = 0 AND json_extract(payload, ?) = s.name)) LIMIT 1",
+        (now, now, TICK_KIND, f"$.{TICK_KIND}.name")).fetchone() is not None
+
+
+def due_chats(db: sqlite3.Connection, now: float) -> list[int]:
+    """Chats with a tick that fell due and waits to be handled (a read: nothing changes)."""
+    return [chat_id for (chat_id,) in db.execute(
+        "SELECT DISTINCT chat_id FROM inbox WHERE done = 0 AND kind = ? AND received <= ?",
+        (TICK_KIND, now))]
 
 
 def queue_due_ticks(db: sqlite3.Connection, now: float, received: float) -> list[int]:
-    """Queue one tick for every due schedule and re-arm it; return the chats to wake.
+    """Queue a tick for every due schedule that has none waiting; return the chats with a
+    due tick to wake.
 
     Missed ticks are coalesced: however long the daemon was down, a schedule gets one
-    catch-up tick and its next one an interval from now. A schedule whose next tick lies
-    more than one interval ahead (the clock jumped back) is re-armed from now.
+    catch-up tick and its next one an interval after that tick is handled. A schedule
+    whose next tick lies more than one interval ahead (the clock jumped back) is re-armed
+    from now, its waiting tick with it.
     """
-    db.execute("UPDATE schedules SET next_at = ? + every WHERE next_at > ? + every", (now, now))
-    due = db.execute("SELECT chat_id, name, every FROM schedules WHERE next_at <= ?",
-                     (now,)).fetchall()
-    ticks: list[tuple[int, str, dict]] = []
-    for chat_id, name, every in due:
+    jumped = db.execute("SELECT chat_id, name, every FROM schedules WHERE next_at > ? + every",
+                        (now,)).fetchall()
+    for chat_id, name, every in jumped:
         db.execute("UPDATE schedules SET next_at = ? WHERE chat_id = ? AND name = ?",
                    (now + every, chat_id, name))
-        if inbox.has_pending(db, chat_id, TICK_KIND, f"$.{TICK_KIND}.name", name):
-            continue  # the last tick is still queued: don't pile up more
-        ticks.append((chat_id, TICK_KIND, {"name": name, "at": now}))
-    inbox.insert_local(db, ticks, received)
-    return [chat_id for chat_id, _, _ in ticks]
+        _drop_waiting_tick(db, chat_id, name, now)
+        _queue_tick(db, chat_id, name, now + every)
+    due = db.execute("SELECT chat_id, name FROM schedules WHERE next_at <= ?", (now,)).fetchall()
+    for chat_id, name in due:
+        if not _has_waiting_tick(db, chat_id, name):
+            _queue_tick(db, chat_id, name, min(now, received))
+    return due_chats(db, now)

@@ -47,6 +47,8 @@ def read_status(db: sqlite_utils.Database) -> dict[str, Any]:
     columns = inbox.columns_dict
     quarantine = "quarantined" in columns       # schema 4 and later
     pending = "done = 0" + (" AND quarantined IS NULL" if quarantine else "")
+    # a schedule's next tick waits in the inbox before it falls due: not yet a backlog
+    pending += " AND (kind != 'schedule' OR received <= (julianday('now') - 2440587.5) * 86400.0)"
     last = next(db.query("SELECT MAX(received) AS last FROM inbox WHERE update_id < ?",
                          [LOCAL_BASE]))["last"]
     path = db.conn.execute("PRAGMA database_list").fetchone()[2]
@@ -108,7 +110,9 @@ WITH ranked AS (
 )
 SELECT ids.chat_id AS id, c.state AS state,
        COALESCE(last.received, c.updated) AS last_seen, last.payload AS payload,
-       (SELECT COUNT(*) FROM inbox i WHERE i.chat_id = ids.chat_id AND i.done = 0) AS pending
+       (SELECT COUNT(*) FROM inbox i WHERE i.chat_id = ids.chat_id AND i.done = 0
+        AND (i.kind != 'schedule' OR i.received <= (julianday('now') - 2440587.5) * 86400.0))
+        AS pending
 FROM ids
 LEFT JOIN conversations c ON c.chat_id = ids.chat_id
 LEFT JOIN last ON last.chat_id = ids.chat_id

@@ -15,6 +15,11 @@ Two durability levels share that connection:
 - conversation state + "done" commit with synchronous=NORMAL (WAL): after a power cut they
   roll back together, the update replays, and the state still changes exactly once.
 
+What reaches the SD card: 1 KiB pages (a commit writes each page it touches whole to the
+WAL), one fsync per getUpdates batch, checkpoints every 4 MB of WAL. What stays on it:
+`apply_retention` deletes handled updates by age and size (never unhandled ones) and gives
+the freed pages back to the file system (incremental auto-vacuum).
+
 Opening holds the database for this process and this bot (see dbfile.py): a locked
 database, another bot's, a newer or foreign schema, or a damaged file is refused before
 anything in it changes.
@@ -29,6 +34,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from . import conversations, inbox, schedules
 from .conversations import Conversation
@@ -42,12 +48,37 @@ from .dbfile import (
     unreadable,
 )
 from .errors import ConfigError, ShuttingDown
-from .inbox import KEEP_DONE_SECONDS, LOCAL_BASE, InboxRow
+from .inbox import KEEP_DONE_AT_LEAST_SECONDS, KEEP_DONE_SECONDS, LOCAL_BASE, InboxRow
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "InboxRow", "Store",
-           "create_private_file"]
+__all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "InboxRow", "Pruned",
+           "Retention", "Store", "create_private_file"]
+
+DEFAULT_MAX_DATABASE_BYTES = 64 * 2 ** 20
+FIT_ROUNDS = 100   # a prune to fit the size cap stops after this many batches, done or not
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long and how much the database keeps of what is finished."""
+
+    keep_handled: float = KEEP_DONE_SECONDS     # seconds a handled update is kept
+    max_database_bytes: int = DEFAULT_MAX_DATABASE_BYTES   # 0: no cap
+    forget_conversations_after: float | None = None   # seconds idle; None: kept for ever
+
+
+@dataclass
+class Pruned:
+    """What one prune removed."""
+
+    updates: int = 0          # handled updates deleted
+    conversations: int = 0    # idle conversations deleted
+    freed_bytes: int = 0      # given back to the file system
+    over_cap_bytes: int = 0   # still above the size cap when nothing more could go
+
+    def __bool__(self) -> bool:
+        return bool(self.updates or self.conversations or self.freed_bytes)
 
 MIGRATIONS: list[str] = [
     # 1: the inbox and the conversations
@@ -149,6 +180,47 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# The page size new databases get. Every commit writes whole pages to the WAL (a page per
+# b-tree page it touches: the inbox row's leaf, the pending index, the conversation), so
+# smaller pages are fewer bytes on the SD card per update; rows of a few hundred bytes
+# still fit several to a page.
+PAGE_SIZE = 1024
+AUTO_VACUUM_INCREMENTAL = 2   # PRAGMA auto_vacuum's value: freed pages can be given back
+
+
+def shape_file(db: sqlite3.Connection, path: str, empty: bool) -> None:
+    """Give the database small pages and incremental auto-vacuum.
+
+    An empty file takes both before its first table. A file made by an earlier version is
+    rewritten once with VACUUM (outside WAL: the page size cannot change in WAL mode); when
+    that fails (a full disk), it keeps its old shape and still works.
+    """
+    if empty:
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        db.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
+        return
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    (auto_vacuum,) = db.execute("PRAGMA auto_vacuum").fetchone()
+    if page_size == PAGE_SIZE and auto_vacuum == AUTO_VACUUM_INCREMENTAL:
+        return
+    log.info("database %s: rewriting it once with %d-byte pages and incremental vacuum",
+             path, PAGE_SIZE)
+    try:
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        db.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
+        db.execute("VACUUM")
+    except sqlite3.OperationalError as exc:
+        log.warning("database %s: could not rewrite it (%s); it keeps its old page size", path, exc)
+
+
+def _used_bytes(db: sqlite3.Connection) -> int:
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    (free,) = db.execute("PRAGMA freelist_count").fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    return (pages - free) * page_size
+
+
 def create_private_file(path: str) -> None:
     """Create `path` with mode 0600 if it does not exist, whatever the umask."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
@@ -216,9 +288,13 @@ class Store:
         db = self._db
         try:
             version = check_schema(db, self.path, MIGRATIONS)
+            shape_file(db, self.path, empty=version == 0)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA journal_size_limit=67108864")
+            # checkpoint after as many bytes as SQLite's default (1000 pages of 4 KiB) did:
+            # each checkpoint costs two fsyncs and rewrites the pages it copies
+            db.execute(f"PRAGMA wal_autocheckpoint={4 * 1024 * 1000 // PAGE_SIZE}")
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 with self._transaction() as db:
                     for statement in filter(str.strip, script.split(";")):
@@ -326,12 +402,12 @@ class Store:
     def pending_chats(self) -> list[int]:
         """Chats with unhandled updates, the chat with the oldest one first."""
         with self._reading() as db:
-            return inbox.pending_chats(db)
+            return inbox.pending_chats(db, time.time())
 
     def pending(self, chat_id: int, limit: int = 20) -> list[InboxRow]:
         """The chat's unhandled updates in update_id order."""
         with self._reading() as db:
-            return inbox.pending(db, chat_id, limit)
+            return inbox.pending(db, chat_id, limit, time.time())
 
     def is_done(self, update_id: int) -> bool:
         with self._reading() as db:
@@ -339,14 +415,67 @@ class Store:
 
     def backlog(self) -> int:
         with self._reading() as db:
-            return inbox.backlog(db)
+            return inbox.backlog(db, time.time())
 
     def prune(self, keep_seconds: float = KEEP_DONE_SECONDS) -> int:
         """Delete handled rows older than `keep_seconds`; unhandled rows are never pruned."""
-        with self._reading() as db:
-            pruned = inbox.prune(db, time.time() - keep_seconds)
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return self.apply_retention(Retention(keep_seconds, max_database_bytes=0)).updates
+
+    def apply_retention(self, retention: Retention, now: float | None = None) -> Pruned:
+        """Delete what `retention` no longer keeps, and give the space back to the disk.
+
+        First by age: handled updates, then (when asked) idle conversations. Then, while the
+        database is above its size cap, the oldest handled updates down to those received
+        in the last KEEP_DONE_AT_LEAST_SECONDS. Unhandled updates are never pruned, whatever
+        the cap. (Emptying payloads instead would free no page: SQLite does not merge the
+        pages an UPDATE leaves sparse.)
+        """
+        now = time.time() if now is None else now
+        pruned = Pruned()
+        with self._transaction() as db:
+            pruned.updates = inbox.prune(db, now - retention.keep_handled)
+            if retention.forget_conversations_after is not None:
+                pruned.conversations = conversations.prune_idle(
+                    db, now - retention.forget_conversations_after)
+        if retention.max_database_bytes:
+            self._fit(retention.max_database_bytes, now, pruned)
+        pruned.freed_bytes = self._give_back_space()
         return pruned
+
+    def database_bytes(self) -> int:
+        """The bytes the database's pages hold (its free pages not counted)."""
+        with self._reading() as db:
+            return _used_bytes(db)
+
+    def _fit(self, cap: int, now: float, pruned: Pruned) -> None:
+        """Delete handled rows, oldest first, in batches until under `cap`."""
+        for _ in range(FIT_ROUNDS):
+            with self._transaction() as db:
+                excess = _used_bytes(db) - cap
+                if excess <= 0:
+                    return
+                batch = max(100, excess // 200)   # rows: an update is a few hundred bytes
+                # never an unhandled row, nor one Telegram might still re-send
+                deleted = inbox.prune_oldest(db, now - KEEP_DONE_AT_LEAST_SECONDS, batch)
+                pruned.updates += deleted
+                if not deleted:
+                    pruned.over_cap_bytes = excess
+                    return
+        with self._reading() as db:
+            pruned.over_cap_bytes = max(0, _used_bytes(db) - cap)
+
+    def _give_back_space(self) -> int:
+        """Return free pages to the file system (incremental auto-vacuum), checkpointed."""
+        with self._reading() as db:
+            (free_pages,) = db.execute("PRAGMA freelist_count").fetchone()
+            (page_size,) = db.execute("PRAGMA page_size").fetchone()
+            (auto_vacuum,) = db.execute("PRAGMA auto_vacuum").fetchone()
+            if not free_pages or auto_vacuum != AUTO_VACUUM_INCREMENTAL:
+                return 0
+            db.executescript("PRAGMA incremental_vacuum;")   # execute() would free one page only
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            (left,) = db.execute("PRAGMA freelist_count").fetchone()
+        return (free_pages - left) * page_size
 
     # -- conversations (conversations.py) -------------------------------------------------
 
@@ -381,6 +510,7 @@ class Store:
                 write(db)
             if update_id is not None:
                 inbox.mark_done(db, update_id, now)
+                schedules.rearm_after_tick(db, update_id, now)
         if conversation is not None:
             conversations.mark_saved(conversation)
 
@@ -410,7 +540,9 @@ class Store:
         (see schedules.queue_due_ticks)."""
         with self._reading() as db:
             if not schedules.anything_to_do(db, now):
-                return []  # nothing to do: no write transaction every second on an SD card
+                # the usual case: the due ticks wait in the inbox already; no write
+                # transaction every second (nor every tick) on an SD card
+                return schedules.due_chats(db, now)
         with self._transaction() as db:
             return schedules.queue_due_ticks(db, now, time.time())
 
@@ -426,12 +558,12 @@ class Store:
         if self._take_clean_stop():
             return 0
         with self._transaction() as db:
-            return inbox.count_interrupted(db)
+            return inbox.count_interrupted(db, time.time())
 
     def repeat_suspects(self) -> list[int]:
         """Chats' first pending rows that were cut short before (see inbox.repeat_suspects)."""
         with self._reading() as db:
-            return inbox.repeat_suspects(db)
+            return inbox.repeat_suspects(db, time.time())
 
     def note_clean_stop(self) -> None:
         """Every delegate ended in time: nothing was in flight, so the next start counts nothing."""
@@ -452,6 +584,7 @@ class Store:
         """Set an update aside for good: done, with the reason kept for the owner to see."""
         with self._transaction() as db:
             inbox.quarantine(db, update_id, reason, time.time())
+            schedules.rearm_after_tick(db, update_id, time.time())
 
     def quarantined_count(self) -> int:
         with self._reading() as db:

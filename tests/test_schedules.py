@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from chatdaemon import ChatHandler
@@ -133,23 +135,37 @@ def test_schedules_stay_with_the_group_when_it_moves_to_a_supergroup(fresh_db):
     assert [chat for chat, _, _, _ in rows(fresh_db)] == [-5]
 
 
-def test_a_due_schedule_queues_one_tick_that_names_it(fresh_db):
+def waiting_ticks(store: Store) -> list[tuple]:
+    return store._connection.execute(
+        "SELECT update_id, received, payload FROM inbox WHERE kind = 'schedule' AND done = 0"
+    ).fetchall()
+
+
+def make_due(store: Store) -> None:
+    """Move the waiting ticks' due time an hour into the past."""
+    store._connection.execute("UPDATE inbox SET received = received - 3600 WHERE kind = 'schedule'")
+
+
+def test_a_running_schedule_has_its_next_tick_waiting_that_names_it(fresh_db):
     handle(fresh_db, 1, start("report", 60))
     [(_, _, _, next_at)] = rows(fresh_db)
+    [(_, due, payload)] = waiting_ticks(fresh_db)
+    assert due == next_at and json.loads(payload) == {"schedule": {"name": "report", "at": next_at}}
+    assert fresh_db.pending(CHAT) == [] and fresh_db.backlog() == 0   # not due yet
     assert fresh_db.queue_due_ticks(next_at - 1) == []
     assert fresh_db.queue_due_ticks(next_at) == [CHAT]
+    make_due(fresh_db)
     [tick] = fresh_db.pending(CHAT)
-    assert tick.kind == "schedule" and tick.payload == {"schedule": {"name": "report",
-                                                                     "at": next_at}}
-    assert rows(fresh_db)[0][3] == next_at + 60
+    assert tick.kind == "schedule" and tick.payload["schedule"]["name"] == "report"
 
 
-def test_idle_seconds_cost_one_read_and_no_write(fresh_db, statements):
+def test_idle_seconds_and_due_ticks_cost_reads_and_no_write(fresh_db, statements):
     handle(fresh_db, 1, start("report", 60))
     [(_, _, _, next_at)] = rows(fresh_db)
     statements.clear()
     assert fresh_db.queue_due_ticks(next_at - 30) == []
-    assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
+    assert fresh_db.queue_due_ticks(next_at + 1) == [CHAT]
+    assert statements and all(sql.lstrip().startswith("SELECT") for sql in statements)
 
 
 class Ticker(ChatHandler):
@@ -163,10 +179,10 @@ class Ticker(ChatHandler):
 
 def test_a_tick_queued_before_its_schedule_stopped_is_dropped(fresh_db):
     handle(fresh_db, 1, start("report", 60))
-    [(_, _, _, next_at)] = rows(fresh_db)
-    fresh_db.queue_due_ticks(next_at)
-    handle(fresh_db, 2, lambda c: c.schedules.clear())   # stopped; its tick still waits
-    [tick] = fresh_db.pending(CHAT)
+    make_due(fresh_db)
+    [tick] = fresh_db.pending(CHAT)                      # a delegate holds it ...
+    handle(fresh_db, 2, lambda c: c.schedules.clear())   # ... when a message stops it
+    assert waiting_ticks(fresh_db) == []                 # nothing else of it waits
     handler = Ticker(fresh_db.load_conversation(CHAT))
     handler.on_update(tick.kind, tick.payload["schedule"])
     assert handler.ticks == []

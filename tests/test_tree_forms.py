@@ -148,6 +148,15 @@ class Clock:
         return time.monotonic()
 
 
+def make_ticks_due(chats: Chats, seconds: float) -> None:
+    """The waiting schedule ticks fall due now, as if `seconds` had passed; queue them."""
+    with chats.store.writing() as db:
+        db.execute("UPDATE inbox SET received = received - ? WHERE kind = 'schedule' AND done = 0",
+                   (seconds,))
+        db.execute("UPDATE schedules SET next_at = next_at - ?", (seconds,))
+    chats.store.queue_due_ticks(time.time())
+
+
 def test_session_timeout_returns_an_idle_conversation_to_its_start_state(tmp_path, monkeypatch):
     clock = Clock(time.time())
     monkeypatch.setattr(pipeline, "time", clock)
@@ -156,11 +165,11 @@ def test_session_timeout_returns_an_idle_conversation_to_its_start_state(tmp_pat
         chats.say(CHAT, "/start")
         assert chats.store.load_conversation(CHAT).schedules["chatdaemon.session"]["every"] == 150
         clock.now += 300                      # not idle long enough yet
-        chats.store.queue_due_ticks(time.time() + 1000)
+        make_ticks_due(chats, 1000)
         chats.run()
         assert chats.say(CHAT, "status") == ["in the menu"]
         clock.now += 601
-        chats.store.queue_due_ticks(time.time() + 2000)
+        make_ticks_due(chats, 2000)
         chats.run()
         conversation = chats.store.load_conversation(CHAT)
         assert conversation.state is None and "chatdaemon.session" not in conversation.schedules
