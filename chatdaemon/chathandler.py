@@ -17,6 +17,7 @@ ends: `close()`, an error, the idle timeout, an eviction or a reload — each en
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -246,6 +247,17 @@ class SeedTuple(tuple):
 TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"})
 
 
+@functools.cache
+def _open_takes_seed(cls: type) -> bool:
+    """Whether `cls.open` takes telepot's (initial_msg, seed) or just (initial_msg); asked
+    once per class, not for every chat that starts."""
+    try:
+        inspect.signature(cls.open).bind(None, {}, 0)   # unbound: self, initial_msg, seed
+    except TypeError:
+        return False
+    return True
+
+
 class ChatHandler:
     """Base class of a chat's handler; subclass it and define the `on_…` methods you need."""
 
@@ -330,11 +342,9 @@ class ChatHandler:
 
     def start(self, payload: dict) -> bool:
         """Run `open` before the first Telegram update; True when it handled the update."""
-        try:
-            inspect.signature(self.open).bind(payload, self.id)
-        except TypeError:
-            return bool(self.open(payload))
-        return bool(self.open(payload, self.id))
+        if _open_takes_seed(type(self)):
+            return bool(self.open(payload, self.id))
+        return bool(self.open(payload))
 
     def open(self, initial_msg: dict, seed: int | None = None) -> bool | None:
         """The first update this handler sees (a message, or a button press, …), before
