@@ -248,7 +248,7 @@ TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"}
 
 
 @functools.cache
-def _open_takes_seed(cls: type) -> bool:
+def _open_takes_seed(cls: type[ChatHandler]) -> bool:
     """Whether `cls.open` takes telepot's (initial_msg, seed) or just (initial_msg); asked
     once per class, not for every chat that starts."""
     try:
@@ -342,7 +342,8 @@ class ChatHandler:
 
     def start(self, payload: dict) -> bool:
         """Run `open` before the first Telegram update; True when it handled the update."""
-        if _open_takes_seed(type(self)):
+        # a class is hashable: mypy checks type[...] against its instances' __hash__ here
+        if _open_takes_seed(type(self)):  # type: ignore[arg-type]
             return bool(self.open(payload, self.id))
         return bool(self.open(payload))
 
