@@ -60,7 +60,9 @@ setup(
     extras_require={
         # wheel: tests/test_install.py builds one; pytest-xdist: the suite runs on 6 workers
         "test": ["pytest>=8", "pytest-xdist>=3.5,<4", "wheel>=0.40"],
-        "dev": ["ruff>=0.4", "mypy>=1.8"],
+        # dev: the linters CI runs, and the stubs mypy needs for our untyped dependencies
+        "dev": ["ruff>=0.4", "mypy>=1.8", "types-requests", "types-PyYAML", "types-regex",
+                "types-tabulate"],
     },
     entry_points={"console_scripts": ["chatdaemon = chatdaemon.cli:run"]},
     classifiers=[

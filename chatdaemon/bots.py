@@ -52,12 +52,14 @@ class Bot:
     def hooks(self) -> dict:
         return self.definitions.hooks
 
-    def create_handler(self, context: Any, conversation: Any, sender: Any) -> ChatHandler:
+    def create_handler(self, context: Any, conversation: Any, sender: Any) -> Desk:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
+        handler: ChatHandler
         if self.pipeline is not None:
             from .pipeline import PipelineHandler
             handler = PipelineHandler(context, conversation, sender, self.pipeline)
         else:
+            assert self.handler_class is not None   # load_bot gives a bot a pipeline or a class
             handler = construct(self.handler_class, context, conversation, sender)
         return Desk(handler, context, conversation, sender, self.people)
 
@@ -161,6 +163,7 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
     bot = Bot(directory, error_text=seen.error_text, files=files, warnings=definitions.warnings,
               definitions=definitions)
     if handler_class is not None:
+        assert seen.python is not None   # a handler class is imported only from `python:`
         bot.handler_class, bot.python_ref = handler_class, seen.python[0]
     else:
         # the YAML pipeline, and what it imports (requests, jinja2, regex), only for a YAML bot
@@ -346,7 +349,7 @@ class _SourceLoader(importlib.machinery.SourceFileLoader):
 def _execute(path: str, name: str) -> types.ModuleType:
     with open(path, "rb") as handle:
         source = handle.read()
-    spec = importlib.util.spec_from_loader(name, loader=None, origin=path)
+    spec = importlib.machinery.ModuleSpec(name, None, origin=path)
     spec.has_location = True
     module = importlib.util.module_from_spec(spec)
     module.__file__ = path
@@ -369,7 +372,7 @@ def _add_package(name: str, path: list[str]) -> None:
     module = types.ModuleType(name)
     module.__path__ = path
     module.__package__ = name
-    module.__spec__ = importlib.util.spec_from_loader(name, loader=None, is_package=True)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
     module.__spec__.submodule_search_locations = path
     sys.modules[name] = module
 

@@ -248,7 +248,7 @@ TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"}
 
 
 @functools.cache
-def _open_takes_seed(cls: type) -> bool:
+def _open_takes_seed(cls: type[ChatHandler]) -> bool:
     """Whether `cls.open` takes telepot's (initial_msg, seed) or just (initial_msg); asked
     once per class, not for every chat that starts."""
     try:
@@ -271,16 +271,19 @@ class ChatHandler:
         if unknown:
             raise TypeError(f"ChatHandler() got unexpected keyword arguments: {sorted(unknown)}")
         if isinstance(context, SeedTuple):
-            context, conversation, sender = context.context, context.conversation, context.sender
+            chat: ChatContext = context.context
+            conversation, sender = context.conversation, context.sender
+        else:
+            chat = context
         if conversation is None or sender is None:
             raise TypeError("ChatHandler(context, conversation, sender), or telepot's (seed_tuple)")
         self.chat_id: int = conversation.chat_id
         self.id: int = conversation.chat_id   # telepot's seed: the chat id
         self._conversation = conversation
-        self.sender = ChatSender(sender, conversation.chat_id, context)
+        self.sender = ChatSender(sender, conversation.chat_id, chat)
         self.administrator = self.sender   # telepot's: kickChatMember(user_id), … for this chat
-        self.bot = BotSender(sender, context)
-        self.listener = Listener(context)
+        self.bot = BotSender(sender, chat)
+        self.listener = Listener(chat)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
 
     @property
@@ -339,7 +342,8 @@ class ChatHandler:
 
     def start(self, payload: dict) -> bool:
         """Run `open` before the first Telegram update; True when it handled the update."""
-        if _open_takes_seed(type(self)):
+        # a class is hashable: mypy checks type[...] against its instances' __hash__ here
+        if _open_takes_seed(type(self)):  # type: ignore[arg-type]
             return bool(self.open(payload, self.id))
         return bool(self.open(payload))
 

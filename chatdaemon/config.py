@@ -231,7 +231,7 @@ def _typed(mapping: dict, key: str, kind: type, section: str = "") -> Any:
     return value
 
 
-def _int(value: Any, data: dict) -> int:
+def _int(value: Any, data: yamlfile.Mapping) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"operators must be chat ids (integers), not {value!r}",
                           data.key_where.get("operators"))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from .errors import ChatdaemonError, ConfigError, ShuttingDown
 
 if TYPE_CHECKING:
-    from .app import App
+    from .app import Daemon, StartUp
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Notifier:
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)
 
-    def tick(self, app: App) -> None:
+    def tick(self, app: Daemon) -> None:
         """Called about once a second by the daemon's supervising loop."""
         poller = app.poller
         if poller is None:
@@ -86,7 +86,7 @@ class Notifier:
         else:
             self._feed_watchdog(poller.alive())
 
-    def starting(self, app: App) -> None:
+    def starting(self, app: StartUp | Daemon) -> None:
         """Start-up is retrying (no network yet): ask systemd for more time, now and then."""
         if self._ready_sent:
             return
@@ -97,7 +97,7 @@ class Notifier:
             self.send(f"EXTEND_TIMEOUT_USEC={int(extend * 1e6)}",
                       f"STATUS=starting; {app.start_error or 'waiting for the first poll'}")
 
-    def _send_status(self, app: App) -> None:
+    def _send_status(self, app: Daemon) -> None:
         line = status_line(app)
         if line != self._last_status:
             self._last_status = line
@@ -118,7 +118,7 @@ class Notifier:
             self._last_watchdog = now
             self.send("WATCHDOG=1")
 
-    def stopping(self, app: App) -> None:
+    def stopping(self, app: Daemon) -> None:
         self.send("STOPPING=1", "STATUS=stopping")
 
 
@@ -146,7 +146,7 @@ def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
     return mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1
 
 
-def status_line(app: App) -> str:
+def status_line(app: Daemon) -> str:
     status = app.status()
     age = status["last_poll_age"]
     poll = "waiting for the first poll" if age is None else f"last poll {age:.0f} s ago"
@@ -364,11 +364,11 @@ class StartReport:
         self._fd: int | None = fd
         self._last_starting = ""
 
-    def tick(self, app: App) -> None:
+    def tick(self, app: Daemon) -> None:
         if app.poller is not None and app.poller.polls > 0:
             self._finish("ready", 0, "polling")
 
-    def starting(self, app: App) -> None:
+    def starting(self, app: StartUp | Daemon) -> None:
         text = app.start_error or "starting"
         if text != self._last_starting:
             self._last_starting = text

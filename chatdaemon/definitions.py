@@ -412,20 +412,18 @@ class Compiler:
             part.add(ConfigError("a request has either json or data, not both", where))
         url = part.run(self._url, data["url"], _at(data, "url", where)) if "url" in data else None
         timeout = part.run(self._timeout, data, where, failed=10.0)
-        request = Request(
-            method=method, url=url,
-            params=part.run(self._template_map, data.get("params"), _at(data, "params", where),
-                            "params"),
-            headers=part.run(self._template_map, data.get("headers"), _at(data, "headers", where),
-                             "headers"),
-            json=part.run(self._template_tree, data["json"], _at(data, "json", where))
-            if "json" in data else None,
-            data=part.run(self._template_tree, data["data"], _at(data, "data", where))
-            if "data" in data else None,
-            timeout=timeout, where=where,
-        )
+        params = part.run(self._template_map, data.get("params"), _at(data, "params", where),
+                          "params")
+        headers = part.run(self._template_map, data.get("headers"), _at(data, "headers", where),
+                           "headers")
+        json = part.run(self._template_tree, data["json"], _at(data, "json", where)) \
+            if "json" in data else None
+        body = part.run(self._template_tree, data["data"], _at(data, "data", where)) \
+            if "data" in data else None
         part.raise_any()
-        return request
+        assert url is not None   # a missing or bad url is one of `part`'s errors, raised above
+        return Request(method=method, url=url, params=params, headers=headers, json=json,
+                       data=body, timeout=timeout, where=where)
 
     def _url(self, source: Any, where: str) -> Template:
         url = self._template(source, where, url=True)
@@ -616,10 +614,10 @@ class Compiler:
         catch_all = any(h.source_states is None for h in handlers)
         sources = {s for h in handlers for s in (h.source_states or ())}
         for handler in handlers:
-            state = handler.target_state
-            if state and state not in sources and not catch_all:
+            target = handler.target_state
+            if target and target not in sources and not catch_all:
                 self.result.warnings.append(
-                    f"{handler.where}: state {state!r} (entered by {handler.name}) has no handler; "
+                    f"{handler.where}: state {target!r} (entered by {handler.name}) has no handler; "
                     "only the fallback answers there")
         self._warn_unreachable()
 
@@ -642,7 +640,7 @@ class Compiler:
                     grew = True
         for handler in handlers:
             stuck = [s for s in handler.source_states or () if s not in reached]
-            if stuck and len(stuck) == len(handler.source_states):
+            if stuck and len(stuck) == len(handler.source_states or ()):
                 self.result.warnings.append(
                     f"{handler.where}: handler {handler.name} never runs: no chain of handlers "
                     f"leads from a new conversation to {', '.join(map(repr, stuck))}")

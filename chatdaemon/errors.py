@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from typing import TypeGuard
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class ConfigError(ChatdaemonError):
 
 class ConfigErrors(ConfigError):
     """Every ConfigError one load found (`errors`), so that all of them are reported at once."""
+
+    errors: list[ConfigError]
 
     def __init__(self, errors: list[ConfigError]):
         flat: list[ConfigError] = []
@@ -180,7 +183,7 @@ def _int_seconds(value: int) -> float:
     return float(max(-1, min(value, int(MAX_RETRY_AFTER) + 1)))
 
 
-def is_bad_token(exc: BaseException) -> bool:
+def is_bad_token(exc: BaseException) -> TypeGuard[TelegramError]:
     """Whether Telegram's answer says it does not know the token (401 or 404), by status code."""
     return isinstance(exc, TelegramError) and not isinstance(exc, BadAnswer) \
         and exc.status in BAD_TOKEN_STATUSES
@@ -223,7 +226,7 @@ class WaitTooLong(ChatdaemonError):
     """listener.wait(timeout=...) returned no update within the timeout (telepot's name)."""
 
     def __init__(self, seconds: float):
-        self.seconds = seconds
+        self.seconds: float | None = seconds   # None in an IdleTerminate whose timeout is not known
         super().__init__(f"no update within {seconds} s")
 
 

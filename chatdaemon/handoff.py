@@ -23,7 +23,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import handoffs
 from .chathandler import ChatSender
@@ -121,7 +121,7 @@ class Desk:
             return True
         if kind not in ("message", "callback_query"):
             return False
-        text = payload.get("text") if isinstance(payload.get("text"), str) else ""
+        text = _typed(payload, "text", str, "")
         if kind == "message" and self.chat_id in self.people.operators and \
                 self._operator_command(payload, text.strip()):
             return True
@@ -252,16 +252,15 @@ class Desk:
     def _replied_about(self, msg: dict) -> int | None:
         """The person a reply is about: the message's recorded mapping, or else the chat id
         the bot's message names (a copy sent again after a crash has no mapping of its own)."""
-        replied = msg.get("reply_to_message")
-        message_id = replied.get("message_id") if isinstance(replied, dict) else None
+        replied = _typed(msg, "reply_to_message", dict, {})
+        message_id = replied.get("message_id")
         if type(message_id) is not int:
             return None
         about = handoffs.chat_of_message(self.store, self.chat_id, message_id)
         if about is not None:
             return about
-        sender = replied.get("from") if isinstance(replied.get("from"), dict) else {}
-        named = _NAMED_CHAT.search(replied.get("text") or "") if isinstance(
-            replied.get("text"), str) else None
+        sender = _typed(replied, "from", dict, {})
+        named = _NAMED_CHAT.search(_typed(replied, "text", str, ""))
         return int(named.group(1)) if named and sender.get("is_bot") is True else None
 
     def _answer(self, target: int, text: str, msg: dict) -> None:
@@ -315,7 +314,9 @@ class Desk:
 
     def _is_forget(self, text: str) -> bool:
         command = self.people.forget_command
-        return bool(command) and text.strip().split("@")[0].lower() == command.lower()
+        if not command:
+            return False
+        return text.strip().split("@")[0].lower() == command.lower()
 
     def _forget(self) -> None:
         """Delete what is kept about this chat; the conversation starts afresh."""
@@ -349,9 +350,9 @@ def content_of(kind: str, payload: dict) -> str:
 
 def who_is(payload: dict) -> tuple[str, str | None]:
     """A person's name and @username from a message or callback query (untrusted)."""
-    user = payload.get("from") if isinstance(payload.get("from"), dict) else {}
-    message = payload.get("message") if isinstance(payload.get("message"), dict) else payload
-    chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
+    user = _typed(payload, "from", dict, {})
+    message = _typed(payload, "message", dict, payload)
+    chat = _typed(message, "chat", dict, {})
     for source in (user, chat):
         name = " ".join(str(part) for part in (source.get("first_name"), source.get("last_name"))
                         if part) or source.get("title")
@@ -359,3 +360,12 @@ def who_is(payload: dict) -> tuple[str, str | None]:
             username = source.get("username") or user.get("username")
             return str(name)[:64], str(username)[:64] if username else None
     return "someone", None
+
+
+_T = TypeVar("_T")
+
+
+def _typed(mapping: dict, key: str, kind: type[_T], default: _T) -> _T:
+    """mapping[key] when it is a `kind`, else `default`: an update's fields are untrusted."""
+    value = mapping.get(key)
+    return value if isinstance(value, kind) else default

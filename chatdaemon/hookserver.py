@@ -165,7 +165,8 @@ class HookServer(ThreadingHTTPServer):
                     if self._stopping:
                         break
                     if any(key.fileobj is self for key, _ in ready):
-                        self._handle_request_noblock()
+                        # socketserver's own serve_forever calls it; its stubs leave it out
+                        self._handle_request_noblock()  # type: ignore[attr-defined]
                     self.service_actions()
         finally:
             self._served.set()
@@ -325,16 +326,19 @@ class _Handler(BaseHTTPRequestHandler):
         coding = self.headers.get("Transfer-Encoding")
         if coding is not None:
             if coding.strip().lower() != "chunked" or self.headers.get("Content-Length"):
-                return self._refuse_body(411, "send the body with a Content-Length or chunked")
+                self._refuse_body(411, "send the body with a Content-Length or chunked")
+                return None
             return self._chunked_body()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = -1
         if length < 0:
-            return self._refuse_body(400, "bad Content-Length")
+            self._refuse_body(400, "bad Content-Length")
+            return None
         if length > MAX_BODY:
-            return self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
+            self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
+            return None
         body = self.rfile.read(length)
         if len(body) < length:
             self.close_connection = True  # the client closed mid-body: nobody to answer
@@ -347,27 +351,30 @@ class _Handler(BaseHTTPRequestHandler):
         while True:
             size = _chunk_size(self.rfile.readline(MAX_LINE))
             if size is None:
-                return self._refuse_body(400, "bad chunked encoding")
+                self._refuse_body(400, "bad chunked encoding")
+                return None
             if size == 0:
                 break
             if len(body) + size > MAX_BODY:
-                return self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
+                self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
+                return None
             chunk = self.rfile.read(size)
             if len(chunk) < size:
                 self.close_connection = True  # the client closed mid-chunk: nobody to answer
                 return None
             body += chunk
             if self.rfile.readline(MAX_LINE) not in (b"\r\n", b"\n"):
-                return self._refuse_body(400, "bad chunked encoding")
+                self._refuse_body(400, "bad chunked encoding")
+                return None
         for _ in range(MAX_TRAILERS):
             if self.rfile.readline(MAX_LINE) in (b"\r\n", b"\n", b""):
                 return bytes(body)
-        return self._refuse_body(400, "too many trailer lines")
+        self._refuse_body(400, "too many trailer lines")
+        return None
 
     def _refuse_body(self, status: int, error: str) -> None:
         self.close_connection = True  # the body is left unread: the connection can't go on
         self._json(status, {"ok": False, "error": error})
-        return None
 
     def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
         self._reply(status, json.dumps(body, ensure_ascii=False).encode(), "application/json",

@@ -23,7 +23,7 @@ import json
 import socket
 import threading
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .definitions import Request
 from .templates import Template, Trusted, url_value
@@ -121,6 +121,13 @@ def render_tree(value: Any, context: dict) -> Any:
     return value
 
 
+@runtime_checkable
+class _Deadlines(Protocol):
+    """What perform() needs of a session's adapter (deadline_adapter's class has it)."""
+
+    def deadline(self, seconds: float) -> contextlib.AbstractContextManager[Watch]: ...
+
+
 class Session:
     """A requests session whose requests a total deadline can cut off, made on first use."""
 
@@ -172,6 +179,7 @@ def perform(request: Request, context: dict, session: Session) -> dict:
     elif request.data is not None:
         kwargs["data"] = render_tree(request.data, context)
     adapter = http.get_adapter(url)
+    assert isinstance(adapter, _Deadlines)   # new_session mounts one for http and https
     # the invariant: the whole exchange, from connect to the body's last byte, ends by
     # `timeout` after it began; the (connect, read) timeout still bounds each single read
     with adapter.deadline(request.timeout) as watch:
@@ -272,19 +280,19 @@ def deadline_adapter() -> type:
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    class _Watched:
+    class _Watched(HTTPConnection):
         """Mixed into urllib3's connections: each socket a request uses is shown to its Watch."""
 
         adapter: DeadlineAdapter  # set on the adapter's own subclasses
 
         def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()  # type: ignore[misc]
+            sock = super()._new_conn()
             self.adapter.note(sock)
             return sock
 
         def request(self, *args: Any, **kwargs: Any) -> Any:
             self.adapter.note(getattr(self, "sock", None))  # a kept-alive connection, reused
-            return super().request(*args, **kwargs)  # type: ignore[misc]
+            return super().request(*args, **kwargs)
 
     class DeadlineAdapter(HTTPAdapter):
         def __init__(self, *args: Any, **kwargs: Any):

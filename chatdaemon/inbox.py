@@ -171,7 +171,7 @@ def _id_in(chat: dict, where: str) -> int:
 
 def _check_depth(update: dict) -> None:
     """Refuse nesting deeper than MAX_DEPTH, walking with a stack of our own (no recursion)."""
-    stack: list[tuple[object, int]] = [(update, 1)]
+    stack: list[tuple[dict | list, int]] = [(update, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:

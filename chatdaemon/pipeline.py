@@ -20,6 +20,7 @@ import html
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,9 @@ class FrozenDict(dict):
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("template data is read-only")
 
-    __setitem__ = __delitem__ = __ior__ = _refuse
-    update = clear = pop = popitem = setdefault = _refuse
+    # every method that would change the dict refuses, whatever the signature it replaces
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = clear = pop = popitem = setdefault = _refuse  # type: ignore[assignment]
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # immutable already: no call needed
@@ -237,6 +239,7 @@ class PipelineHandler(ChatHandler):
             raise UpdateFailed(str(exc), answered=False) from None
         context = self._context(message, source, found, callback)
         if starts_tree:
+            assert tree is not None   # starts_tree is False for a bot without a tree
             self._say_node(tree, tree.root, "", context)
             return
         if handler is None and tree is not None and (self.state or "").startswith(DONE_PREFIX):
@@ -357,11 +360,11 @@ class PipelineHandler(ChatHandler):
         self.state = state
 
     def on_schedule(self, tick: dict) -> None:
-        schedule = self.pipeline.definitions.schedules.get(tick.get("name"))
+        name = tick["name"]   # on_update passes on only the ticks of a running schedule, by name
+        schedule = self.pipeline.definitions.schedules.get(name)
         if schedule is None:
-            log.info("chat %s: schedule %r is no longer defined; stopping it", self.chat_id,
-                     tick.get("name"))
-            self.stop_schedule(tick.get("name"))
+            log.info("chat %s: schedule %r is no longer defined; stopping it", self.chat_id, name)
+            self.stop_schedule(name)
             return
         context = self._context({"chat": {"id": self.chat_id}}, {}, None, None)
         context["tick"] = frozen(tick)
@@ -446,6 +449,7 @@ def _markup(response: Response, context: dict, tokens: dict[str, str] | None = N
                 if button.url is not None:
                     item["url"] = button.url.render(context)
                 else:
+                    assert button.data is not None   # a button without a url has data (its text by default)
                     item["callback_data"] = button.data.render(context)
                     if len(item["callback_data"].encode()) > MAX_DATA:
                         item["callback_data"] = _token_for(item["callback_data"], response,
@@ -552,7 +556,7 @@ def as_numbered_list(reply: dict) -> dict:
     return listed
 
 
-_ESCAPES = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
+_ESCAPES: dict[str, Callable[[str], str]] = {"HTML": html.escape, "MarkdownV2": escape_markdown_v2}
 
 
 def _token_for(data: str, response: Response, tokens: dict[str, str] | None, chat_id: int) -> str:

@@ -78,6 +78,7 @@ class ConflictWatch:
         if self.last_conflict is None or now - self.last_conflict > self.grace:
             self.episode_start = now
         self.last_conflict = now
+        assert self.episode_start is not None   # set with the first conflict, just above; never reset
         if self.settled and now - self.episode_start > OUTLAST * self.grace:
             raise Conflict("another process is polling getUpdates with this token (Telegram "
                            f"answered 409 Conflict for {now - self.episode_start:.0f} s)")
@@ -202,7 +203,10 @@ class Poller:
         rejections: list[Rejection] = []
         for update in updates:
             parsed = parse_update(update)
-            (rows if isinstance(parsed, InboxRow) else rejections).append(parsed)
+            if isinstance(parsed, InboxRow):
+                rows.append(parsed)
+            else:
+                rejections.append(parsed)
         last_id = _last_usable_id(updates)
         if last_id is None:
             # Nothing in the batch can be acknowledged: storing it would store it again on
@@ -221,7 +225,9 @@ class Poller:
         # of the batch is acknowledged, rejected ones too (else Telegram re-sends them forever).
         self.offset = last_id + 1
         self.batch_limit = min(self.limit, self.batch_limit * 10)
-        self.notify(list(dict.fromkeys(r.chat_id for r in new if r.update_id not in unhandled)))
+        # a row without a chat has no delegate to wake (the default `handles` leaves it done)
+        self.notify(list(dict.fromkeys(r.chat_id for r in new
+                                       if r.chat_id is not None and r.update_id not in unhandled)))
 
     def _log_stored(self, new: list[InboxRow], unhandled: list[int],
                     rejections: list[Rejection]) -> None:

@@ -22,12 +22,13 @@ import functools
 import inspect
 import itertools
 import re
+import string
 import threading
 import time
 import types
 from collections import abc
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import Any, cast
 
 import jinja2
 from jinja2 import nodes
@@ -222,7 +223,7 @@ def check_method(method: Any, args: tuple, kwargs: dict) -> tuple[tuple, int]:
         return args, max(check_width(width, f"{name}()"), len(owner))
     if name == "expandtabs":
         tabsize = args[0] if args else kwargs.get("tabsize", 8)
-        tabs = owner.count("\t" if isinstance(owner, str) else b"\t")
+        tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
         return args, check_size(len(owner) + tabs * max(check_width(tabsize, "a tab"), 0),
                                 "expandtabs()")
     if name == "replace" and len(args) >= 2:
@@ -324,21 +325,24 @@ def bounded_sum(environment: Any, iterable: Any, attribute: Any = None, start: A
     if not all(isinstance(item, type(start)) for item in items):
         raise TypeError(f"sum() can only add {type(start).__name__}s to a {type(start).__name__}")
     check_size(len(start) + sum(len(item) for item in items), "sum()")
-    return start + type(start)(itertools.chain.from_iterable(items))
+    chained = itertools.chain.from_iterable(items)
+    return start + list(chained) if isinstance(start, list) else start + tuple(chained)
 
 
 # -- the environment -----------------------------------------------------------------------
 
-class _SpecCheck:
+class _SpecCheck(string.Formatter):
     """Mixed into the sandbox's str.format formatters: widths bounded, values printable."""
 
-    _env: BoundedEnvironment
+    _env: jinja2.Environment   # set by SandboxedFormatter, which this is mixed into
 
     def format_field(self, value: Any, format_spec: str) -> Any:
         check_format_spec(format_spec)
         size = check_printable(value, "a format value")
+        # only BoundedEnvironment.wrap_str_format makes these formatters, with itself
+        assert isinstance(self._env, BoundedEnvironment)
         self._env.budget().charge(size)
-        return super().format_field(value, format_spec)  # type: ignore[misc]
+        return super().format_field(value, format_spec)
 
 
 class _BoundedFormatter(_SpecCheck, SandboxedFormatter):
@@ -381,7 +385,8 @@ class BoundedEnvironment(SandboxedEnvironment):
         budget = Budget()
         outer = getattr(self._current, "budget", None)
         self._current.budget = budget
-        pieces = template.generate(context)
+        # generate() is a generator function, though Jinja2 annotates it as an Iterator
+        pieces = cast(Generator[str, None, None], template.generate(context))
         try:
             parts, length = [], 0
             for piece in pieces:
@@ -445,12 +450,12 @@ class BoundedEnvironment(SandboxedEnvironment):
             if is_format_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
-                args, kwargs = (), args[0]
+                kwargs, args = args[0], ()
             return type(template)(formatter.vformat(template, args, kwargs))
 
         return functools.update_wrapper(wrapper, value)
 
-    def concat(self, parts: Any) -> str:  # type: ignore[override]
+    def concat(self, parts: Any) -> str:
         """The text of a block, a macro or a `{% set %}` capture: joined only within bounds."""
         parts = bounded_list(parts, "a block")
         budget = self.budget()
@@ -509,7 +514,7 @@ class BoundedEnvironment(SandboxedEnvironment):
             budget = self.budget()
             budget.check_time()
             size = 0
-            if binder is not None:
+            if binder is not None and check is not None:   # both or neither
                 arguments = binder.bind(args, kwargs)
                 size = check(arguments)
                 args, kwargs = binder.rebuild(arguments, args, kwargs)

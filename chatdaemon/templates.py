@@ -172,6 +172,7 @@ def check_fields(tree: nodes.Template, where: str, pattern: Any = ANY_PATTERN) -
     local = {node.name for node in tree.find_all(nodes.Name) if node.ctx != "load"}
     problems = []
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)   # find_all yields what it was asked
         key = _field_key(node)
         shape = _shape_of(node.node, local)
         if key is None or shape is None or str(key).startswith("_"):

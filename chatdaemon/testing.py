@@ -87,6 +87,9 @@ class _Slot:
 
     abandoned = False
 
+    def __init__(self) -> None:
+        self.woken: list[int] = []   # chats that committed rows for other chats woke
+
     def handling(self, update_id: int | None) -> None:
         pass
 
@@ -104,6 +107,9 @@ class _Slot:
 
     def count(self, name: str) -> None:
         pass
+
+    def wake(self, chat_ids: list[int]) -> None:
+        self.woken.extend(chat_ids)   # served by TestBot.run once the waking update is done
 
 
 class TestBot:
@@ -171,7 +177,18 @@ class TestBot:
             transaction.close(reason)
 
     def run(self, chat: int = 1) -> None:
-        """Handle the chat's queued updates, each committed before the next, as a delegate does."""
+        """Handle the chat's queued updates, each committed before the next, as a delegate does;
+        then those of the chats they woke (a handoff's operators), as the daemon does."""
+        self._serve(chat)
+        for _ in range(MAX_ROUNDS):
+            if not self._slot.woken:
+                return
+            woken, self._slot.woken = list(dict.fromkeys(self._slot.woken)), []
+            for other in woken:
+                self._serve(other)
+        raise RuntimeError(f"chats still woke each other after {MAX_ROUNDS} rounds")
+
+    def _serve(self, chat: int) -> None:
         transaction = self._transaction(chat)
         for _ in range(MAX_ROUNDS):
             rows = self.store.pending(chat)
@@ -205,7 +222,8 @@ class TestBot:
     def replies(self, chat: int | None = None) -> list[str]:
         """The texts the bot sent to `chat` (every chat: None) not read yet; they are read now."""
         self._collect()
-        mine, others = [], deque()
+        mine: list[Call] = []
+        others: deque[Call] = deque()
         for call in self._unread:
             (mine if chat is None or call.chat_id == chat else others).append(call)
         self._unread = others

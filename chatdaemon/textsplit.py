@@ -84,6 +84,13 @@ def _mask_tags(text: str) -> str:
     return _TAG.sub(lambda m: _MASK * (m.end() - m.start()), text)
 
 
+def _run_end(run: re.Pattern[str], text: str, pos: int) -> int:
+    """End of the run of `run` (a pattern of the form ``X*``) that starts at `pos`."""
+    found = run.match(text, pos)
+    assert found is not None  # an ``X*`` pattern matches the empty string at every position
+    return found.end()
+
+
 def _closer(name: str) -> str:
     return f"</{name}>"
 
@@ -192,7 +199,7 @@ class _Splitter:
         """Move past tags at `pos` into the open-tag stack, and past blank runs if `blanks`."""
         while pos < len(self.text):
             if blanks:
-                blank_end = _BLANK_RUN.match(self.masked, pos).end()
+                blank_end = _run_end(_BLANK_RUN, self.masked, pos)
                 if blank_end > pos:
                     pos = blank_end
                     continue
@@ -263,7 +270,7 @@ class _Splitter:
         """(end of this part, start of the next) for the best cut at or before `reach`."""
         if reach <= first:
             return None
-        stop = _SPACE_RUN.match(self.masked, reach).end()
+        stop = _run_end(_SPACE_RUN, self.masked, reach)
         for pattern in (_LAST_PARAGRAPH, _LAST_NEWLINE, _LAST_SPACE):
             span = self._last_break(pattern, pos, stop, first)
             if span is not None:
@@ -287,7 +294,7 @@ class _Splitter:
 
     def _resume(self, cut: int) -> int:
         """Start of the next part: past the blank run, keeping indentation after its last newline."""
-        end = _SPACE_RUN.match(self.masked, cut).end()
+        end = _run_end(_SPACE_RUN, self.masked, cut)
         newline = self.masked.rfind("\n", cut, end)
         return newline + 1 if newline >= 0 else end
 

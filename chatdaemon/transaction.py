@@ -65,7 +65,8 @@ CLOSE_REASONS: dict[str, Callable[[], BaseException]] = {
 
 
 class Handler(Protocol):
-    ends_on_error: bool
+    @property
+    def ends_on_error(self) -> bool: ...   # read only: ChatHandler's is a class variable
 
     def start(self, payload: dict) -> bool: ...
 
@@ -333,12 +334,15 @@ class UpdateTransaction:
             raise TypeError(f"self.vars can hold only JSON values: {exc}") from None
 
     def _rollback(self) -> None:
+        assert self._before is not None   # _begin and close take it before any handler code runs
         self._staged, self._wake = [], set()
         self._conversation.restore(self._before)
         self._checked = self._before
 
     def _finish_current(self) -> None:
         row = self._row
+        # only after _begin: handle, _handle_local, and next_payload, which on_close may not call
+        assert row is not None
         self._answer_callback_if_needed(row)
         self._commit(row.update_id)
 
@@ -361,7 +365,7 @@ class UpdateTransaction:
             self._slot.wake(sorted(wake))  # after the commit: their rows exist now
         self._before = after
         self._release_migration()
-        if greet and log.isEnabledFor(logging.INFO):
+        if greet and self._row is not None and log.isEnabledFor(logging.INFO):
             log_first_contact(self.chat_id, self._row)
 
     def _retry_commit(self, commit: Callable[[], None]) -> None:
@@ -441,6 +445,8 @@ class UpdateTransaction:
         Hook notifications and schedule ticks that arrive meanwhile are handled on the way
         (sent and committed); only Telegram's updates are handed to the waiting handler.
         """
+        if self._row is None:  # on_close: no update to commit first, and none may follow
+            raise RuntimeError("listener.wait() cannot be called in on_close")
         self._checked = self._check_saveable()
         self._slot.handled()
         self._finish_current()
@@ -467,8 +473,10 @@ class UpdateTransaction:
                 raise WaitTooLong(timeout or 0.0)
 
     def _handle_local(self, row: InboxRow) -> None:
+        handler = self._handler
+        assert handler is not None   # reached only from the running handler's listener.wait
         self._begin(row)
-        self._run(lambda: self._handler.on_update(row.kind, payload_of(row)))
+        self._run(lambda: handler.on_update(row.kind, payload_of(row)))
         self._finish_current()
         self._slot.count("handled")
         self.moved_on = True
@@ -521,9 +529,9 @@ def log_first_contact(chat_id: int, row: InboxRow) -> None:
 
 def who_is(payload: dict) -> tuple[str, str | None]:
     """A chat's name and @username from an update's message or callback query (untrusted)."""
-    message = payload.get("message") if isinstance(payload.get("message"), dict) else payload
-    chat = message.get("chat") if isinstance(message.get("chat"), dict) else {}
-    user = payload.get("from") if isinstance(payload.get("from"), dict) else {}
+    message = _dict_or(payload.get("message"), payload)
+    chat = _dict_or(message.get("chat"), {})
+    user = _dict_or(payload.get("from"), {})
     for source in (chat, user):
         name = source.get("title") or " ".join(
             str(part) for part in (source.get("first_name"), source.get("last_name")) if part)
@@ -531,3 +539,8 @@ def who_is(payload: dict) -> tuple[str, str | None]:
             username = source.get("username") or user.get("username")
             return str(name), str(username) if username else None
     return "?", None
+
+
+def _dict_or(value: object, default: dict) -> dict:
+    """`value` when it is a JSON object, else `default` (an update's fields are untrusted)."""
+    return value if isinstance(value, dict) else default

@@ -39,7 +39,7 @@ DEFAULT_AGAIN = "Anything else? Start again?"
 
 
 def in_tree(state: str | None) -> bool:
-    return bool(state) and state.startswith((STATE_PREFIX, RETRY_PREFIX))
+    return state is not None and state.startswith((STATE_PREFIX, RETRY_PREFIX))
 
 
 @dataclass
@@ -58,11 +58,11 @@ class Tree:
     where: str
     not_understood: Template
     goodbye: Template
+    again: Template                # asked of the message after a leaf
     parse_mode: str | None = None
     target_state: str | None = None
     fingerprint: str = ""          # changes when the tree's answers change (a reload)
     pattern_where: str = ""        # file:line of `pattern`, for a pattern that times out
-    again: Template | None = None  # asked of the message after a leaf
     any_message: bool = False      # any message opens the tree (in no state), not only `pattern`
     command: str = ""              # the command that opens it, for hints ("/start")
 

@@ -60,9 +60,9 @@ def build_modules(runtime: Runtime) -> dict[str, types.ModuleType]:
     top = types.ModuleType("telepot", telepot_module.__doc__)
     top.__dict__.update({key: value for key, value in vars(telepot_module).items()
                          if not key.startswith("__")})
-    top.__version__ = telepot_module.__version__
+    bot, delegator_bot = telepot_module.bind(runtime)
+    top.__dict__.update(__version__=telepot_module.__version__, Bot=bot, DelegatorBot=delegator_bot)
     top.__path__ = []  # a package, so that a missing submodule reaches the finder
-    top.Bot, top.DelegatorBot = telepot_module.bind(runtime)
     modules = {"telepot": top}
     for name, module in SUBMODULES.items():
         setattr(top, name, module)

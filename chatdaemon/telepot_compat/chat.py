@@ -267,8 +267,8 @@ class TelepotChat(ChatHandler):
         with self.runtime.handling(self):
             self._program.deliver(payload)
 
-    def on_close(self, reason: str) -> None:
-        """'idle' or 'evicted': either way this chat's telepot handlers end as after a timeout."""
+    def on_close(self, reason: BaseException) -> None:
+        """Whatever the reason (idle, evicted, …), this chat's telepot handlers end as after a timeout."""
         seconds = self.route.idle_timeout or 0.0
         with self.runtime.handling(self):
             self._program.close(seconds)

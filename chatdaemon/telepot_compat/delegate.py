@@ -119,6 +119,7 @@ def create_run(cls: type, *args: Any, **kwargs: Any) -> Callable[[tuple], Callab
     """The handler's run(), which reads its messages with listener.wait()."""
     def factory(seed_tuple: tuple) -> Callable[[], Any]:
         return cls(seed_tuple, *args, **kwargs).run
+    # DelegatorBot reads a factory's idle `timeout`, as it does OpenFactory's
     factory.timeout = kwargs.get("timeout")  # type: ignore[attr-defined]
     return factory
 

@@ -121,4 +121,5 @@ def run_program(script: str, args: list[str], config, log_level: str | None = No
     notifier = Notifier()
     events = Events(ready=runtime.attach, starting=notifier.starting, tick=notifier.tick,
                     stopping=notifier.stopping, tick_every=notifier.tick_every)
+    assert runtime.api is not None   # the message loop started, so the program made its Bot
     App(config, bot, runtime.api, events).run()

@@ -105,8 +105,9 @@ class Bot:
     def __init__(self, token: str):
         if self.runtime is None:
             raise Unsupported("this telepot runs under `chatdaemon telepot SCRIPT` only")
+        self._runtime: Runtime = self.runtime   # an instance exists only of a bound class
         self._token = token
-        self.runtime.saw_token(token)
+        self._runtime.saw_token(token)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} (token redacted)>"
@@ -121,18 +122,19 @@ class Bot:
         if method in OWNED_BY_DAEMON:
             raise Unsupported(f"{method}: chatdaemon's poller owns getUpdates and the webhook "
                               "under `chatdaemon telepot`")
-        return self.runtime.call(method, bind_arguments(method, args, kwargs))
+        return self._runtime.call(method, bind_arguments(method, args, kwargs))
 
     def download_file(self, file_id: str, dest: Any) -> None:
         """Save the file `file_id` to `dest`, a path or a file opened for binary writing."""
         found = self.getFile(file_id)
         if not isinstance(found, dict) or "file_path" not in found:
-            raise exception.TelegramError("No file_path returned", None, method="getFile")
+            # Telegram answered, with no error code: the answer just lacks the path
+            raise exception.TelegramError("No file_path returned", 0, method="getFile")
         if isinstance(dest, io.IOBase):
-            self.runtime.download(found["file_path"], dest)
+            self._runtime.download(found["file_path"], dest)
             return
         with open(dest, "wb") as handle:
-            self.runtime.download(found["file_path"], handle)
+            self._runtime.download(found["file_path"], handle)
 
     def message_loop(self, callback: Any = None, relax: float = 0.1, timeout: int = 20,
                      allowed_updates: Any = None, source: Any = None, ordered: bool = True,
@@ -143,7 +145,7 @@ class Bot:
                               "chatdaemon polls Telegram itself")
         if isinstance(run_forever, str):
             print(run_forever, flush=True)
-        self.runtime.start_loop(self, callback, allowed_updates, block=bool(run_forever))
+        self._runtime.start_loop(self, callback, allowed_updates, block=bool(run_forever))
 
     def notifyOnMessage(self, callback: Any = None, relax: float = 0.1, timeout: int = 20,
                         source: Any = None, ordered: bool = True, maxhold: float = 3,
