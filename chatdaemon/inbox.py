@@ -216,8 +216,12 @@ def insert_updates(db: sqlite3.Connection, rows: Sequence[InboxRow], done: Itera
 
 
 def insert_rejected(db: sqlite3.Connection, rejected: Sequence[tuple[str, str]], now: float) -> None:
-    db.executemany("INSERT INTO rejected(received, reason, payload) VALUES (?, ?, ?)",
-                   [(now, reason, payload) for reason, payload in rejected])
+    """Keep each rejected update once: a batch Telegram sends again (it was not acknowledged
+    before a restart) brings the same ones back, as it brings back inbox rows."""
+    db.executemany(
+        "INSERT INTO rejected(received, reason, payload) SELECT ?, ?, ? WHERE NOT EXISTS"
+        " (SELECT 1 FROM rejected WHERE reason = ? AND payload = ?)",
+        [(now, reason, payload, reason, payload) for reason, payload in rejected])
 
 
 def next_local_id(db: sqlite3.Connection) -> int:

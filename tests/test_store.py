@@ -194,3 +194,14 @@ def test_a_failed_commit_raises_its_own_cause_not_the_rollbacks(fresh_db):
     assert [row.update_id for row in fresh_db.pending(5)] == [1]   # nothing half-written
     fresh_db.add_updates([InboxRow(2, 5, "message", {"update_id": 2, "message": {}})])
     assert [row.update_id for row in fresh_db.pending(5)] == [1, 2]
+
+
+def test_a_rejected_update_sent_again_is_kept_once(fresh_db):
+    """A batch not acknowledged before a restart comes back whole, its malformed ones too."""
+    batch = [("update 9: callback_query.message is a str, not an object", '{"update_id": 9}')]
+    fresh_db.add_updates([], rejected=batch)
+    fresh_db.add_updates([], rejected=batch)
+    fresh_db.add_rejected(batch + [("update 10: too deep", '{"update_id": 10}')])
+    with fresh_db.reading() as db:
+        assert [reason for (reason,) in db.execute("SELECT reason FROM rejected ORDER BY id")] == [
+            batch[0][0], "update 10: too deep"]
