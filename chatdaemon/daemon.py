@@ -74,8 +74,6 @@ class Notifier:
     def tick(self, app: Daemon) -> None:
         """Called about once a second by the daemon's supervising loop."""
         poller = app.poller
-        if poller is None:
-            return
         if not self._ready_sent and poller.polls > 0:
             self._ready_sent = True
             self.send("READY=1", f"STATUS={status_line(app)}")

@@ -46,7 +46,6 @@ class Sender:
     """Sends Bot API calls politely and persistently; raises only for final answers."""
 
     def __init__(self, api: BotAPI, limiter: RateLimiter, stop: threading.Event,
-                 on_migrate: Callable[[int, int], None] | None = None,
                  max_backoff: float = MAX_BACKOFF,
                  sleep: Callable[[float], bool] | None = None):
         """`sleep(seconds)` waits and returns True when the daemon is stopping (default:
@@ -55,7 +54,6 @@ class Sender:
         self.limiter = limiter
         self._stop = stop
         self._wait = sleep or stop.wait
-        self._on_migrate = on_migrate
         self._max_backoff = max_backoff
         self._stats_lock = threading.Lock()  # delegates send from many threads at once
         self._stats = {"sent": 0, "retries": 0, "throttled_429": 0}
@@ -67,13 +65,14 @@ class Sender:
         """Call `method`; a sendMessage too long for one message goes out in parts.
 
         Returns Telegram's result (for split text, the last part's message). `on_migrate`
-        hears of a group's move to a supergroup found by this call (instead of the
-        sender-wide callback); `check` runs before every attempt and may raise to cancel it.
+        hears of a group's move to a supergroup found by this call (the update that sent it
+        moves the conversation in its own commit); `check` runs before every attempt and may
+        raise to cancel it.
         """
         params = dict(params or {})
         text = params.get("text")
         send = functools.partial(self._call_until_answered,
-                                 on_migrate=on_migrate or self._on_migrate, check=check)
+                                 on_migrate=on_migrate, check=check)
         if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > MAX_TEXT:
             parts = split_text(text, params.get("parse_mode"))
             markup = params.pop("reply_markup", None)
