@@ -13,11 +13,21 @@ import pytest
 import yaml
 from fake_telegram import FakeTelegram
 
+from chatdaemon.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "handlers"
 TEST_HANDLERS = Path(__file__).resolve().parent / "handlers"
 TOKEN = "123456:TEST-token_abcdefghijklmnopqrstuvwxyz"
 TOKEN_SECRET = TOKEN.split(":")[1]
+
+
+@pytest.fixture
+def fresh_db():
+    """A store in memory, closed after the test."""
+    store = Store(":memory:")
+    yield store
+    store.close()
 
 
 @pytest.fixture

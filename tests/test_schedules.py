@@ -21,13 +21,6 @@ def message(update_id: int, chat_id: int = CHAT) -> dict:
 
 
 @pytest.fixture
-def fresh_db():
-    store = Store(":memory:")
-    yield store
-    store.close()
-
-
-@pytest.fixture
 def statements(fresh_db):
     """Every SQL statement the store runs from now on."""
     seen: list[str] = []

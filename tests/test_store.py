@@ -19,13 +19,6 @@ def message(update_id: int, chat_id: int = CHAT) -> dict:
                                                 "text": "hi"}}
 
 
-@pytest.fixture
-def fresh_db():
-    store = Store(":memory:")
-    yield store
-    store.close()
-
-
 def old_database(path, version: int) -> sqlite3.Connection:
     """A database as chatdaemon left it at schema `version`."""
     db = sqlite3.connect(path, isolation_level=None)
