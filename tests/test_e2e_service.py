@@ -796,6 +796,35 @@ def test_systemd_unit_exposure_level_is_low(tmp_path):
     assert float(found.group(1)) <= 2.0, output
 
 
+def test_units_start_the_daemon_once_and_never_restart_it_on_a_bad_config():
+    # `run` checks what `check` checks, so a unit that ran `check` first paid for start-up twice
+    for name in ("chatdaemon.service", "chatdaemon@.service"):
+        lines = (ROOT / "systemd" / name).read_text().splitlines()
+        assert not any(line.startswith("ExecStartPre=") for line in lines), name
+        prevent = [line for line in lines if line.startswith("RestartPreventExitStatus=")]
+        assert len(prevent) == 1 and "78" in prevent[0].split("=", 1)[1].split(), name
+
+
+def test_run_names_every_config_error_exits_78_and_never_polls(telegram, start_daemon, tmp_path):
+    bot = write_bot(tmp_path / "broken", """
+        handlers:
+          - name: greet
+            pattern: "^/start"
+            response: {text: "{{ user.frist_name }}"}
+          - name: greet
+            pattern: "(unclosed"
+            response: {text: hi}
+        """)
+    daemon = start_daemon(bot.parent)
+    assert daemon.wait(60) == 78, daemon.log()
+    output = daemon.log()
+    assert "did you mean first_name" in output, output
+    assert "duplicate" in output.lower(), output
+    assert "pattern does not compile" in output, output
+    assert len(re.findall(r"bot\.yaml:\d+", output)) >= 3, output
+    assert telegram.calls_to("getUpdates") == [], output
+
+
 # -- 10. chatdaemon check --------------------------------------------------------------------
 
 def run_check(handlers: Path) -> subprocess.CompletedProcess:
