@@ -443,3 +443,11 @@ def test_a_failing_on_callback_answers_with_the_error_text(tmp_path, upstream):
     callbacks.deliver(bot.store, token, {"no_result": True})
     bot.run(42)
     assert bot.replies(42) == [bot.bot.error_text]
+
+
+def test_log_lines_never_carry_a_callback_token():
+    from chatdaemon.logs import redact
+    token = "Qw3rTy_-" * 5
+    line = redact(f"POST http://127.0.0.1:8787/callbacks/{token} failed; /callbacks/{token}?x=1")
+    assert token not in line
+    assert line.count("/callbacks/<redacted>") == 2

@@ -198,7 +198,7 @@ def test_an_unknown_or_expired_token_is_a_404_and_nothing_is_sent(telegram, star
     assert wait_until(lambda: time.time() > made + 1.5, timeout=5)
     assert post(port, f"/callbacks/{token}", b'{"summary": "late"}')[0] == 404
 
-    telegram.push_message(42, "/status")   # a sentinel: anything queued before would come first
+    telegram.push_message(42, "hello")   # a sentinel: anything queued before would come first
     assert telegram.wait_for(lambda: len(telegram.sent_to(42)) >= 2, timeout=15), telegram.sent
-    assert telegram.sent_to(42) == [WORKING, "Still waiting for the report service."]
+    assert telegram.sent_to(42) == [WORKING, "Send /report (or /report TOPIC) to start a report."]
     assert token not in daemon.log()
