@@ -204,6 +204,54 @@ def test_json_nested_too_deep_is_a_400(hook_server):
     assert queued == []
 
 
+# -- the hook server answering a POST to a callback URL ----------------------------------------
+
+LIVE = "L" * 43
+
+
+@pytest.fixture
+def callback_server():
+    delivered: list = []
+    door = HookDoor(find_hook=lambda name: None, render=render_reply, env=dict,
+                    queue=lambda chats, payload: None, status=dict, counters=dict,
+                    health_limit=lambda: 60.0, find_callback=lambda token: token == LIVE,
+                    deliver_callback=lambda token, data: delivered.append((token, data)) is None)
+    server = HookServer(door, ("127.0.0.1", 0), request_timeout=2.0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, delivered
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_a_result_for_a_live_token_is_delivered_and_answered_202(callback_server):
+    server, delivered = callback_server
+    assert post(server, f"/callbacks/{LIVE}", b'{"summary": "ok"}') == (202, {"ok": True})
+    assert post(server, f"/callbacks/{LIVE}", b"") == (202, {"ok": True})
+    assert delivered == [(LIVE, {"summary": "ok"}), (LIVE, {})]
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/callbacks/" + "X" * 43, b'{"a": 1}', 404), ("/callbacks/", b'{"a": 1}', 404),
+    (f"/callbacks/{LIVE}", b"not json", 400), (f"/callbacks/{LIVE}", b"[" * 40 + b"]" * 40, 400),
+    (f"/callbacks/{LIVE}", b'{"a": "' + b"x" * (64 * 1024) + b'"}', 413),
+])
+def test_unknown_tokens_and_bad_bodies_deliver_nothing(callback_server, path, body, status):
+    server, delivered = callback_server
+    assert post(server, path, body)[0] == status
+    assert delivered == []
+
+
+def test_callback_posts_share_one_rate_limit(callback_server, monkeypatch):
+    import chatdaemon.hookserver
+    monkeypatch.setattr(chatdaemon.hookserver, "CALLBACK_RATE", 2)
+    server, delivered = callback_server
+    answers = [post(server, f"/callbacks/{LIVE}", b'{"n": 1}')[0] for _ in range(3)]
+    assert answers == [202, 202, 429]
+    assert len(delivered) == 2
+
+
 # -- callback tokens -------------------------------------------------------------------------
 
 def test_a_token_is_long_random_and_stored_only_as_its_digest(fresh_db):
