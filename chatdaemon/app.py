@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import callbacks
 from .bots import Bot
 from .config import Config
 from .delegator import STACK_SIZE, Delegator
@@ -122,6 +123,7 @@ class Daemon:
         self.stop_event = self.controls.stop_event
         self._wake = self.controls.wake
         self.hook_server = self._open_hook_server()  # binds now: a taken port fails the build
+        self._wire_callbacks(self.bot, self.config)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -173,9 +175,9 @@ class Daemon:
     def _open_hook_server(self) -> Any:
         # Several bots may share one machine: with no hooks.port in the config the server
         # listens only for a bot that defines hooks (Config.hook_address).
-        address = self.config.hook_address(bool(self.bot.hooks))
+        address = self.config.hook_address(self.bot.needs_hook_server)
         if address is None:
-            if self.bot.hooks:
+            if self.bot.needs_hook_server:
                 log.warning("the bot defines hooks but the hook server is off (hooks.port: 0)")
             return None
         from .hookserver import HookServer
@@ -193,7 +195,18 @@ class Daemon:
         return HookDoor(find_hook=lambda name: self.bot.hooks.get(name), render=render_reply,
                         env=self.env_values, queue=self.queue_notifications, status=self.status,
                         counters=self._counters,
-                        health_limit=lambda: 2 * self.config.poll_timeout + 30)
+                        health_limit=lambda: 2 * self.config.poll_timeout + 30,
+                        recipients=lambda hook, context: hook.chats(context),
+                        find_callback=lambda token: callbacks.find(self.store, token) is not None,
+                        deliver_callback=self.deliver_callback)
+
+    def _wire_callbacks(self, bot: Bot, config: Config) -> None:
+        """Tell a YAML bot where its conversation.callback_url points (nowhere: server off)."""
+        if bot.pipeline is None:
+            return
+        bot.pipeline.callback_base = None if self.hook_server is None else \
+            config.callback_base(bot.needs_hook_server)
+        bot.pipeline.callback_expiry = config.callback_expiry
 
     def _counters(self) -> dict[str, int]:
         handled, sent = self.delegator.stats, self.sender.stats
@@ -224,6 +237,18 @@ class Daemon:
         self.store.add_local([(chat_id, "hook", payload) for chat_id in chats])
         self.delegator.notify(chats)
         self.controls.arrived()
+
+    def deliver_callback(self, token: str, data: object) -> bool:
+        """Queue a result posted to a callback URL in its chat, durably, and wake the chat;
+        False (nothing queued) for an unknown or expired token."""
+        found = callbacks.deliver(self.store, token, data)
+        if found is None:
+            return False
+        log.info("chat %s: a result arrived for handler %s's callback", found.chat_id,
+                 found.handler)
+        self.delegator.notify([found.chat_id])
+        self.controls.arrived()
+        return True
 
     def _queue_schedule_ticks(self) -> None:
         chats = self.store.queue_due_ticks(time.time())
@@ -267,6 +292,9 @@ class Daemon:
     def _prune(self) -> None:
         """Apply the retention settings; the database stays within its age and size."""
         pruned = self.store.apply_retention(self.config.retention)
+        expired = callbacks.prune(self.store)
+        if expired:
+            log.info("pruned %d expired callback URL(s)", expired)
         if pruned:
             log.info("pruned %d handled update(s) and %d idle conversation(s); %d KiB given "
                      "back", pruned.updates, pruned.conversations, pruned.freed_bytes // 1024)
@@ -310,6 +338,7 @@ class Daemon:
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("reload: %s changed; that takes effect only after a restart", name)
                 config = config.replace(**{name: getattr(self.config, name)})
+        self._wire_callbacks(bot, config)
         self.config, self.bot = config, bot
         self.delegator.swap(bot, **delegate_limits(config))
         self.sender.limiter = self.sender.limiter.with_limits(config.limits)

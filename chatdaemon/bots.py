@@ -52,6 +52,11 @@ class Bot:
     def hooks(self) -> dict:
         return self.definitions.hooks
 
+    @property
+    def needs_hook_server(self) -> bool:
+        """Hooks to serve, or requests handing out conversation.callback_url to POST to."""
+        return bool(self.definitions.hooks or self.definitions.callback_handlers)
+
     def create_handler(self, context: Any, conversation: Any, sender: Any) -> Desk:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         handler: ChatHandler
@@ -75,8 +80,7 @@ class Bot:
         for schedule in self.definitions.schedules.values():
             lines.append(f"  schedule {schedule.name} ({schedule.where})")
         for hook in self.definitions.hooks.values():
-            recipients = ", ".join(str(c) for c in hook.recipients)
-            lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {recipients} "
+            lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {hook.describe_recipients()} "
                          f"(at most {hook.rate_limit}/min)")
         return lines
 
@@ -98,6 +102,7 @@ def describe_definitions(definitions: Definitions) -> list[str]:
             arrow = f" → {handler.target_state}" if handler.target_state else ""
             pattern = handler.pattern.pattern if handler.pattern else "(anything)"
             extra = " + request" if handler.request else ""
+            extra += " + on_callback" if handler.on_callback else ""
             by_state.setdefault(state, []).append(
                 f"{handler.name}: {pattern}{extra}{arrow} (priority {handler.priority})")
     lines.append(f"  handlers: {len(definitions.handlers)}")

@@ -385,6 +385,8 @@ class ChatHandler:
             self.on_callback_query(payload)
         elif kind == "hook":
             self.on_hook(payload)
+        elif kind == "callback":
+            self.on_callback(payload)
         elif kind == "schedule":
             if payload.get("name") in self._conversation.schedules:
                 self.on_schedule(payload)  # a tick queued before its schedule was stopped is dropped
@@ -403,6 +405,12 @@ class ChatHandler:
     def on_hook(self, notification: dict) -> None:
         """A notification hook's message for this chat: sent as rendered when it was posted."""
         self.sender.sendMessage(**notification["message"])
+
+    def on_callback(self, result: dict) -> None:
+        """A result POSTed to a callback URL this chat handed out: `result["data"]` is the
+        JSON body, `result["handler"]` the handler that made the URL. Dropped by default."""
+        log.info("chat %s: a callback result arrived and nothing handles it; dropped",
+                 self.chat_id)
 
     def on_schedule(self, tick: dict) -> None:
         """A tick of a schedule this chat started (`tick["name"]`): nothing by default."""

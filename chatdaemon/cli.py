@@ -379,7 +379,9 @@ def _check_token_now(token: str, api_url: str) -> None:
 
 
 def _load_for_run(args: argparse.Namespace):
+    from .config import check_callbacks
     config, bot = _load(args, api_url=args.api_url, log_level=args.log_level)
+    check_callbacks(config, bot)
     if args.rate_limits is not None:
         import dataclasses
         config = config.replace(
@@ -401,6 +403,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         problems.run(check_api_url, config)
         bot = problems.run(load_bot, config.handlers, config.error_text, None,
                            config.origin("handlers"))
+        if bot is not None:
+            from .config import check_callbacks
+            problems.run(check_callbacks, config, bot)
     if problems:
         for error in sorted(problems.errors, key=_file_line):
             print(f"chatdaemon: {_redacted(str(error))}", file=sys.stderr)
@@ -416,7 +421,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"database: {config.database}; delegates: at most {config.max_delegates}, "
           f"idle after {config.idle_timeout:.0f} s; rate limits "
           f"{'on' if config.limits.enabled else 'off'}")
-    print(describe_hook_server(config, bool(bot.hooks)))
+    print(describe_hook_server(config, bot.needs_hook_server))
+    if bot.definitions.callback_handlers and config.callback_base(True):
+        print(f"callback URLs: {config.callback_base(True)}/callbacks/<token>, accepted for "
+              f"{config.callback_expiry:.0f} s (handlers "
+              f"{', '.join(name for name, _ in bot.definitions.callback_handlers)})")
     print(describe_people(config, bot))
     return EXIT_OK
 

@@ -41,6 +41,8 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     hook_bind: str = "127.0.0.1"
     hook_port: int | None = None          # hooks, /healthz, /metrics; None: see hook_address; 0: off
+    hook_public_url: str | None = None    # the hook server as upstreams reach it (a proxy's URL)
+    callback_expiry: float = 24 * 3600.0  # seconds a conversation.callback_url is accepted
     operators: tuple[int, ...] = ()       # chat ids of the people who answer handoffs
     handoff_timeout: float = 600.0        # seconds a handed-off person waits for an operator
     forget_command: str | None = "/forget"   # None (`forget_command: off`): no built-in forget
@@ -71,6 +73,17 @@ class Config:
             port = DEFAULT_HOOK_PORT if bot_defines_hooks else 0
         return (self.hook_bind, port) if port else None
 
+    def callback_base(self, bot_needs_server: bool) -> str | None:
+        """What a conversation.callback_url starts with: hooks.public_url, or else the hook
+        server's own address; None when the server is off."""
+        address = self.hook_address(bot_needs_server)
+        if address is None:
+            return None
+        if self.hook_public_url:
+            return self.hook_public_url.rstrip("/")
+        host, port = address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
 
 _TOP_KEYS = {"api_url", "database", "handlers", "delegates", "polling", "rate_limits", "hooks",
              "operators", "log_level", "error_text", "stop_timeout", "handoff_timeout",
@@ -81,7 +94,8 @@ _SECTIONS = {
                   "yield_seconds": ("yield_seconds", float)},
     "polling": {"timeout": ("poll_timeout", int), "allowed_updates": ("allowed_updates", tuple),
                 "conflict_grace": ("conflict_grace", float)},
-    "hooks": {"bind": ("hook_bind", str), "port": ("hook_port", int)},
+    "hooks": {"bind": ("hook_bind", str), "port": ("hook_port", int),
+              "public_url": ("hook_public_url", str), "callback_expiry": ("callback_expiry", float)},
 }
 _LIMIT_KEYS = {"enabled": bool, "per_second": float, "per_chat_per_second": float,
                "per_chat_burst": int, "per_group_per_minute": float}
@@ -268,7 +282,30 @@ def _validate(config: Config, data: dict) -> None:
          f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}", "log_level"),
         (min(limits.per_second, limits.per_chat_per_second, limits.per_group_per_minute) <= 0
          or limits.per_chat_burst < 1, "rate_limits values must be positive", "rate_limits"),
+        (config.callback_expiry <= 0, "hooks.callback_expiry must be a positive number of "
+         "seconds", "hooks"),
+        (config.hook_public_url is not None and not _is_base_url(config.hook_public_url),
+         "hooks.public_url must be an http:// or https:// URL with no query or fragment "
+         "(e.g. https://pi.example.org/bot)", "hooks"),
     ):
         if wrong:
             problems.add(ConfigError(message, where.get(key)))
     problems.raise_any()
+
+
+def _is_base_url(url: str) -> bool:
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.query \
+        and not parts.fragment and "#" not in url and "?" not in url
+
+
+def check_callbacks(config: Config, bot: Any) -> None:
+    """A bot whose requests hand out conversation.callback_url needs the hook server to take
+    the results posted to it: with hooks.port 0 that is a ConfigError at the first one."""
+    uses = bot.definitions.callback_handlers
+    if uses and config.hook_address(True) is None:
+        name, where = uses[0]
+        raise ConfigError(f"handler {name} hands out conversation.callback_url, but the hook "
+                          "server that takes the results is off (hooks.port: 0): set hooks.port",
+                          where)

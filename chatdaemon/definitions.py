@@ -8,6 +8,8 @@ is left out and the next one is still checked, so `check` reports every error of
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from .tree import Tree
 
 HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", "request",
-                "response", "on_error", "save", "handoff", "schedule"}
+                "response", "on_error", "save", "handoff", "schedule", "on_callback"}
 SCHEDULE_KEYS = {"name", "request", "response", "on_error"}
 HOOK_KEYS = {"name", "key", "recipients", "response", "rate_limit"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -37,6 +39,10 @@ METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
 MAX_TIMEOUT = 60.0
 DEFAULT_FALLBACK = "Sorry, I didn't understand that."
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+MAX_RECIPIENTS = 1000      # chats one hook POST may name
+CHAT_ID_LIMIT = 2 ** 63    # a chat id is a signed 64-bit integer
+CALLBACK_NAMES = frozenset({"conversation"})   # what a handler's request sees besides the rest
+CALLBACK_FIELDS = frozenset({"callback_url"})
 
 
 @dataclass
@@ -70,6 +76,7 @@ class Request:
     data: Any = None
     timeout: float = 10.0
     where: str = "?"
+    uses_callback: bool = False   # a template names conversation.callback_url
 
 
 @dataclass
@@ -88,14 +95,87 @@ class Schedule:
     on_error: Response | None = None
 
 
+class RecipientError(ValueError):
+    """A hook's recipient that is not a chat id: `value` as given or rendered, `reason` why
+    not, `source` the template it came from (None for a static one)."""
+
+    def __init__(self, value: Any, reason: str, source: str | None = None):
+        self.value = value
+        self.reason = reason
+        self.source = source
+        origin = f" from {source}" if source else ""
+        super().__init__(f"recipient {value!r}{origin} is not a chat id: {reason}")
+
+
+def chat_id_of(value: Any, source: str | None = None) -> int:
+    """`value` as a chat id: an int within int64, or a string of one; never a bool, a float
+    or a @username. Raises RecipientError saying why not."""
+    if isinstance(value, bool):
+        raise RecipientError(value, "true/false is not a number", source)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("@"):
+            raise RecipientError(value, "a username cannot be sent to by a bot; use the "
+                                 "numeric chat id", source)
+        if not re.fullmatch(r"-?[0-9]{1,19}", text):
+            raise RecipientError(value, "not a whole number", source)
+        value = int(text)
+    if not isinstance(value, int):
+        raise RecipientError(value, f"a {type(value).__name__}, not a whole number", source)
+    if not -CHAT_ID_LIMIT <= value < CHAT_ID_LIMIT:
+        raise RecipientError(value, "outside the 64-bit range of chat ids", source)
+    return value
+
+
+def rendered_values(text: str) -> list[Any]:
+    """The values a recipients template rendered to: a list (JSON or Python-looking, like
+    `{{ data.chat_ids }}` renders one) gives its items, anything else is one value."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value = text
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 @dataclass
 class Hook:
     name: str
     where: str
     key: str
-    recipients: tuple[int, ...]
+    recipients: tuple[int, ...]                     # the chat ids written as such
     response: Response
     rate_limit: int = 600     # accepted POSTs per minute
+    recipient_templates: tuple[Template, ...] = ()  # rendered against each POST's data
+
+    def chats(self, context: dict) -> list[int]:
+        """Every chat this POST goes to, each once, in the order written.
+
+        All or nothing: one recipient that is not a chat id raises RecipientError (a
+        template that fails raises TemplateError) and the POST queues nothing.
+        """
+        chats = list(self.recipients)
+        for template in self.recipient_templates:
+            chats += [chat_id_of(value, template.source)
+                      for value in rendered_values(template.render(context))]
+        unique = list(dict.fromkeys(chats))
+        if not unique:
+            raise RecipientError([], "the recipients came out empty",
+                                 ", ".join(t.source for t in self.recipient_templates) or None)
+        if len(unique) > MAX_RECIPIENTS:
+            raise RecipientError(len(unique), f"more than {MAX_RECIPIENTS} chats in one POST")
+        return unique
+
+    def describe_recipients(self) -> str:
+        """The recipients as `check` shows them: chat ids, and the templates that add more."""
+        parts = [str(chat) for chat in self.recipients]
+        parts += [f"those of {template.source}" for template in self.recipient_templates]
+        return ", ".join(parts)
 
 
 @dataclass
@@ -113,6 +193,7 @@ class Handler:
     save: dict[str, Template] = field(default_factory=dict)
     schedule: ScheduleAction | None = None
     handoff: bool = False     # after its response the chat goes to a human (the operators)
+    on_callback: Response | None = None   # the answer when its conversation.callback_url is POSTed
 
     def accepts(self, state: str | None) -> bool:
         return self.source_states is None or state in self.source_states
@@ -130,6 +211,8 @@ class Definitions:
     session_timeout: float | None = None   # idle seconds after which a conversation starts over
     silent: bool = False            # `fallback: none`: unmatched messages get no answer, on purpose
     default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
+    # (handler name, file:line) of the requests that hand out conversation.callback_url
+    callback_handlers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Compiler:
@@ -144,6 +227,8 @@ class Compiler:
         self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
         self._lost_states: set[str] = set()     # named by handlers left out for an error
         self._lost_schedules: set[str] = set()  # schedules left out for an error
+        self._in_handler = False   # a handler's request may name `conversation`; a schedule's not
+        self._request_names: set[str] | None = None   # names a request's templates use
 
     @property
     def templates(self) -> Templates:
@@ -155,7 +240,12 @@ class Compiler:
 
     def _template(self, source: Any, where: str, parse_mode: str | None = None,
                   url: bool = False) -> Template:
-        return self.templates.compile(source, where, parse_mode, url=url, pattern=self._regex)
+        if self._request_names is None:
+            return self.templates.compile(source, where, parse_mode, url=url, pattern=self._regex)
+        template = self.templates.compile(source, where, parse_mode, CALLBACK_NAMES, url=url,
+                                          pattern=self._regex)
+        self._request_names.update(_conversation_fields(template))
+        return template
 
     # -- env -------------------------------------------------------------------------------
 
@@ -222,6 +312,7 @@ class Compiler:
         from .templates import ANY_PATTERN
         regex = part.run(self._pattern, item, name, failed=ANY_PATTERN)
         self._regex = regex  # response, request, on_error and save see this handler's groups
+        self._in_handler = True
         try:
             handler = Handler(
                 name=name, where=where,
@@ -236,11 +327,28 @@ class Compiler:
                 save=part.run(self._save, item, failed={}),
                 schedule=part.run(self._optional, item, "schedule", self._schedule_action),
                 handoff=item.get("handoff") is True,
+                on_callback=part.run(self._optional, item, "on_callback", self.response),
             )
         finally:
             self._regex = None
+            self._in_handler = False
         part.raise_any()
+        self._check_callback(handler)
         return handler
+
+    def _check_callback(self, handler: Handler) -> None:
+        """A request handing out conversation.callback_url needs an on_callback to answer
+        the POST with; an on_callback without one is never used."""
+        if handler.request is not None and handler.request.uses_callback:
+            if handler.on_callback is None:
+                raise ConfigError(f"handler {handler.name} gives its upstream "
+                                  "conversation.callback_url but has no on_callback to answer "
+                                  "the result with", handler.request.where)
+            self.result.callback_handlers.append((handler.name, handler.request.where))
+        elif handler.on_callback is not None:
+            self.result.warnings.append(
+                f"{handler.on_callback.where}: handler {handler.name}: on_callback is never used: "
+                "no template of its request names conversation.callback_url")
 
     def _handler_name(self, item: dict, where: str) -> str:
         name = item.get("name")
@@ -399,7 +507,19 @@ class Compiler:
         )
 
     def _request(self, data: Any, where: str) -> Request:
-        """A request step; raises every mistake in it at once (ConfigErrors)."""
+        """A request step; raises every mistake in it at once (ConfigErrors).
+
+        A handler's request (not a schedule's) may name `conversation.callback_url`.
+        """
+        self._request_names = set() if self._in_handler else None
+        try:
+            request = self._request_parts(data, where)
+        finally:
+            names, self._request_names = self._request_names, None
+        request.uses_callback = bool(names)
+        return request
+
+    def _request_parts(self, data: Any, where: str) -> Request:
         check_keys(data, REQUEST_KEYS, "a request", where)
         part = Problems()
         method = str(data.get("method", "GET")).upper()
@@ -498,7 +618,7 @@ class Compiler:
             raise ConfigError(f"duplicate hook name {name!r}", where)
         part = Problems()
         key = part.run(self._hook_key, item, name, where, failed="?" * 16)
-        recipients = part.run(self._recipients, item, name, where, failed=())
+        recipients, templates = part.run(self._recipients, item, name, where, failed=((), ()))
         if "response" not in item:
             part.add(ConfigError(f"hook {name} has no response", where))
         rate = item.get("rate_limit", 600)
@@ -507,7 +627,7 @@ class Compiler:
                                  _at(item, "rate_limit", where)))
         response = part.run(self._optional, item, "response", self.response)
         part.raise_any()
-        return Hook(name, where, key, recipients, response, rate)
+        return Hook(name, where, key, recipients, response, rate, templates)
 
     def _hook_key(self, item: dict, name: str, where: str) -> str:
         key_where = _at(item, "key", where)
@@ -519,18 +639,31 @@ class Compiler:
                                         "use 16+ characters")
         return key
 
-    def _recipients(self, item: dict, name: str, where: str) -> tuple[int, ...]:
+    def _recipients(self, item: dict, name: str,
+                    where: str) -> tuple[tuple[int, ...], tuple[Template, ...]]:
+        """The chat ids written as such, and the templates that take them from a POST's data
+        (`recipients: "{{ data.chat_ids }}"`, or such items in the list)."""
         recipients = item.get("recipients")
         where = _at(item, "recipients", where)
+        if isinstance(recipients, str) and "{" in recipients:
+            recipients = [recipients]
         if not isinstance(recipients, list) or not recipients:
-            raise ConfigError(f"hook {name} needs recipients: a list of chat ids", where)
-        chats = []
+            raise ConfigError(f"hook {name} needs recipients: a list of chat ids, or a template "
+                              "such as \"{{ data.chat_ids }}\"", where)
+        chats, templates = [], []
         for chat in recipients:
-            chat = self._expand(str(chat), f"hooks.{name}.recipients", where)
-            if not re.fullmatch(r"-?\d+", chat.strip()):
-                raise ConfigError(f"hook {name}: recipient {chat!r} is not a chat id", where)
-            chats.append(int(chat))
-        return tuple(chats)
+            if isinstance(chat, bool):
+                raise ConfigError(f"hook {name}: YAML read a recipient as {chat}: "
+                                  "give a chat id", where)
+            text = self._expand(str(chat), f"hooks.{name}.recipients", where)
+            if "{" in text:
+                templates.append(self._template(text, where))
+                continue
+            try:
+                chats.append(chat_id_of(text))
+            except RecipientError as exc:
+                raise ConfigError(f"hook {name}: {exc}", where) from None
+        return tuple(chats), tuple(templates)
 
     def _items(self, items: Any, what: str, where: str | None):
         if not isinstance(items, list):
@@ -670,3 +803,23 @@ def _at(mapping: Any, key: Any, default: str = "?") -> str:
     if isinstance(mapping, yamlfile.Mapping):
         return mapping.key_where.get(key, mapping.where)
     return default
+
+
+def _conversation_fields(template: Template) -> set[str]:
+    """The fields of `conversation` a template uses; a ConfigError for any but callback_url."""
+    if "conversation" not in template.source:
+        return set()
+    from jinja2 import Environment, nodes  # the template compiled: jinja2 is loaded already
+    tree = Environment().parse(template.source)
+    fields = {node.attr for node in tree.find_all(nodes.Getattr)
+              if isinstance(node.node, nodes.Name) and node.node.name == "conversation"}
+    fields |= {str(node.arg.value) for node in tree.find_all(nodes.Getitem)
+               if isinstance(node.node, nodes.Name) and node.node.name == "conversation"
+               and isinstance(node.arg, nodes.Const)}
+    unknown = fields - CALLBACK_FIELDS
+    if unknown:
+        raise ConfigError(f"conversation.{sorted(unknown)[0]} is not known here "
+                          f"(a request may use conversation.callback_url)", template.where)
+    if not fields and any(node.name == "conversation" for node in tree.find_all(nodes.Name)):
+        fields = set(CALLBACK_FIELDS)   # `conversation` as a whole: its url is in it
+    return fields

@@ -8,8 +8,18 @@ total and per client address), each request has a total deadline (not one per re
 client sending a byte a second is cut off), and an unknown hook and a wrong key get the
 same answer.
 
+A hook's recipients may come from the POSTed data (`recipients: "{{ data.chat_ids }}"`):
+all or nothing, one that is not a chat id answers 400 naming it, and nothing is queued.
+
+A POST to /callbacks/TOKEN (a conversation's callback URL, handed to an upstream by a
+request step) is a late result for the chat that made the token: it is stored in that
+chat's inbox before the 202, an unknown or expired token gets 404 with its body unread, and
+the token is never logged (no path is). Bodies are bounded as for hooks, and all callback
+POSTs together share one rate limit.
+
 The server knows the daemon only through a `HookDoor`: find a hook, render a reply, queue
-notifications, report status and counters. It imports neither the app nor the pipeline.
+notifications, deliver callback results, report status and counters. It imports neither
+the app nor the pipeline.
 """
 
 from __future__ import annotations
@@ -38,6 +48,12 @@ LINGER_SECONDS = 1.0            # after the answer, how long unread input is dra
 LINGER_BYTES = MAX_BODY
 MAX_LINE = 8 * 1024
 MAX_TRAILERS = 32
+MAX_DEPTH = 32                  # nesting of a POSTed JSON body's arrays and objects
+CALLBACK_PATH = "/callbacks/"
+CALLBACK_RATE = 600             # accepted callback POSTs per minute, all tokens together
+CALLBACK_BUCKET = "/callbacks"  # the limiter's name for them (no hook name has a slash)
+REFUSED_BODY = object()         # _json_of's answer for a body it refused (None is JSON null)
+_TOO_DEEP = object()
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
            b"Connection: close\r\n\r\n")
 
@@ -53,6 +69,10 @@ class HookDoor:
     status: Callable[[], dict]                         # delegates, backlog, last poll, last error
     counters: Callable[[], dict[str, int]]             # the daemon's counters for /metrics
     health_limit: Callable[[], float]                  # seconds without a poll before 503
+    # (hook, context) -> the chats of this POST; raises RecipientError or TemplateError
+    recipients: Callable[[Any, dict], list[int]] = lambda hook, context: list(hook.recipients)
+    find_callback: Callable[[str], bool] = lambda token: False    # a live callback token?
+    deliver_callback: Callable[[str, Any], bool] = lambda token, data: False  # queue a result
 
 
 class HookLimiter:
@@ -284,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         door = self.server.door
         parts = urllib.parse.urlsplit(self.path)
+        if parts.path.startswith(CALLBACK_PATH):
+            return self._post_callback(parts.path[len(CALLBACK_PATH):])
         if not parts.path.startswith("/hooks/"):
             self.close_connection = True
             return self._json(404, {"ok": False, "error": "not found"})
@@ -298,19 +320,63 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.server.limiter.allow(name, hook.rate_limit):
             return self._json(429, {"ok": False, "error": "too many requests for this hook"},
                               {"Retry-After": "60"})
+        data = self._json_of(body)
+        if data is REFUSED_BODY:
+            return None
+        from .definitions import RecipientError  # jinja2: only once a hook is posted
+        from .templates import EMOJI, TemplateError
+        context = {"data": data, "env": door.env(), "emoji": EMOJI}
         try:
-            data = json.loads(body) if body.strip() else {}
-        except ValueError as exc:
-            return self._json(400, {"ok": False, "error": f"the body is not JSON: {exc}"})
-        from .templates import EMOJI, TemplateError  # jinja2: only once a hook is posted
+            chats = door.recipients(hook, context)
+        except RecipientError as exc:
+            return self._json(400, {"ok": False, "error": str(exc)})
+        except TemplateError as exc:
+            reason = str(exc)[len(exc.where) + 2:]   # the bot's file:line is no business of the poster
+            return self._json(400, {"ok": False,
+                                    "error": f"the hook's recipients failed on this data: {reason}"})
         try:
-            message = door.render(hook.response, {"data": data, "env": door.env(), "emoji": EMOJI})
+            message = door.render(hook.response, context)
         except TemplateError as exc:
             log.error("hook %s: %s", name, exc)
             return self._json(422, {"ok": False, "error": "the hook's template failed on this data"})
-        door.queue(list(hook.recipients), {"hook": name, "message": message})
+        # all or nothing: every recipient was checked above, and one commit queues them all
+        door.queue(chats, {"hook": name, "message": message})
         self.server.accepted += 1
-        return self._json(202, {"ok": True, "queued": len(hook.recipients)})
+        return self._json(202, {"ok": True, "queued": len(chats)})
+
+    def _post_callback(self, token: str) -> None:
+        """A late result for a conversation: 202 once it is in that chat's inbox, 404 for a
+        token that is unknown or expired (its body unread)."""
+        door = self.server.door
+        if not door.find_callback(token):
+            self.close_connection = True  # its body is never read: the connection can't go on
+            return self._json(404, {"ok": False, "error": "unknown or expired callback"})
+        body = self._body()
+        if body is None:
+            return None
+        if not self.server.limiter.allow(CALLBACK_BUCKET, CALLBACK_RATE):
+            return self._json(429, {"ok": False, "error": "too many callback results"},
+                              {"Retry-After": "60"})
+        data = self._json_of(body)
+        if data is REFUSED_BODY:
+            return None
+        if not door.deliver_callback(token, data):  # expired meanwhile
+            return self._json(404, {"ok": False, "error": "unknown or expired callback"})
+        return self._json(202, {"ok": True})
+
+    def _json_of(self, body: bytes) -> Any:
+        """The body as JSON ({} when empty), or REFUSED after answering 400 why it is not."""
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            self._json(400, {"ok": False, "error": f"the body is not JSON: {exc}"})
+            return REFUSED_BODY
+        except RecursionError:
+            data = _TOO_DEEP   # json itself gave up on the nesting
+        if data is _TOO_DEEP or _depth(data) > MAX_DEPTH:
+            self._json(400, {"ok": False, "error": f"the body nests deeper than {MAX_DEPTH} levels"})
+            return REFUSED_BODY
+        return data
 
     def _given_key(self, query: str) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -390,6 +456,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in parsed JSON (a scalar is 0), without recursion."""
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) \
+            else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:   # past the bound it is refused anyway: stop looking
+            todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _chunk_size(line: bytes) -> int | None:

@@ -13,6 +13,7 @@ import threading
 
 _TOKEN_IN_URL = re.compile(r"bot\d+:[A-Za-z0-9_-]+")
 _BARE_TOKEN = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}")
+_CALLBACK_TOKEN = re.compile(r"/callbacks/[A-Za-z0-9_-]+")   # a conversation's callback URL
 # A URL's query (after a path, with or without scheme and host): "GET /p?key=v HTTP/1.1"
 # as urllib3 logs it, "https://host/p?key=v" as an exception names it. Upstream APIs take
 # their keys there, so every value is replaced; the names stay for debugging.
@@ -23,11 +24,13 @@ _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Replace bot tokens (as in API URLs, bare, or the known ones) with a marker."""
+    """Replace bot tokens (as in API URLs, bare, or the known ones) and callback URLs'
+    tokens with a marker."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "<redacted>")
     text = _TOKEN_IN_URL.sub("bot<redacted>", text)
+    text = _CALLBACK_TOKEN.sub("/callbacks/<redacted>", text)
     return _BARE_TOKEN.sub("<redacted>", text)
 
 

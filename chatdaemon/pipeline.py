@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import handoffs
+from . import callbacks, handoffs
 from .chathandler import ChatHandler
 from .definitions import Definitions, Handler, Response
 from .errors import UpdateFailed
@@ -82,6 +82,8 @@ class Pipeline:
 
     definitions: Definitions
     error_text: str
+    callback_base: str | None = None   # where conversation.callback_url points; None: nowhere
+    callback_expiry: float = callbacks.DEFAULT_EXPIRY
 
     def __post_init__(self) -> None:
         self.session = new_session()
@@ -250,6 +252,8 @@ class PipelineHandler(ChatHandler):
             return
         try:
             if handler.request is not None:
+                if handler.request.uses_callback:
+                    context["conversation"] = frozen({"callback_url": self._callback_url(handler)})
                 context["response"] = frozen(perform(handler.request, context, self.pipeline.session))
             reply = self._render(handler.response, context) if handler.response else None
             saved = {name: template.render(context) for name, template in handler.save.items()}
@@ -292,6 +296,36 @@ class PipelineHandler(ChatHandler):
             "emoji": READ_ONLY_EMOJI,
             "response": FrozenDict(),
         }
+
+    def _callback_url(self, handler: Handler) -> str:
+        """A new callback URL for this chat and handler; its token is on disk before the
+        request that hands it out is sent."""
+        base = self.pipeline.callback_base
+        if base is None:
+            where = handler.request.where if handler.request else handler.where
+            raise TemplateError(where, "conversation.callback_url needs the hook server, "
+                                "which is off here (set hooks.port)")
+        token = callbacks.create(self._transaction.store, self.chat_id, handler.name,
+                                 self.pipeline.callback_expiry)
+        return f"{base}{callbacks.PATH}{token}"
+
+    def on_callback(self, result: dict) -> None:
+        """A result posted to a callback URL: the on_callback of the handler that made it
+        answers, its templates seeing the posted JSON as `callback.data`."""
+        name = result.get("handler")
+        handler = next((h for h in self.pipeline.definitions.handlers if h.name == name), None)
+        if handler is None or handler.on_callback is None:
+            log.warning("chat %s: a callback result for handler %r, which has no on_callback "
+                        "(any more); dropped", self.chat_id, name)
+            return
+        context = self._context({"chat": {"id": self.chat_id}}, {}, None, None)
+        context["callback"] = frozen({"data": result.get("data")})
+        try:
+            reply = self._render(handler.on_callback, context)
+        except TemplateError as exc:
+            raise UpdateFailed(f"handler {handler.name} ({handler.where}) on_callback failed: "
+                               f"{exc}", answered=False) from None
+        self._send(reply)
 
     def _transition(self, handler: Handler, context: dict, saved: dict) -> None:
         self.vars.update(saved)

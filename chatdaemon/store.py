@@ -177,6 +177,18 @@ MIGRATIONS: list[str] = [
         created REAL NOT NULL
     );
     """,
+    # 7: callback tokens: the SHA-256 of the secret in a conversation's callback URL, the
+    #    chat and handler it answers in, and when it stops being accepted
+    """
+    CREATE TABLE callback_tokens (
+        digest  TEXT PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        handler TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL NOT NULL
+    );
+    CREATE INDEX callback_tokens_expires ON callback_tokens(expires);
+    """,
 ]
 
 
@@ -596,6 +608,6 @@ class Store:
         """The connection, under the lock, for a few reads."""
         return self._reading()
 
-    def writing(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One write transaction of its own (not an update's)."""
-        return self._transaction()
+    def writing(self, durable: bool = False) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction of its own (not an update's); `durable` fsyncs its commit."""
+        return self._transaction(durable)

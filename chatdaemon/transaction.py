@@ -50,9 +50,10 @@ log = logging.getLogger(__name__)
 
 QUARANTINE_AFTER = 3        # cut-short attempts (crash, kill, hang) before an update is set aside
 MAX_COMMIT_BACKOFF = 30.0   # a commit that fails (disk full) is retried at least this often
-REPLY_KINDS = ("message", "callback_query")   # updates whose user expects an answer
+REPLY_KINDS = ("message", "callback_query",   # updates whose user expects an answer
+               "callback")                    # (a result posted back: the user waits for it)
 LOCAL_KINDS = ("hook", "schedule",            # rows the daemon itself queued for a chat
-               "handoff_notice", "handoff_reply", "handoff_end")
+               "handoff_notice", "handoff_reply", "handoff_end", "callback")
 BLOCKED = 403               # the user blocked the bot, or it was removed from the chat
 
 # Errors that leave the update pending: it is rolled back and replays later, or never

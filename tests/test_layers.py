@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 LAYERS = {
     "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry", "transfer",
              "arguments"},
-    "Store": {"store", "dbfile", "inbox", "conversations", "schedules", "handoffs", "privacy"},
+    "Store": {"store", "dbfile", "inbox", "conversations", "schedules", "handoffs", "privacy",
+              "callbacks"},
     "Intake": {"poller"},
     "Routing": {"delegator", "transaction"},
     "Handlers": {"chathandler", "pipeline", "tree", "templates", "httpcall", "definitions",
