@@ -99,6 +99,9 @@ class FileAPI:
                 fields[key] = value
             else:  # multipart fields are text: objects and numbers go as JSON
                 fields[key] = json.dumps(value, ensure_ascii=False)
+        multipart = getattr(self._client, "call_multipart", None)
+        if multipart is not None:  # the Bot API client's own pooled connections and errors
+            return multipart(method, fields, files)
         import requests  # only bots that upload pay for it (about 10 MB on a Pi)
         try:
             response = requests.post(self._method_base + method, data=fields, files=files,
