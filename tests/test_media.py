@@ -4,6 +4,8 @@ the multipart body as the Bot API double reads it, and what happens to a long ca
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -301,3 +303,74 @@ def test_a_caption_is_measured_after_its_html_markup():
                                         "parse_mode": "HTML"})
     assert [method for method, _ in api.calls] == ["sendPhoto"]
     assert caption_units("😀" * 600, None) == 1200   # UTF-16 units: an emoji counts two
+
+
+# -- pimonitor's /chart --------------------------------------------------------------------------
+
+PIMONITOR = Path(__file__).resolve().parent.parent / "handlers" / "pimonitor"
+
+
+def pimonitor_module():
+    bot = load_bot(str(PIMONITOR))
+    return sys.modules[bot.handler_class.__module__]
+
+
+def test_loading_pimonitor_and_answering_does_not_import_matplotlib():
+    probe = ("import sys\n"
+             "from chatdaemon.testing import TestBot\n"
+             f"bot = TestBot({str(PIMONITOR)!r})\n"
+             "bot.send('/now')\n"
+             "assert bot.pop().startswith('CPU temperature:')\n"
+             "print(sorted(name for name in sys.modules if name.split('.')[0] in "
+             "('matplotlib', 'numpy', 'PIL')))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+class NotInstalled:
+    """A finder that makes `import matplotlib` fail as it does where it is not installed."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "matplotlib":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+def test_without_matplotlib_chart_says_how_to_install_it(monkeypatch):
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NotInstalled, *sys.meta_path])
+    with TestBot(str(PIMONITOR)) as bot:
+        bot.send("/chart", chat=CHAT)
+        assert bot.pop() == ("/chart needs matplotlib, which is not installed here. Install it "
+                             "with:\npip install 'chatdaemon[chart]'")
+        assert [call.method for call in bot.calls] == ["sendMessage"]
+
+
+def test_chart_sends_a_png_and_samples_once_a_minute_from_then_on(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    thermal = tmp_path / "temp"
+    thermal.write_text("47500\n")
+    monkeypatch.setenv("PIMONITOR_THERMAL", str(thermal))
+    with TestBot(str(PIMONITOR)) as bot:
+        bot.send("/chart", chat=CHAT)
+        [call] = bot.calls
+        assert call.method == "sendPhoto"
+        assert call.params["photo"].filename == "chart.png"
+        assert call.params["photo"].data.startswith(b"\x89PNG\r\n\x1a\n")
+        bot.tick("sample", chat=CHAT)
+        samples = bot.vars(CHAT)["samples"]
+        assert len(samples) == 2 and [sample[1] for sample in samples] == [47.5, 47.5]
+        assert len(bot.calls) == 1   # a sample tick sends nothing
+
+
+def test_the_samples_are_the_last_hour_and_bounded():
+    module = pimonitor_module()
+    now = 1_000_000.0
+    old = [[now - 3600 - 1, 40.0, 0.1], [now - 3000, 41.0, 0.2], "junk", [now, None]]
+    kept = module.with_sample(old, now)
+    assert [sample[0] for sample in kept] == [now - 3000, now]   # too old and junk dropped
+    crowded = [[now - i, 50.0, 1.0] for i in range(500, 0, -1)]  # a clock that jumped
+    assert len(module.with_sample(crowded, now)) == module.MAX_SAMPLES == 61
