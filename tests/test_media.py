@@ -374,3 +374,28 @@ def test_the_samples_are_the_last_hour_and_bounded():
     assert [sample[0] for sample in kept] == [now - 3000, now]   # too old and junk dropped
     crowded = [[now - i, 50.0, 1.0] for i in range(500, 0, -1)]  # a clock that jumped
     assert len(module.with_sample(crowded, now)) == module.MAX_SAMPLES == 61
+
+
+# -- an operator's photo or document, on to the person in a handoff ---------------------------
+
+def test_an_operators_photo_and_document_reach_the_person_by_file_id(tmp_path):
+    from test_handoff import BOT, OPERATOR, PERSON, Chats
+
+    from chatdaemon.handoff import People
+
+    chats = Chats(tmp_path, BOT, People(operators=(OPERATOR,), handoff_timeout=60))
+    try:
+        chats.say(PERSON, "human")
+        notice = chats.message_about(OPERATOR, "asks for a human")
+        reply_to = {"message_id": notice["message_id"]}
+        sizes = [{"file_id": "small", "width": 90}, {"file_id": "large", "width": 1280}]
+        assert chats.say(OPERATOR, "", photo=sizes, caption="the form, filled in",
+                         reply_to_message=reply_to) == ["✓ Sent to P111 (@p111, chat 111)."]
+        chats.say(OPERATOR, "", document={"file_id": "doc1", "file_name": "a.pdf"},
+                  reply_to_message=reply_to)
+        to_person = [record for record in chats.sender.sent if record.get("chat_id") == PERSON]
+        assert [(r["method"], r.get("photo") or r.get("document"), r.get("caption"))
+                for r in to_person[-2:]] == [("sendPhoto", "large", "the form, filled in"),
+                                             ("sendDocument", "doc1", None)]
+    finally:
+        chats.close()
