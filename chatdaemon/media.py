@@ -21,10 +21,10 @@ import re
 import stat
 
 from .templates import TemplateError
-from .transfer import Upload
+from .transfer import MAX_PHOTO, MAX_UPLOAD, Upload
 
 MB = 1024 * 1024
-MAX_BYTES = {"photo": 10 * MB, "document": 50 * MB}   # the Bot API's upload bounds
+MAX_BYTES = {"photo": MAX_PHOTO, "document": MAX_UPLOAD}   # the Bot API's upload bounds
 KINDS = tuple(MAX_BYTES)
 _FILE_ID = re.compile(r"[A-Za-z0-9_-]+")
 

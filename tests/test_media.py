@@ -399,3 +399,12 @@ def test_an_operators_photo_and_document_reach_the_person_by_file_id(tmp_path):
                                              ("sendDocument", "doc1", None)]
     finally:
         chats.close()
+
+
+def test_a_python_handlers_photo_is_bounded_at_10_mb_and_a_document_at_50(tmp_path):
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as handle:   # sparse: nothing written to the disk
+        handle.truncate(MAX_BYTES["photo"] + 1)
+    with pytest.raises(ValueError, match="photo: the file is larger than the Bot API's 10 MB"):
+        Upload.of(big, "photo")
+    assert len(Upload.of(big, "document").data) == MAX_BYTES["photo"] + 1
