@@ -37,6 +37,12 @@ handlers:
     pattern: ^/file (?P<name>.+)$
     response:
       document: "{{ pattern.name }}"
+  - name: long
+    pattern: ^/long$
+    response:
+      photo: pics/chart.png
+      caption: "{% for n in range(300) %}line {{ n }}\\n{% endfor %}"
+      buttons: [More]
 fallback: "echo: {{ message.text }}"
 """
 
@@ -140,3 +146,19 @@ def test_pimonitor_chart_sends_a_png_of_the_last_hour(telegram, start_daemon, tm
     assert ask(telegram, daemon, "/cancel")["text"] == "Stopped."
     assert daemon.stop() == 0
     assert schedules(tmp_path / "bot.sqlite3", CHAT) == []
+
+
+def test_a_caption_too_long_follows_the_photo_as_a_text_message(telegram, start_daemon,
+                                                                media_bot):
+    daemon = start_daemon(media_bot)
+    telegram.push_message(CHAT, "/long")
+    assert telegram.wait_for(lambda: len(telegram.sent) >= 2, timeout=ANSWER), daemon.log()
+    photo, text = telegram.sent
+    assert photo["method"] == "sendPhoto" and "caption" not in photo["params"]
+    assert "reply_markup" not in photo["params"]
+    assert telegram.uploads_to("sendPhoto")[0]["data"] == PHOTO
+    assert text["method"] == "sendMessage"
+    assert text["text"].splitlines() == [f"line {n}" for n in range(300)]   # all of it, whole
+    assert text["params"]["reply_markup"] == {"inline_keyboard": [[{"text": "More",
+                                                                    "callback_data": "More"}]]}
+    assert daemon.stop() == 0
