@@ -24,6 +24,7 @@ import ssl
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
@@ -49,6 +50,9 @@ USER_AGENT = "chatdaemon"
 MAX_CONNECTIONS = 8
 # The read timeout of an upload: up to 50 MB go out from a Pi's uplink before Telegram answers.
 UPLOAD_TIMEOUT = 120.0
+# A body larger than this is written in pieces of this size, each with the whole timeout: a
+# slow uplink gets a big upload through as long as it keeps moving.
+WRITE_PIECE = 64 * 1024
 
 
 class BotAPI(Protocol):
@@ -149,8 +153,9 @@ class TelegramClient:
         conn, reused = self._connection(reuse)
         try:
             conn.sock.settimeout(read)
-            conn.request("POST", self._target(method), body, {
-                "Content-Type": content_type, "User-Agent": USER_AGENT})
+            conn.request("POST", self._target(method), _pieces(body), {
+                "Content-Type": content_type, "Content-Length": str(len(body)),
+                "User-Agent": USER_AGENT})
             response = conn.getresponse()
             data, too_big = _read_bounded(response)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
@@ -255,6 +260,14 @@ def _result_of(method: str, status: int, data: bytes) -> Any:
     if status == 429:
         raise RetryAfter(method, status, description, parameters)
     raise TelegramError(method, status, description, parameters)
+
+
+def _pieces(body: bytes) -> bytes | Iterator[memoryview]:
+    """The body as it is, or in WRITE_PIECE slices (views: nothing is copied)."""
+    if len(body) <= WRITE_PIECE:
+        return body
+    view = memoryview(body)
+    return (view[start:start + WRITE_PIECE] for start in range(0, len(body), WRITE_PIECE))
 
 
 def _mime_type(filename: str) -> str:

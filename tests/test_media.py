@@ -16,7 +16,7 @@ from chatdaemon.errors import ConfigErrors, RetryAfter
 from chatdaemon.media import MAX_BYTES, MediaError, media_value, read_file, source_of
 from chatdaemon.ratelimit import Limits, RateLimiter
 from chatdaemon.sender import MAX_CAPTION, Sender, caption_units
-from chatdaemon.telegram import TelegramClient
+from chatdaemon.telegram import WRITE_PIECE, TelegramClient, _pieces
 from chatdaemon.testing import TestBot
 from chatdaemon.transfer import FileAPI, Upload
 
@@ -236,6 +236,20 @@ def test_an_upload_is_one_multipart_post_on_the_pooled_client(telegram):
     assert params["chat_id"] == str(CHAT) and params["caption"] == "é & <b>"
     assert params["reply_markup"] == {"inline_keyboard": [[{"text": "x", "callback_data": "y"}]]}
     assert params["photo"] == {"filename": "chart.png", "size": len(PNG)}
+
+
+def test_a_large_upload_is_written_in_pieces_and_arrives_whole(telegram):
+    content = os.urandom(3 * WRITE_PIECE + 123)
+    pieces = list(_pieces(content))
+    assert [len(piece) for piece in pieces] == [WRITE_PIECE] * 3 + [123]
+    assert b"".join(pieces) == content and _pieces(b"small") == b"small"
+    client = TelegramClient(telegram.token, telegram.url)
+    try:
+        client.call_multipart("sendDocument", {"chat_id": "7"}, {"document": ("x.bin", content)})
+    finally:
+        client.close()
+    [upload] = telegram.uploads_to("sendDocument")
+    assert upload["data"] == content and upload["content_type"] == "application/octet-stream"
 
 
 def test_an_upload_answered_429_raises_retry_after_like_any_call(telegram):
