@@ -19,6 +19,7 @@ import logging
 import mimetypes
 import queue
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -112,7 +113,7 @@ class TelegramClient:
         `timeout` is the read timeout; a long poll passes its poll timeout plus a margin.
         """
         body = json.dumps(params or {}, ensure_ascii=False).encode()
-        return self._post(method, body, "application/json",
+        return self._post(method, (body,), "application/json",
                           self.read_timeout if timeout is None else timeout)
 
     def call_multipart(self, method: str, fields: dict[str, str],
@@ -120,20 +121,28 @@ class TelegramClient:
         """POST text `fields` and `files` (name → (filename, content)) as multipart/form-data;
         return `result` or raise the same typed errors as `call`.
 
-        The body is encoded once, in memory (a file is at most the Bot API's 50 MB, so an
-        upload holds about twice its size while it runs). `timeout` is the read timeout,
-        UPLOAD_TIMEOUT by default: each write and the wait for the answer get that long.
+        urllib3 encodes the body with a random placeholder for each file's content, and the
+        content itself goes out in its place: an upload holds its file once, never a copy
+        inside an encoded body as well. `timeout` is the read timeout, UPLOAD_TIMEOUT by
+        default: each piece written and the wait for the answer get that long.
         """
         from urllib3.filepost import encode_multipart_formdata  # only bots that upload pay
 
+        marks = {name: b"\0file-" + secrets.token_hex(16).encode() + b"\0" for name in files}
         parts: list[tuple[str, Any]] = list(fields.items())
-        parts += [(name, (filename, content, _mime_type(filename)))
-                  for name, (filename, content) in files.items()]
-        body, content_type = encode_multipart_formdata(parts)
-        return self._post(method, body, content_type,
+        parts += [(name, (filename, marks[name], _mime_type(filename)))
+                  for name, (filename, _) in files.items()]
+        skeleton, content_type = encode_multipart_formdata(parts)
+        body: list[bytes] = []
+        for name, (_, content) in files.items():   # the files follow the fields, in order
+            before, found, skeleton = skeleton.partition(marks[name])
+            assert found, "urllib3 wrote each file's content where its part is"
+            body += [before, content]
+        body.append(skeleton)
+        return self._post(method, tuple(body), content_type,
                           UPLOAD_TIMEOUT if timeout is None else timeout)
 
-    def _post(self, method: str, body: bytes, content_type: str, read: float) -> Any:
+    def _post(self, method: str, body: tuple[bytes, ...], content_type: str, read: float) -> Any:
         if not _METHOD_NAME.fullmatch(method):
             raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
         # the invariant: at most pool_size connections are open; a call beyond waits for one
@@ -148,13 +157,13 @@ class TelegramClient:
             self._slots.release()
         return _result_of(method, status, data)
 
-    def _exchange(self, method: str, body: bytes, content_type: str, read: float,
+    def _exchange(self, method: str, body: tuple[bytes, ...], content_type: str, read: float,
                   reuse: bool) -> tuple[int, bytes]:
         conn, reused = self._connection(reuse)
         try:
             conn.sock.settimeout(read)
             conn.request("POST", self._target(method), _pieces(body), {
-                "Content-Type": content_type, "Content-Length": str(len(body)),
+                "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
                 "User-Agent": USER_AGENT})
             response = conn.getresponse()
             data, too_big = _read_bounded(response)
@@ -262,12 +271,13 @@ def _result_of(method: str, status: int, data: bytes) -> Any:
     raise TelegramError(method, status, description, parameters)
 
 
-def _pieces(body: bytes) -> bytes | Iterator[memoryview]:
-    """The body as it is, or in WRITE_PIECE slices (views: nothing is copied)."""
-    if len(body) <= WRITE_PIECE:
-        return body
-    view = memoryview(body)
-    return (view[start:start + WRITE_PIECE] for start in range(0, len(body), WRITE_PIECE))
+def _pieces(body: tuple[bytes, ...]) -> bytes | Iterator[memoryview]:
+    """A small body of one part as it is; else its parts in slices of at most WRITE_PIECE
+    (views: nothing is copied)."""
+    if len(body) == 1 and len(body[0]) <= WRITE_PIECE:
+        return body[0]
+    return (memoryview(part)[start:start + WRITE_PIECE]
+            for part in body for start in range(0, len(part), WRITE_PIECE))
 
 
 def _mime_type(filename: str) -> str:

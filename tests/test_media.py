@@ -240,16 +240,21 @@ def test_an_upload_is_one_multipart_post_on_the_pooled_client(telegram):
 
 def test_a_large_upload_is_written_in_pieces_and_arrives_whole(telegram):
     content = os.urandom(3 * WRITE_PIECE + 123)
-    pieces = list(_pieces(content))
-    assert [len(piece) for piece in pieces] == [WRITE_PIECE] * 3 + [123]
-    assert b"".join(pieces) == content and _pieces(b"small") == b"small"
+    pieces = list(_pieces((b"head", content, b"tail")))
+    assert [len(piece) for piece in pieces] == [4] + [WRITE_PIECE] * 3 + [123, 4]
+    assert b"".join(pieces) == b"head" + content + b"tail"
+    assert _pieces((b"small",)) == b"small"
     client = TelegramClient(telegram.token, telegram.url)
     try:
-        client.call_multipart("sendDocument", {"chat_id": "7"}, {"document": ("x.bin", content)})
+        client.call_multipart("sendDocument", {"chat_id": "7", "caption": "two files"},
+                              {"document": ("x.bin", content), "thumbnail": ("t.jpg", b"\xff\xd8")})
     finally:
         client.close()
-    [upload] = telegram.uploads_to("sendDocument")
-    assert upload["data"] == content and upload["content_type"] == "application/octet-stream"
+    document, thumbnail = telegram.uploads_to("sendDocument")
+    assert document["data"] == content and document["content_type"] == "application/octet-stream"
+    assert (thumbnail["field"], thumbnail["data"], thumbnail["content_type"]) == \
+        ("thumbnail", b"\xff\xd8", "image/jpeg")
+    assert telegram.calls_to("sendDocument")[0]["params"]["caption"] == "two files"
 
 
 def test_an_upload_answered_429_raises_retry_after_like_any_call(telegram):
