@@ -9,7 +9,9 @@ The value of `photo:` or `document:` (after rendering) is read as
 
 A path is resolved with every symlink followed and must stay inside the bot's directory:
 `../secret`, an absolute path and a symlink pointing out are all refused, at `check` for a
-literal value and at render time for a templated one. The file must be a regular,
+literal value and at render time for a templated one. The bot's own files are never sent,
+whatever a template renders: its definitions (*.yaml, *.yml at the top, which may hold hook
+keys), its code (*.py, __pycache__) and hidden files (.env, …). The file must be a regular,
 non-empty file within the Bot API's bound for its kind (10 MB for a photo, 50 MB for a
 document); it is read once, at most that many bytes, so a retried send sends the same bytes.
 """
@@ -60,7 +62,18 @@ def confined_path(directory: str | None, kind: str, value: str, where: str) -> s
     # (realpath has followed every symlink, so neither `..` nor a link can lead out)
     if os.path.commonpath([root, path]) != root:
         raise MediaError(where, kind, value, "the path leads outside the bot's directory")
+    if is_own_file(os.path.relpath(path, root)):
+        raise MediaError(where, kind, value, "the bot's own files (definitions, code, hidden "
+                         "files) are not sent")
     return path
+
+
+def is_own_file(relative: str) -> bool:
+    """Whether a path inside the bot's directory is one of the bot's own files."""
+    parts = relative.split(os.sep)
+    suffix = os.path.splitext(relative)[1].lower()
+    return (any(part.startswith(".") for part in parts) or "__pycache__" in parts
+            or suffix in (".py", ".pyc") or (len(parts) == 1 and suffix in (".yaml", ".yml")))
 
 
 def check_file(directory: str | None, kind: str, value: str, where: str) -> str:

@@ -97,13 +97,15 @@ def test_a_path_out_of_the_bot_directory_answers_the_error_text_and_the_daemon_g
         telegram, start_daemon, media_bot):
     (media_bot / "link.txt").symlink_to(media_bot.parent / "secret.txt")
     daemon = start_daemon(media_bot)
-    for escape in ("/file ../secret.txt", "/file ./link.txt", f"/file {media_bot.parent}/secret.txt"):
+    for escape in ("/file ../secret.txt", "/file ./link.txt", f"/file {media_bot.parent}/secret.txt",
+                   "/file bot.yaml"):
         answer = ask(telegram, daemon, escape)
         assert (answer["method"], answer["text"]) == ("sendMessage", ERROR_TEXT), escape
     assert ask(telegram, daemon, "hello")["text"] == "echo: hello"   # still answering
     assert telegram.uploads == [] and telegram.calls_to("sendDocument") == []
     log = daemon.log()
     assert "the path leads outside the bot's directory" in log
+    assert "the bot's own files (definitions, code, hidden files) are not sent" in log
     assert "not for the chat" not in log
     assert daemon.stop() == 0
 

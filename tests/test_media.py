@@ -76,6 +76,26 @@ def test_no_path_leads_out_of_the_directory(bot_dir, value):
     assert caught.value.kind == "document" and caught.value.where == "bot.yaml:7"
 
 
+@pytest.mark.parametrize("value", ["bot.yaml", "other.YML", "handler.py", "lib/util.py",
+                                   "__pycache__/handler.cpython-311.pyc", ".env", "data/.keys",
+                                   "innocent.txt"])
+def test_the_bots_own_files_are_never_sent(bot_dir, value):
+    for name in ("bot.yaml", "other.YML", "handler.py", "lib/util.py",
+                 "__pycache__/handler.cpython-311.pyc", ".env", "data/.keys"):
+        (bot_dir / name).parent.mkdir(exist_ok=True)
+        (bot_dir / name).write_text("key: hook-secret\n")
+    (bot_dir / "innocent.txt").symlink_to("bot.yaml")   # judged by where it leads
+    with pytest.raises(MediaError) as caught:
+        media_value(str(bot_dir), "document", value, "w")
+    assert caught.value.reason == "the bot's own files (definitions, code, hidden files) are not sent"
+
+
+def test_a_yaml_document_in_a_subdirectory_may_be_sent(bot_dir):
+    (bot_dir / "docs").mkdir()
+    (bot_dir / "docs" / "compose.yaml").write_text("services: {}\n")
+    assert read_file(str(bot_dir), "document", "docs/compose.yaml", "w").data == b"services: {}\n"
+
+
 def test_a_symlink_that_stays_inside_is_followed(bot_dir):
     (bot_dir / "latest.png").symlink_to("pics/chart.png")
     assert read_file(str(bot_dir), "photo", "latest.png", "w").data == PNG
