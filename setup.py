@@ -63,6 +63,9 @@ setup(
         # dev: the linters CI runs, and the stubs mypy needs for our untyped dependencies
         "dev": ["ruff>=0.4", "mypy>=1.8", "types-requests", "types-PyYAML", "types-regex",
                 "types-tabulate"],
+        # chart: pimonitor's /chart draws a PNG (Agg backend, no display); imported only
+        # when a chart is drawn, so a bot without charts never pays for it
+        "chart": ["matplotlib>=3.7,<4"],
     },
     entry_points={"console_scripts": ["chatdaemon = chatdaemon.cli:run"]},
     classifiers=[

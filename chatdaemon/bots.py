@@ -149,7 +149,8 @@ def load_bot(directory: str, error_text: str = DEFAULT_ERROR_TEXT,
     mistake in every file, never another exception (a reload must survive any file).
     """
     files = definition_files(directory, where)
-    compiler = Compiler(environ=environ)  # templates (jinja2) only once a definition has one
+    compiler = Compiler(environ=environ,  # templates (jinja2) only once a definition has one
+                        directory=directory)
     problems = compiler.problems
     seen = _Seen(error_text)
     for path in files:

@@ -33,7 +33,8 @@ HOOK_KEYS = {"name", "key", "recipients", "response", "rate_limit"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
-                 "one_time_keyboard", "disable_web_page_preview"}
+                 "one_time_keyboard", "disable_web_page_preview", "photo", "document", "caption"}
+MEDIA_KEYS = ("photo", "document")   # a response sends at most one of these, with a caption
 REQUEST_KEYS = {"method", "url", "params", "headers", "json", "data", "timeout"}
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"}
 MAX_TIMEOUT = 60.0
@@ -53,8 +54,17 @@ class Button:
 
 
 @dataclass
+class Media:
+    """`photo:` or `document:` of a response: a URL, a file_id or a path in the bot's directory."""
+
+    kind: str                 # "photo" or "document"
+    source: Template
+    where: str = "?"
+
+
+@dataclass
 class Response:
-    text: Template
+    text: Template            # with media: the caption (may render empty)
     parse_mode: str | None = None
     keyboard: list[list[Template]] | None = None
     buttons: list[list[Button]] | None = None
@@ -64,6 +74,7 @@ class Response:
     where: str = "?"
     keyboard_rows: Template | None = None   # `keyboard: "{{ … }}"`: rows computed at render
     button_rows: Template | None = None     # `buttons: "{{ … }}"`: the same for inline buttons
+    media: Media | None = None              # sent with sendPhoto/sendDocument, text as caption
 
 
 @dataclass
@@ -213,15 +224,18 @@ class Definitions:
     default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
     # (handler name, file:line) of the requests that hand out conversation.callback_url
     callback_handlers: list[tuple[str, str]] = field(default_factory=list)
+    directory: str | None = None    # the bot's directory: a response's file paths start here
 
 
 class Compiler:
     """Turns the YAML of a handlers directory into Definitions."""
 
-    def __init__(self, templates: Templates | None = None, environ: dict[str, str] | None = None):
+    def __init__(self, templates: Templates | None = None, environ: dict[str, str] | None = None,
+                 directory: str | None = None):
         self._templates = templates
         self.environ = os.environ if environ is None else environ
-        self.result = Definitions()
+        # absolute now: a daemon that detaches changes its working directory after loading
+        self.result = Definitions(directory=os.path.abspath(directory) if directory else None)
         self.problems = Problems()
         self._names: dict[str, str] = {}
         self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
@@ -442,12 +456,17 @@ class Compiler:
             data = {"text": data}
         check_keys(data, RESPONSE_KEYS, "a response", where)
         part = Problems()
-        if "text" not in data:
-            part.add(ConfigError("a response needs text", where))
+        media = part.run(self._media, data, where)
+        has_media = any(kind in data for kind in MEDIA_KEYS)
+        text_key = "caption" if has_media else "text"
+        if "text" not in data and not has_media:
+            part.add(ConfigError("a response needs text (or a photo or document)", where))
         mode = part.run(self.templates.mode_of, data.get("parse_mode"),
                         _at(data, "parse_mode", where), failed="none")
         response = Response(
-            text=part.run(self._template, data.get("text", "-"), _at(data, "text", where), mode),
+            text=part.run(self._template, data.get(text_key, "" if has_media else "-"),
+                          _at(data, text_key, where), mode),
+            media=media,
             parse_mode=None if mode == "none" else mode,
             keyboard=part.run(self._keyboard, _unless_template(data.get("keyboard")),
                               _at(data, "keyboard", where)),
@@ -464,6 +483,31 @@ class Compiler:
         )
         part.raise_any()
         return response
+
+    def _media(self, data: dict, where: str) -> Media | None:
+        """The response's photo or document; a literal path is checked against the bot's
+        directory now (a templated one when it renders)."""
+        kinds = [kind for kind in MEDIA_KEYS if kind in data]
+        if not kinds:
+            if "caption" in data:
+                raise ConfigError("caption goes with a photo or document; a text response "
+                                  "has text", _at(data, "caption", where))
+            return None
+        if len(kinds) > 1:
+            raise ConfigError("a response sends a photo or a document, not both", where)
+        kind = kinds[0]
+        if "text" in data:
+            raise ConfigError(f"a {kind} response has a caption, not text", _at(data, "text", where))
+        at = _at(data, kind, where)
+        source = self._template(data[kind], at)
+        if source.is_literal and self.result.directory is not None:
+            from .media import MediaError, check_file, source_of
+            if source_of(source.source.strip()) == "path":
+                try:
+                    check_file(self.result.directory, kind, source.source.strip(), at)
+                except MediaError as exc:
+                    raise ConfigError(f"{kind} {exc.value!r}: {exc.reason}", at) from None
+        return Media(kind, source, at)
 
     def _rows_template(self, source: Any, where: str) -> Template | None:
         """A keyboard or buttons given as one template that renders to rows (a list, as JSON)."""
@@ -626,6 +670,9 @@ class Compiler:
             part.add(ConfigError(f"hook {name}: rate_limit is POSTs per minute, a positive integer",
                                  _at(item, "rate_limit", where)))
         response = part.run(self._optional, item, "response", self.response)
+        if response is not None and response.media is not None:
+            part.add(ConfigError(f"hook {name}: a hook sends text; a photo or document is for "
+                                 "handlers, schedules and the fallback", response.media.where))
         part.raise_any()
         return Hook(name, where, key, recipients, response, rate, templates)
 

@@ -36,6 +36,7 @@ _NAMED_CHAT = re.compile(r"\bchat (-?\d{1,19})\)")   # "Ann (@ann, chat 111)"
 TIMER = "chatdaemon.handoff"   # the schedule that checks a handoff's timeout
 MIN_TICK = 1.0                 # the timer's tick: a quarter of the timeout, at least this
 DEFAULT_TIMEOUT = 600.0
+RELAYED = {"photo": "sendPhoto", "document": "sendDocument"}   # what an operator may send on
 
 NOTICE_START = ("🙋 {who} asks for a human:\n{text}\n\n"
                 "Reply to this message to answer; reply /done to hand them back to the bot.")
@@ -204,7 +205,11 @@ class Desk:
             self._back_to_bot(person, TOLD_DONE, "an operator sent /done", by=payload.get("operator"))
             return
         text = payload.get("text")
-        if isinstance(text, str) and text.strip():
+        media = next((name for name in RELAYED if isinstance(payload.get(name), str)), None)
+        if media is not None:  # an operator's photo or document, by its file_id
+            caption = text if isinstance(text, str) and text.strip() else None
+            self.sender.call(RELAYED[media], **{media: payload[media], "caption": caption})
+        elif isinstance(text, str) and text.strip():
             self.sender.sendMessage(text)
 
     # -- an operator -----------------------------------------------------------------------
@@ -242,7 +247,7 @@ class Desk:
             else:
                 self._answer(target, body.strip(), msg)
         elif about is not None and not text:
-            self.sender.sendMessage("Only text reaches a person from here; nothing was sent.")
+            self._answer_media(about, msg)
         elif about is not None:
             self._answer(about, text, msg)
         else:
@@ -263,18 +268,29 @@ class Desk:
         named = _NAMED_CHAT.search(_typed(replied, "text", str, ""))
         return int(named.group(1)) if named and sender.get("is_bot") is True else None
 
-    def _answer(self, target: int, text: str, msg: dict) -> None:
+    def _answer(self, target: int, text: str, msg: dict, media: dict | None = None) -> None:
         person = handoffs.person_with_human(self.store, target)
         if person is None:
             self.sender.sendMessage(f"Chat {target} is not with a human now; nothing was sent.")
             return
-        self.context.stage(handoffs.queue_rows(
-            [(target, "handoff_reply", {"text": text, "operator": self.chat_id})]), wake=(target,))
+        self.context.stage(handoffs.queue_rows([(target, "handoff_reply", {
+            "text": text, "operator": self.chat_id, **(media or {})})]), wake=(target,))
         self.context.stage(handoffs.mark_read(target))
         sent = self.sender.sendMessage(f"✓ Sent to {person.describe()}.")
         self._remember(sent, target)
+        shown = " ".join(filter(None, [f"[a {kind}]" for kind in media or {}] + [text]))
         self._tell_operators(person, NOTICE_ANSWERED.format(
-            operator=who_is(msg)[0], who=person.describe(), text=text), but=self.chat_id)
+            operator=who_is(msg)[0], who=person.describe(), text=shown), but=self.chat_id)
+
+    def _answer_media(self, target: int, msg: dict) -> None:
+        """A reply without text: its photo or document (and caption) goes on by file_id."""
+        media = media_of(msg)
+        if media is None:
+            self.sender.sendMessage("Only text, a photo or a document reaches a person from "
+                                    "here; nothing was sent.")
+            return
+        kind, file_id = media
+        self._answer(target, _typed(msg, "caption", str, ""), msg, {kind: file_id})
 
     def _end(self, target: int) -> None:
         person = handoffs.person_with_human(self.store, target)
@@ -346,6 +362,19 @@ def content_of(kind: str, payload: dict) -> str:
         if key in payload:
             return f"[sent a {key}]"
     return "[sent a message]"
+
+
+def media_of(msg: dict) -> tuple[str, str] | None:
+    """("photo" or "document", its file_id) of an operator's message (untrusted: any shape);
+    a photo's largest size is the last one Telegram lists."""
+    sizes = _typed(msg, "photo", list, [])
+    largest = sizes[-1] if sizes and isinstance(sizes[-1], dict) else {}
+    document = _typed(msg, "document", dict, {})
+    for kind, found in (("photo", largest), ("document", document)):
+        file_id = found.get("file_id")
+        if isinstance(file_id, str) and file_id:
+            return kind, file_id
+    return None
 
 
 def who_is(payload: dict) -> tuple[str, str | None]:

@@ -26,9 +26,10 @@ from typing import Any
 
 from . import callbacks, handoffs
 from .chathandler import ChatHandler
-from .definitions import Definitions, Handler, Response
+from .definitions import Definitions, Handler, Media, Response
 from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
+from .media import media_value
 from .patterns import MATCH_SECONDS, Match, PatternTimeout, search
 from .templates import EMOJI, Template, TemplateError, escape_markdown_v2
 from .tree import DONE_PREFIX, RETRY_PREFIX, YES, Node, Tree, in_tree, pick
@@ -195,7 +196,12 @@ class PipelineHandler(ChatHandler):
     def _send(self, reply: dict) -> None:
         """Send a reply; its keyboard becomes the options a typed number picks from."""
         markup = reply.get("reply_markup")
-        self.sender.sendMessage(**as_numbered_list(reply))
+        if "photo" in reply:
+            self.sender.sendPhoto(**reply)
+        elif "document" in reply:
+            self.sender.sendDocument(**reply)
+        else:
+            self.sender.sendMessage(**as_numbered_list(reply))
         choices = choices_of(markup)
         if choices:
             self._conversation.state_context[CHOICES] = choices
@@ -221,6 +227,8 @@ class PipelineHandler(ChatHandler):
         this update) instead of failing."""
         tokens: dict[str, str] = {}
         reply = render_reply(response, context, tokens, self.chat_id)
+        if response.media is not None:
+            reply = media_reply(reply, response.media, context, self.pipeline.definitions.directory)
         for token, data in tokens.items():
             self._transaction.stage(handoffs.keep_button_data(token, data, self.chat_id))
         return reply
@@ -449,7 +457,7 @@ def render_reply(response: Response, context: dict, tokens: dict[str, str] | Non
     Button data over Telegram's 64 bytes goes into `tokens` (token → data) and out as the
     token, when a dict is given; without one it is a TemplateError."""
     text = response.text.render(context)
-    if not text.strip():
+    if not text.strip() and response.media is None:  # a photo or document may go without caption
         raise TemplateError(response.where, "the rendered text is empty")
     reply: dict[str, Any] = {"text": text}
     if response.parse_mode:
@@ -460,6 +468,21 @@ def render_reply(response: Response, context: dict, tokens: dict[str, str] | Non
     if markup:
         reply["reply_markup"] = markup
     return reply
+
+
+def media_reply(reply: dict, media: Media, context: dict, directory: str | None) -> dict:
+    """sendPhoto/sendDocument parameters from a rendered reply: its text is the caption (left
+    out when empty), the file is a URL, a file_id or an upload from the bot's directory
+    (MediaError, a TemplateError, when the path leads out or the file cannot be sent)."""
+    params = {key: value for key, value in reply.items()
+              if key not in ("text", "link_preview_options")}
+    if reply["text"].strip():
+        params["caption"] = reply["text"]
+    else:
+        params.pop("parse_mode", None)
+    params[media.kind] = media_value(directory, media.kind, media.source.render(context),
+                                     media.where)
+    return params
 
 
 def _markup(response: Response, context: dict, tokens: dict[str, str] | None = None,

@@ -2,8 +2,9 @@
 
 Every outgoing call passes through `Sender.call`, which applies the proactive flood limits,
 follows a group's migration to a supergroup, splits text longer than 4096 UTF-16 units,
-and retries by the one retry policy (retry.py), so a reply is never dropped because
-Telegram hiccuped:
+sends a caption too long for its photo or document (1024 units of visible text) as a text
+message after it, and retries by the one retry policy (retry.py) — an upload exactly as a
+text — so a reply is never dropped because Telegram hiccuped:
 
     RetryAfter (429)      wait what Telegram says, for that scope (the chat, or all sends)
     NetworkError          retry after a back-off capped at 5 s
@@ -18,7 +19,9 @@ later call, so no update is marked done for a reply that could not go out.
 from __future__ import annotations
 
 import functools
+import html
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +35,22 @@ from .textsplit import split_text, utf16_len
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 4096
+MAX_CAPTION = 1024   # a caption's limit, counted after its markup is parsed
+CAPTIONED = frozenset({"sendPhoto", "sendDocument", "sendAudio", "sendVideo", "sendAnimation",
+                       "sendVoice"})
+# what a message sent after the media keeps of the media's parameters (beside text and markup)
+FOLLOWING = ("chat_id", "message_thread_id", "disable_notification", "protect_content")
+_HTML_TAG = re.compile(r"<[^<>]*>")
 REVOKED = 401   # a send answered 401: the token was revoked (a 404 here is the request's own)
+
+
+def caption_units(caption: str, parse_mode: str | None) -> int:
+    """A caption's length as Telegram limits it: the text after its markup is parsed, in
+    UTF-16 units. HTML tags and entities are parsed here; MarkdownV2 is counted with its
+    markup (never less than Telegram counts, so never too long for it)."""
+    if (parse_mode or "").upper() == "HTML":
+        caption = html.unescape(_HTML_TAG.sub("", caption))
+    return utf16_len(caption)
 
 
 def is_flood_limited(method: str) -> bool:
@@ -73,6 +91,10 @@ class Sender:
         text = params.get("text")
         send = functools.partial(self._call_until_answered,
                                  on_migrate=on_migrate, check=check)
+        caption = params.get("caption")
+        if method in CAPTIONED and isinstance(caption, str) \
+                and caption_units(caption, params.get("parse_mode")) > MAX_CAPTION:
+            return self._caption_after(method, params, on_migrate, check)
         if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > MAX_TEXT:
             parts = split_text(text, params.get("parse_mode"))
             markup = params.pop("reply_markup", None)
@@ -83,6 +105,23 @@ class Sender:
                 last["reply_markup"] = markup  # the keyboard goes with the last part only
             return send(method, last)
         return send(method, params)
+
+    def _caption_after(self, method: str, params: dict,
+                       on_migrate: Callable[[int, int], None] | None,
+                       check: Callable[[], None] | None) -> Any:
+        """The media without its caption, then the caption as a text message (split as any
+        long text) carrying the keyboard; the text message's result is returned."""
+        caption = params.pop("caption")
+        parse_mode = params.pop("parse_mode", None)
+        markup = params.pop("reply_markup", None)
+        self._call_until_answered(method, params, on_migrate=on_migrate, check=check)
+        follow = {key: params[key] for key in FOLLOWING if key in params}  # chat_id: migrated
+        follow["text"] = caption
+        if parse_mode is not None:
+            follow["parse_mode"] = parse_mode
+        if markup is not None:
+            follow["reply_markup"] = markup
+        return self.call("sendMessage", follow, on_migrate=on_migrate, check=check)
 
     def _call_until_answered(self, method: str, params: dict,
                              on_migrate: Callable[[int, int], None] | None = None,

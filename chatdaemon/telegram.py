@@ -3,7 +3,9 @@
 It speaks HTTP/1.1 over a small pool of keep-alive connections with the standard library's
 http.client: on a Pi every reply costs one such call, and `requests` spent more CPU per
 call than the rest of the daemon together (proxy settings are read once at start instead
-of per call). The pipeline's own HTTP requests still use `requests`.
+of per call). The pipeline's own HTTP requests still use `requests`. A file upload
+(`call_multipart`) goes over the same pool with the same typed errors, so the sender
+retries it exactly as a text; urllib3 encodes its multipart/form-data body.
 
 The token is part of every request path, so no exception or log record from here may carry
 the path: connection errors are re-raised with the method name only.
@@ -14,13 +16,16 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import mimetypes
 import queue
 import re
+import secrets
 import socket
 import ssl
 import threading
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
@@ -44,6 +49,11 @@ USER_AGENT = "chatdaemon"
 # a TLS session. Sending is bound by the rate limits (about 30/s) and round trips, not by
 # connections: 64 chat threads answered no faster with 64 of them than with 8.
 MAX_CONNECTIONS = 8
+# The read timeout of an upload: up to 50 MB go out from a Pi's uplink before Telegram answers.
+UPLOAD_TIMEOUT = 120.0
+# A body larger than this is written in pieces of this size, each with the whole timeout: a
+# slow uplink gets a big upload through as long as it keeps moving.
+WRITE_PIECE = 64 * 1024
 
 
 class BotAPI(Protocol):
@@ -102,34 +112,65 @@ class TelegramClient:
 
         `timeout` is the read timeout; a long poll passes its poll timeout plus a margin.
         """
+        body = json.dumps(params or {}, ensure_ascii=False).encode()
+        return self._post(method, (body,), "application/json",
+                          self.read_timeout if timeout is None else timeout)
+
+    def call_multipart(self, method: str, fields: dict[str, str],
+                       files: dict[str, tuple[str, bytes]], timeout: float | None = None) -> Any:
+        """POST text `fields` and `files` (name → (filename, content)) as multipart/form-data;
+        return `result` or raise the same typed errors as `call`.
+
+        urllib3 encodes the body with a random placeholder for each file's content, and the
+        content itself goes out in its place: an upload holds its file once, never a copy
+        inside an encoded body as well. `timeout` is the read timeout, UPLOAD_TIMEOUT by
+        default: each piece written and the wait for the answer get that long.
+        """
+        from urllib3.filepost import encode_multipart_formdata  # only bots that upload pay
+
+        marks = {name: b"\0file-" + secrets.token_hex(16).encode() + b"\0" for name in files}
+        parts: list[tuple[str, Any]] = list(fields.items())
+        parts += [(name, (filename, marks[name], _mime_type(filename)))
+                  for name, (filename, _) in files.items()]
+        skeleton, content_type = encode_multipart_formdata(parts)
+        body: list[bytes] = []
+        for name, (_, content) in files.items():   # the files follow the fields, in order
+            before, found, skeleton = skeleton.partition(marks[name])
+            assert found, "urllib3 wrote each file's content where its part is"
+            body += [before, content]
+        body.append(skeleton)
+        return self._post(method, tuple(body), content_type,
+                          UPLOAD_TIMEOUT if timeout is None else timeout)
+
+    def _post(self, method: str, body: tuple[bytes, ...], content_type: str, read: float) -> Any:
         if not _METHOD_NAME.fullmatch(method):
             raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
-        body = json.dumps(params or {}, ensure_ascii=False).encode()
-        read = self.read_timeout if timeout is None else timeout
         # the invariant: at most pool_size connections are open; a call beyond waits for one
         # (no longer than a call may take) and otherwise fails as not sent
         if not self._slots.acquire(timeout=self.connect_timeout + self.read_timeout):
             raise NetworkError(method, "no free connection in time", maybe_delivered=False)
         try:
-            status, data = self._exchange(method, body, read, reuse=True)
+            status, data = self._exchange(method, body, content_type, read, reuse=True)
         except _NotSent as exc:
             raise NetworkError(method, str(exc), maybe_delivered=False, where=self.where) from None
         finally:
             self._slots.release()
         return _result_of(method, status, data)
 
-    def _exchange(self, method: str, body: bytes, read: float, reuse: bool) -> tuple[int, bytes]:
+    def _exchange(self, method: str, body: tuple[bytes, ...], content_type: str, read: float,
+                  reuse: bool) -> tuple[int, bytes]:
         conn, reused = self._connection(reuse)
         try:
             conn.sock.settimeout(read)
-            conn.request("POST", self._target(method), body, {
-                "Content-Type": "application/json", "User-Agent": USER_AGENT})
+            conn.request("POST", self._target(method), _pieces(body), {
+                "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
+                "User-Agent": USER_AGENT})
             response = conn.getresponse()
             data, too_big = _read_bounded(response)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
             conn.close()
             if reused:  # a keep-alive connection the server had closed: try a fresh one once
-                return self._exchange(method, body, read, reuse=False)
+                return self._exchange(method, body, content_type, read, reuse=False)
             raise NetworkError(method, _reason(exc), where=self.where) from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -228,6 +269,19 @@ def _result_of(method: str, status: int, data: bytes) -> Any:
     if status == 429:
         raise RetryAfter(method, status, description, parameters)
     raise TelegramError(method, status, description, parameters)
+
+
+def _pieces(body: tuple[bytes, ...]) -> bytes | Iterator[memoryview]:
+    """A small body of one part as it is; else its parts in slices of at most WRITE_PIECE
+    (views: nothing is copied)."""
+    if len(body) == 1 and len(body[0]) <= WRITE_PIECE:
+        return body[0]
+    return (memoryview(part)[start:start + WRITE_PIECE]
+            for part in body for start in range(0, len(part), WRITE_PIECE))
+
+
+def _mime_type(filename: str) -> str:
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
 
 
 def _reason(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_DOWNLOAD = 20 * 1024 * 1024   # getFile serves files up to 20 MB
 MAX_UPLOAD = 50 * 1024 * 1024     # the Bot API accepts uploads up to 50 MB
+MAX_PHOTO = 10 * 1024 * 1024      # and photos up to 10 MB
 CHUNK = 64 * 1024
 
 
@@ -56,11 +57,13 @@ class Upload:
         if not (isinstance(value, io.IOBase) or hasattr(value, "read")):
             raise TypeError(f"{field} must be a file id, a URL, a pathlib.Path or a file opened "
                             "in binary mode")
-        data = value.read(MAX_UPLOAD + 1)
+        limit = MAX_PHOTO if field == "photo" else MAX_UPLOAD
+        data = value.read(limit + 1)   # memory stays bounded whatever the file's size
         if isinstance(data, str):
             raise TypeError(f"{field}: open the file in binary mode ('rb')")
-        if len(data) > MAX_UPLOAD:
-            raise ValueError(f"{field}: the file is larger than the Bot API's 50 MB")
+        if len(data) > limit:
+            raise ValueError(f"{field}: the file is larger than the Bot API's "
+                             f"{limit // (1024 * 1024)} MB")
         name = filename or os.path.basename(str(getattr(value, "name", "") or field))
         return cls(name, data)
 
@@ -99,6 +102,9 @@ class FileAPI:
                 fields[key] = value
             else:  # multipart fields are text: objects and numbers go as JSON
                 fields[key] = json.dumps(value, ensure_ascii=False)
+        multipart = getattr(self._client, "call_multipart", None)
+        if multipart is not None:  # the Bot API client's own pooled connections and errors
+            return multipart(method, fields, files)
         import requests  # only bots that upload pay for it (about 10 MB on a Pi)
         try:
             response = requests.post(self._method_base + method, data=fields, files=files,

@@ -153,6 +153,7 @@ class FakeTelegram:
         self._thread: threading.Thread | None = None
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
         self.downloads: list[str] = []                  # file paths fetched, in order
+        self.uploads: list[dict] = []   # every multipart file received: method, field, bytes
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "stopped"
@@ -432,6 +433,7 @@ class FakeTelegram:
         method = match.group(2)
         try:
             params = _params(parsed.query, raw, request.headers.get("Content-Type", ""))
+            self._keep_uploads(method, raw, request.headers.get("Content-Type", ""))
             return self._call(method, params)
         except _BadRequest as exc:
             return _error(400, f"Bad Request: {exc}")
@@ -644,6 +646,23 @@ class FakeTelegram:
         with self.cond:
             return len(self._connections)
 
+    # -- uploads: the bytes of multipart files ------------------------------------------------
+
+    def _keep_uploads(self, method: str, raw: bytes, content_type: str) -> None:
+        """Record each file of a multipart call (every attempt, answered or not)."""
+        if content_type.split(";", 1)[0].strip().lower() != "multipart/form-data":
+            return
+        files = [{"method": method, **file} for file in _multipart_files(raw, content_type)]
+        with self.cond:
+            self.uploads.extend(files)
+            self.cond.notify_all()
+
+    def uploads_to(self, method: str) -> list[dict]:
+        """The files uploaded with `method`: {"method", "field", "filename", "content_type",
+        "data"}, in arrival order."""
+        with self.cond:
+            return [dict(upload) for upload in self.uploads if upload["method"] == method]
+
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -819,3 +838,13 @@ def _shut(connection: socket.socket) -> None:
         connection.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def _multipart_files(raw: bytes, content_type: str) -> list[dict]:
+    """The file parts of a multipart body, with their bytes."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+    return [{"field": part.get_param("name", header="content-disposition"),
+             "filename": part.get_filename(), "content_type": part.get_content_type(),
+             "data": part.get_payload(decode=True) or b""}
+            for part in message.iter_parts() if part.get_filename()]

@@ -295,7 +295,8 @@ def test_pimonitor_now_in_chat_with_and_without_a_thermal_zone(tmp_path):
     check_report(report, DEFAULT_THERMAL)
     assert rest.splitlines() == [
         "bot: Nothing was scheduled.", "you: hello",
-        "bot: /now for a report, /1m or /1h for one every minute or hour, /cancel to stop."], out
+        "bot: /now for a report, /1m or /1h for one every minute or hour, /chart for the last "
+        "hour, /cancel to stop."], out
 
 
 def test_pimonitor_schedule_starts_is_stored_and_cancels(telegram, start_daemon, tmp_path):

@@ -284,9 +284,9 @@ def test_an_operator_reply_without_text_is_refused_not_sent_as_a_placeholder(des
     desk.say(PERSON, "human")
     notice = desk.message_about(OPERATOR, "asks for a human")
     before = list(desk.sender.to(PERSON))
-    told = desk.say(OPERATOR, "", photo=[{"file_id": "p"}],
+    told = desk.say(OPERATOR, "", sticker={"file_id": "s"},
                     reply_to_message={"message_id": notice["message_id"]})
-    assert told == ["Only text reaches a person from here; nothing was sent."]
+    assert told == ["Only text, a photo or a document reaches a person from here; nothing was sent."]
     assert desk.sender.to(PERSON) == before
 
 

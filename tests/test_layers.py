@@ -22,7 +22,7 @@ LAYERS = {
     "Intake": {"poller"},
     "Routing": {"delegator", "transaction"},
     "Handlers": {"chathandler", "pipeline", "tree", "templates", "httpcall", "definitions",
-                 "yamlfile", "bots", "patterns", "sandbox", "handoff"},
+                 "yamlfile", "bots", "patterns", "sandbox", "handoff", "media"},
     "Service": {"app", "daemon", "hookserver", "cli", "terminal", "local", "logs", "config",
                 "shipped", "signals", "status", "__init__", "__main__", "testing"},
 }
