@@ -264,6 +264,9 @@ class ChatHandler:
     # An update that fails ends the handler (on_close gets the exception), as in telepot:
     # what the instance holds besides vars and state may be half-changed.
     ends_on_error: ClassVar[bool] = True
+    # In groups, keep state and vars per member rather than per chat (as `conversation:
+    # per_user` does for a bot definition); the instance itself is still the chat's.
+    per_user: ClassVar[bool] = False
 
     def __init__(self, context: ChatContext | SeedTuple, conversation: Conversation | None = None,
                  sender: Sender | None = None, **telepot_options: Any):
@@ -285,6 +288,11 @@ class ChatHandler:
         self.bot = BotSender(sender, chat)
         self.listener = Listener(chat)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
+
+    @property
+    def member(self) -> int | None:
+        """The user id whose conversation this update met (`per_user` in a group), or None."""
+        return self._conversation.member
 
     @property
     def vars(self) -> dict:

@@ -29,6 +29,7 @@ HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", 
 SCHEDULE_KEYS = {"name", "request", "response", "on_error"}
 HOOK_KEYS = {"name", "key", "recipients", "response", "rate_limit"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+CONVERSATION_KEYS = ("per_chat", "per_user")   # `conversation:`: whose state a group keeps
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
                  "one_time_keyboard", "disable_web_page_preview"}
@@ -128,6 +129,7 @@ class Definitions:
     tree: Tree | None = None
     warnings: list[str] = field(default_factory=list)
     session_timeout: float | None = None   # idle seconds after which a conversation starts over
+    conversation: str | None = None   # per_chat or per_user (a group member each); None: unset
     silent: bool = False            # `fallback: none`: unmatched messages get no answer, on purpose
     default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
 
@@ -548,6 +550,13 @@ class Compiler:
     def add_session_timeout(self, data: Any, where: str) -> None:
         """`session_timeout: 30m`: a conversation idle that long returns to its start state."""
         self.result.session_timeout = parse_duration(data, where)
+
+    def add_conversation(self, data: Any, where: str) -> None:
+        """`conversation: per_user`: in groups, each member has a conversation of their own."""
+        if data not in CONVERSATION_KEYS:
+            raise ConfigError(f"conversation must be one of {', '.join(CONVERSATION_KEYS)}, "
+                              f"not {data!r}", where)
+        self.result.conversation = data
 
     # -- the whole bot ---------------------------------------------------------------------
 

@@ -177,6 +177,19 @@ MIGRATIONS: list[str] = [
         created REAL NOT NULL
     );
     """,
+    # 7: conversations kept per member of a group (`conversation: per_user`)
+    """
+    CREATE TABLE member_conversations (
+        chat_id       INTEGER NOT NULL,
+        user_id       INTEGER NOT NULL,
+        state         TEXT,
+        vars          TEXT NOT NULL DEFAULT '{}',
+        state_context TEXT NOT NULL DEFAULT '{}',
+        updated       REAL NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    );
+    CREATE INDEX member_conversations_user ON member_conversations(user_id);
+    """,
 ]
 
 
@@ -479,9 +492,10 @@ class Store:
 
     # -- conversations (conversations.py) -------------------------------------------------
 
-    def load_conversation(self, chat_id: int) -> Conversation:
+    def load_conversation(self, chat_id: int, member: int | None = None) -> Conversation:
+        """The chat's conversation, or one member's in it (`conversation: per_user`)."""
         with self._reading() as db:
-            return conversations.load(db, chat_id)
+            return conversations.load(db, chat_id, member)
 
     def finish(self, update_id: int | None, conversation: Conversation | None, *,
                moved_to: int | None = None, guard: Callable[[], None] | None = None,
