@@ -109,6 +109,18 @@ class Desk:
     def end(self, reason: BaseException) -> None:
         self.inner.end(reason)
 
+    def takes(self, kind: str, payload: dict) -> bool:
+        """An update that arrives while the bot's handler waits (listener.wait): True when the
+        desk handled it (the chat is with a human, an operator's command, /forget), so that
+        it never reaches the handler."""
+        return self._takes(kind, payload)
+
+    def waiting(self) -> None:
+        """The bot's handler is about to wait (listener.wait): a handoff it asked for starts
+        now, with the update it was handling, so the person's next messages go to the
+        operators rather than to the waiting handler."""
+        self._after_bot(self.context.payload() or {})
+
     def _takes(self, kind: str, payload: dict) -> bool:
         """Handle the update here, or say False to pass it to the bot."""
         if kind == "handoff_notice":

@@ -480,6 +480,9 @@ class UpdateTransaction:
         """
         if self._row is None:  # on_close: no update to commit first, and none may follow
             raise RuntimeError("listener.wait() cannot be called in on_close")
+        waiting = getattr(self._handler, "waiting", None)
+        if waiting is not None:   # a handoff the handler asked for starts with this commit
+            waiting()
         self._checked = self._check_saveable()
         self._slot.handled()
         self._finish_current()
@@ -497,13 +500,33 @@ class UpdateTransaction:
             if rows:
                 self._begin(rows[0])
                 self.moved_on = True
-                return payload_of(rows[0])
+                if self._taken_while_waiting(rows[0]):
+                    continue
+                return self._payload_of(rows[0])
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             reason = self._slot.wait_for_work(remaining)
             if reason == "stop":
                 raise ShuttingDown()
             if reason == "idle":
                 raise WaitTooLong(timeout or 0.0)
+
+    def _taken_while_waiting(self, row: InboxRow) -> bool:
+        """An update the handler's desk takes (a message while the chat is with a human goes
+        to the operators; an operator's command; /forget) is handled and committed here.
+        Invariant: what the desk takes never reaches a handler waiting in listener.wait()."""
+        takes = getattr(self._handler, "takes", None)
+        if takes is None:
+            return False
+        payload = self._payload_of(row)
+        took: list[bool] = []
+        self._run(lambda: took.append(bool(takes(row.kind, payload))))
+        if took == [False]:   # the handler's, as it was begun: its deadline runs again
+            self._checked = None
+            self._slot.handling(row.update_id)
+            return False
+        self._finish_current()   # taken, or failed (the user got the error text)
+        self._slot.count("handled")
+        return True
 
     def _handle_local(self, row: InboxRow) -> None:
         handler = self._handler
