@@ -152,6 +152,16 @@ def forget_member(db: sqlite3.Connection, chat_id: int | None, member: int) -> N
                (chat_id, pattern))
 
 
+def prune_button_tokens(db: sqlite3.Connection, before: float) -> int:
+    """Delete long button data last sent before `before`, and any whose chat's conversations
+    are gone (forgotten or pruned): a press of such a button is answered as expired."""
+    cur = db.execute(
+        "DELETE FROM button_tokens WHERE created < ?"
+        " OR (chat_id NOT IN (SELECT chat_id FROM conversations)"
+        " AND chat_id NOT IN (SELECT chat_id FROM member_conversations))", (before,))
+    return cur.rowcount
+
+
 def count(db: sqlite3.Connection) -> int:
     (total,) = db.execute("SELECT COUNT(*) FROM conversations").fetchone()
     return total

@@ -56,6 +56,7 @@ __all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "Inb
            "Retention", "Store", "create_private_file"]
 
 DEFAULT_MAX_DATABASE_BYTES = 64 * 2 ** 20
+KEEP_BUTTON_TOKENS_SECONDS = 30 * 86400   # long button data, without forget_conversations_after
 FIT_ROUNDS = 100   # a prune to fit the size cap stops after this many batches, done or not
 
 
@@ -450,6 +451,9 @@ class Store:
             if retention.forget_conversations_after is not None:
                 pruned.conversations = conversations.prune_idle(
                     db, now - retention.forget_conversations_after)
+            # long button data goes with its conversation, or by age
+            conversations.prune_button_tokens(db, now - (
+                retention.forget_conversations_after or KEEP_BUTTON_TOKENS_SECONDS))
         if retention.max_database_bytes:
             self._fit(retention.max_database_bytes, now, pruned)
         pruned.freed_bytes = self._give_back_space()
