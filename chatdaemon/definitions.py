@@ -142,6 +142,7 @@ class Compiler:
         self.environ = os.environ if environ is None else environ
         self.result = Definitions()
         self.problems = Problems()
+        self._long_data: list[str] = []   # where static button data over 64 bytes was written
         self._names: dict[str, str] = {}
         self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
         self._lost_states: set[str] = set()     # named by handlers left out for an error
@@ -393,7 +394,11 @@ class Compiler:
         if data is None and "url" not in button:
             data = button["text"]
         if isinstance(data, str) and "{" not in data and len(data.encode()) > 64:
-            raise ConfigError("button data is longer than Telegram's 64 bytes", where)
+            # sent as a short token kept in the database, as templated data is; a hook's
+            # notification has no update to keep one with (add_hooks refuses it)
+            self._long_data.append(where)
+            self.result.warnings.append(f"{where}: button data is longer than Telegram's 64 "
+                                        "bytes; it goes out as a token kept in the database")
         return Button(
             text=self._template(button["text"], where),
             data=self._template(data, where) if data is not None else None,
@@ -507,7 +512,11 @@ class Compiler:
         if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
             part.add(ConfigError(f"hook {name}: rate_limit is POSTs per minute, a positive integer",
                                  _at(item, "rate_limit", where)))
+        long_data = len(self._long_data)
         response = part.run(self._optional, item, "response", self.response)
+        if len(self._long_data) > long_data:
+            part.add(ConfigError(f"hook {name}: button data is longer than Telegram's 64 bytes",
+                                 self._long_data[-1]))
         part.raise_any()
         return Hook(name, where, key, recipients, response, rate)
 

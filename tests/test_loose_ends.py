@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from chatdaemon.handoff import People
@@ -70,3 +72,116 @@ def test_without_a_handoff_the_waiting_handler_still_gets_the_next_message(waite
     waiter.queue("order 42", chat=PERSON)
     waiter.run(PERSON)
     assert waiter.replies(PERSON)[-1] == "bot got order 42"
+
+
+# -- long button data: kept under a token, pruned, and answered as expired once gone ----------
+
+LONG = "order:" + "x" * 80   # over Telegram's 64 bytes of callback_data
+
+BUTTONS = f"""
+handlers:
+  - name: menu
+    pattern: '^/menu$'
+    response:
+      text: "pick"
+      buttons: [[{{text: "Static", data: "{LONG}"}}, {{text: "Made", data: "made:{{{{ user.id }}}}"}}]]
+  - name: chosen
+    pattern: '^order:(?P<rest>x+)$'
+    response: "ordered {{{{ pattern.rest | length }}}}"
+fallback: "send /menu"
+"""
+
+
+@pytest.fixture
+def buttons(tmp_path):
+    (tmp_path / "bot.yaml").write_text(BUTTONS)
+    with TestBot(str(tmp_path)) as bot:
+        yield bot
+
+
+def sent_buttons(bot: TestBot) -> list[str]:
+    call = [c for c in bot.calls if c.method == "sendMessage"][-1]
+    return [b["callback_data"] for b in call.params["reply_markup"]["inline_keyboard"][0]]
+
+
+def token_rows(bot: TestBot) -> list[tuple]:
+    with bot.store.reading() as db:
+        return db.execute("SELECT token, data, chat_id FROM button_tokens").fetchall()
+
+
+def test_static_button_data_over_64_bytes_goes_under_a_token(buttons):
+    buttons.send("/menu", chat=PERSON)
+    static, made = sent_buttons(buttons)
+    assert static.startswith("~t:") and len(static.encode()) <= 64
+    assert made == f"made:{PERSON}"   # short data goes out as it is
+    assert (static, LONG, PERSON) in token_rows(buttons)
+    buttons.replies()
+    buttons.press(static, chat=PERSON)
+    assert buttons.replies(PERSON) == ["ordered 80"]
+
+
+def test_check_warns_about_long_static_data_instead_of_failing(buttons, tmp_path):
+    from chatdaemon.bots import load_bot
+    bot = load_bot(str(tmp_path))
+    assert any("longer than Telegram's 64 bytes" in w and "token" in w for w in bot.warnings)
+
+
+def test_a_hooks_long_static_button_data_is_still_refused(tmp_path):
+    from chatdaemon.bots import load_bot
+    from chatdaemon.errors import ConfigError
+    (tmp_path / "bot.yaml").write_text(
+        "handlers: [{name: a, response: hi}]\n"
+        "hooks:\n"
+        "  - name: ping\n"
+        "    key: a-long-enough-hook-key-123\n"
+        "    recipients: [1]\n"
+        f"    response: {{text: hi, buttons: [[{{text: go, data: \"{LONG}\"}}]]}}\n")
+    with pytest.raises(ConfigError, match="hook ping: button data is longer"):
+        load_bot(str(tmp_path))
+
+
+def test_a_pruned_buttons_press_is_answered_as_expired(buttons):
+    from chatdaemon.store import Retention
+    buttons.send("/menu", chat=PERSON)
+    static = sent_buttons(buttons)[0]
+    buttons.replies()
+    # a month and a day later (no forget_conversations_after): the token is gone
+    later = time.time() + 31 * 86400
+    buttons.store.apply_retention(Retention(max_database_bytes=0), now=later)
+    assert token_rows(buttons) == []
+    buttons.press(static, chat=PERSON)
+    answers = [c.params for c in buttons.calls if c.method == "answerCallbackQuery"]
+    assert answers[-1].get("text") == "This button has expired."
+    assert buttons.replies(PERSON) == []   # no fallback for a token: a clear answer instead
+
+
+def test_a_number_typed_for_a_pruned_button_says_it_expired(buttons):
+    from chatdaemon.store import Retention
+    buttons.send("/menu", chat=PERSON)
+    buttons.replies()
+    buttons.store.apply_retention(Retention(max_database_bytes=0), now=time.time() + 31 * 86400)
+    buttons.send("1", chat=PERSON)
+    assert buttons.replies(PERSON) == ["This button has expired."]
+
+
+def test_tokens_go_with_their_conversation_and_by_the_conversations_age(buttons):
+    from chatdaemon.store import Retention
+    buttons.send("/menu", chat=PERSON)
+    buttons.send("/menu", chat=PERSON + 1)
+    assert len(token_rows(buttons)) == 2
+    # kept while young, even when conversations are forgotten after a day
+    day = Retention(max_database_bytes=0, forget_conversations_after=86400)
+    buttons.store.apply_retention(day, now=time.time() + 60)
+    assert len(token_rows(buttons)) == 2
+    with buttons.store.writing() as db:   # one chat's conversation is gone (forgotten)
+        db.execute("DELETE FROM conversations WHERE chat_id = ?", (PERSON + 1,))
+    buttons.store.apply_retention(day, now=time.time() + 60)
+    assert [row[2] for row in token_rows(buttons)] == [PERSON]
+    # the same button sent again is as new: its age starts again
+    with buttons.store.writing() as db:
+        db.execute("UPDATE button_tokens SET created = created - 2 * 86400")
+    buttons.send("/menu", chat=PERSON)
+    buttons.store.apply_retention(day, now=time.time() + 60)
+    assert [row[2] for row in token_rows(buttons)] == [PERSON]
+    buttons.store.apply_retention(day, now=time.time() + 2 * 86400)
+    assert token_rows(buttons) == []
