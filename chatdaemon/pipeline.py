@@ -123,6 +123,8 @@ class Pipeline:
 class PipelineHandler(ChatHandler):
     """A chat's handler for a bot written as YAML."""
 
+    numbered_choices = False   # its own: inline buttons too, a handler's pattern first
+
     def __init__(self, context: Any, conversation: Any, sender: Any, pipeline: Pipeline):
         super().__init__(context, conversation, sender)
         self.pipeline = pipeline

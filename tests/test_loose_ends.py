@@ -185,3 +185,67 @@ def test_tokens_go_with_their_conversation_and_by_the_conversations_age(buttons)
     assert [row[2] for row in token_rows(buttons)] == [PERSON]
     buttons.store.apply_retention(day, now=time.time() + 2 * 86400)
     assert token_rows(buttons) == []
+
+
+# -- typed numbers for a Python ChatHandler's reply keyboard -------------------------------
+
+KEYBOARDS = '''
+from chatdaemon import ChatHandler
+
+
+class Menu(ChatHandler):
+    def on_chat_message(self, msg):
+        text = msg.get("text")
+        if text == "/menu":
+            self.sender.sendMessage("drink?", reply_markup={
+                "keyboard": [["Tea", "Coffee"], [{"text": "Water"}]], "resize_keyboard": True})
+        elif text == "/amount":
+            self.sender.sendMessage("how many?", reply_markup={"keyboard": [["1", "5", "10"]]})
+        elif text == "/none":
+            self.sender.sendMessage("ok", reply_markup={"remove_keyboard": True})
+        else:
+            self.sender.sendMessage(f"got {text}")
+'''
+
+
+@pytest.fixture
+def menu(tmp_path):
+    (tmp_path / "bot.yaml").write_text("python: menu:Menu\n")
+    (tmp_path / "menu.py").write_text(KEYBOARDS)
+    with TestBot(str(tmp_path)) as bot:
+        yield bot
+
+
+def test_a_typed_number_picks_the_python_bots_keyboard_option(menu):
+    menu.send("/menu", chat=PERSON)
+    menu.send("2", chat=PERSON)
+    menu.send("3", chat=PERSON)    # the keyboard stays until another replaces or removes it
+    menu.send("4", chat=PERSON)    # no fourth option: the text as typed
+    assert menu.replies(PERSON) == ["drink?", "got Coffee", "got Water", "got 4"]
+
+
+def test_the_python_bots_keyboard_survives_a_restart(menu):
+    menu.send("/menu", chat=PERSON)
+    menu.end(PERSON)               # the handler ends; the next update meets a new one
+    menu.send("1", chat=PERSON)
+    assert menu.replies(PERSON) == ["drink?", "got Tea"]
+
+
+def test_numbers_stay_numbers_after_a_keyboard_of_numbers_or_none(menu):
+    menu.send("/amount", chat=PERSON)
+    menu.send("2", chat=PERSON)
+    menu.send("/menu", chat=PERSON)
+    menu.send("/none", chat=PERSON)
+    menu.send("1", chat=PERSON)
+    assert menu.replies(PERSON) == ["how many?", "got 2", "drink?", "ok", "got 1"]
+
+
+def test_typed_numbers_are_per_member_in_a_per_user_group(tmp_path):
+    (tmp_path / "bot.yaml").write_text("python: menu:Menu\nconversation: per_user\n")
+    (tmp_path / "menu.py").write_text(KEYBOARDS)
+    group = -77
+    with TestBot(str(tmp_path)) as bot:
+        bot.send("/menu", chat=group, user=1)
+        bot.send("1", chat=group, user=2)   # no keyboard was sent for member 2
+        bot.send("1", chat=group, user=1)
+        assert bot.replies(group) == ["drink?", "got 1", "got Tea"]
