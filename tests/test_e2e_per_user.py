@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 
-from conftest import HANDLERS
+from conftest import HANDLERS, ROOT
 
 GROUP, ANN, BOB = -4001, 21, 22
 
@@ -72,3 +76,35 @@ def test_per_chat_the_group_keeps_one_conversation(telegram, start_daemon, tmp_p
         "Nice to meet you, Bob. What's your e-mail address?",
         "Thank you, Bob! We'll write to ann@example.org. 🎉",
     ]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "chatdaemon", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+
+
+def test_chats_export_and_forget_find_a_members_rows(telegram, start_daemon, tmp_path):
+    daemon = start_daemon(signup_bot(tmp_path, "per_user"))
+    say(telegram, ANN, "/start", "Ann")
+    say(telegram, BOB, "/start", "Bob")
+    say(telegram, ANN, "Ann", "Ann")
+    wait_texts(telegram, 3)
+    assert daemon.stop() == 0
+    database = str(tmp_path / "bot.sqlite3")
+
+    listed = cli("chats", "--db", database)
+    assert listed.returncode == 0, listed.stderr
+    assert str(GROUP) in listed.stdout
+    exported = cli("export", "--db", database, str(ANN))   # Ann, by her user id
+    assert exported.returncode == 0, exported.stderr
+    rows = json.loads(exported.stdout)["member_conversations"]
+    assert [(r["chat_id"], r["state"], r["vars"]) for r in rows] == \
+        [(GROUP, "asked_email", {"name": "Ann"})]
+
+    forgot = cli("forget", "--db", database, str(ANN))
+    assert forgot.returncode == 0, forgot.stderr
+    assert "1 row(s) deleted" in forgot.stdout
+    assert json.loads(cli("export", "--db", database, str(ANN)).stdout)["member_conversations"] == []
+    group = json.loads(cli("export", "--db", database, str(GROUP)).stdout)
+    assert [r["user_id"] for r in group["member_conversations"]] == [BOB]
