@@ -23,7 +23,7 @@ class Waiter(ChatHandler):
         self.sender.sendMessage("getting a person; meanwhile, your order number?")
         self.handoff()
         try:
-            answer = self.listener.wait(timeout=5)
+            answer = self.listener.wait(timeout=60)
         except WaitTooLong:
             return
         self.sender.sendMessage(f"bot got {answer.get('text')}")
@@ -249,3 +249,24 @@ def test_typed_numbers_are_per_member_in_a_per_user_group(tmp_path):
         bot.send("1", chat=group, user=2)   # no keyboard was sent for member 2
         bot.send("1", chat=group, user=1)
         assert bot.replies(group) == ["drink?", "got 1", "got Tea"]
+
+
+def test_e2e_a_waiting_handlers_chat_with_a_human_reaches_the_operator(
+        telegram, start_daemon, tmp_path):
+    bot = tmp_path / "waiter"
+    bot.mkdir()
+    (bot / "bot.yaml").write_text("python: waiter:Waiter\n")
+    (bot / "waiter.py").write_text(WAITER)
+    start_daemon(bot, config={"operators": [OPERATOR]})
+    telegram.push_message(PERSON, "human")
+    assert telegram.wait_for(lambda: any("asks for a human" in t
+                                         for t in telegram.sent_to(OPERATOR)), 20)
+    telegram.push_message(PERSON, "order 42")   # the handler is waiting in listener.wait()
+    assert telegram.wait_for(lambda: any("order 42" in t for t in telegram.sent_to(OPERATOR)), 20)
+    telegram.push_message(OPERATOR, "/done 111")
+    assert telegram.wait_for(lambda: any("back with the bot" in t
+                                         for t in telegram.sent_to(PERSON)), 20)
+    # back with the bot: the handler, still waiting, gets the next message, and only that one
+    telegram.push_message(PERSON, "sentinel")
+    assert telegram.wait_for(lambda: "bot got sentinel" in telegram.sent_to(PERSON), 20)
+    assert not any("order 42" in text for text in telegram.sent_to(PERSON))
