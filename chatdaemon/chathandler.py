@@ -361,6 +361,8 @@ class ChatHandler:
         """
         if every < MIN_SCHEDULE_SECONDS:
             raise ValueError(f"a schedule ticks at most every {MIN_SCHEDULE_SECONDS} seconds")
+        if "@" in name:   # NAME@USER_ID is how a group member's schedule is stored
+            raise ValueError(f"a schedule name cannot contain '@': {name!r}")
         self._conversation.schedules[name] = {"every": float(every)}
 
     def stop_schedule(self, name: str | None = None) -> None:

@@ -252,3 +252,21 @@ def test_an_older_database_gets_the_member_table(tmp_path):
         assert store.load_conversation(GROUP, ANN).is_new
     finally:
         store.close()
+
+
+def test_a_python_schedule_name_with_an_at_sign_is_refused(tmp_path):
+    (tmp_path / "bot.yaml").write_text("python: nag:Nag\n")
+    (tmp_path / "nag.py").write_text(
+        "from chatdaemon import ChatHandler\n\n"
+        "class Nag(ChatHandler):\n"
+        "    def on_chat_message(self, msg):\n"
+        "        try:\n"
+        "            self.start_schedule(msg['text'], 60)\n"
+        "        except ValueError as exc:\n"
+        "            self.sender.sendMessage(str(exc))\n"
+        "            return\n"
+        "        self.sender.sendMessage('started')\n")
+    with TestBot(str(tmp_path)) as bot:
+        bot.send("nag@5", chat=ANN)
+        bot.send("nag", chat=ANN)
+        assert bot.replies() == ["a schedule name cannot contain '@': 'nag@5'", "started"]
