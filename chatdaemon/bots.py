@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks",
-                   "session_timeout"}
+                   "session_timeout", "conversation"}
 PACKAGE = "chatdaemon_bots"
 
 
@@ -57,6 +57,14 @@ class Bot:
         """Hooks to serve, or requests handing out conversation.callback_url to POST to."""
         return bool(self.definitions.hooks or self.definitions.callback_handlers)
 
+    @property
+    def per_member(self) -> bool:
+        """Groups keep a conversation per member: `conversation: per_user` in a definition,
+        or a handler class's `per_user = True` (a definition's key, if any, decides)."""
+        if self.definitions.conversation is not None:
+            return self.definitions.conversation == "per_user"
+        return self.handler_class is not None and self.handler_class.per_user
+
     def create_handler(self, context: Any, conversation: Any, sender: Any) -> Desk:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         handler: ChatHandler
@@ -77,6 +85,8 @@ class Bot:
             lines.append(f"    {describe_life_cycle(self.handler_class)}")
         if self.pipeline is not None:
             lines += describe_definitions(self.definitions)
+        if self.per_member:
+            lines.append("  conversation: per_user (in groups, one conversation per member)")
         for schedule in self.definitions.schedules.values():
             lines.append(f"  schedule {schedule.name} ({schedule.where})")
         for hook in self.definitions.hooks.values():
@@ -195,7 +205,8 @@ def _read_definition(path: str, compiler: Compiler, seen: _Seen) -> None:
         seen.error_text = str(data["error_text"])
     sections = (("env", compiler.add_env), ("handlers", compiler.add_handlers),
                 ("schedules", compiler.add_schedules), ("hooks", compiler.add_hooks),
-                ("tree", compiler.add_tree), ("session_timeout", compiler.add_session_timeout))
+                ("tree", compiler.add_tree), ("session_timeout", compiler.add_session_timeout),
+                ("conversation", compiler.add_conversation))
     for key, add in sections:
         if key in data:
             problems.run(add, data[key], where[key])

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import os
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from .arguments import SIGNATURES, bind_arguments, to_parameters
@@ -64,6 +66,9 @@ _SENDER_POSITIONAL = {
 
 MIN_SCHEDULE_SECONDS = 5
 DAEMON_TIMERS = "chatdaemon."   # schedules the daemon keeps for a chat (handoff, session)
+
+KEYBOARD = "chatdaemon:keyboard"   # state_context key: the labels of the latest reply keyboard
+MAX_TYPED_CHOICE = 3               # digits of a typed number that picks a keyboard's option
 
 # Methods that take no chat_id: the sender must not add one.
 _NO_CHAT_ID = {"answerCallbackQuery", "answerInlineQuery", "getMe", "getFile"}
@@ -162,10 +167,12 @@ class BotSender:
 class ChatSender:
     """telepot's Sender: the send methods with this chat's id filled in."""
 
-    def __init__(self, sender: Sender, chat_id: int, context: ChatContext | None = None):
+    def __init__(self, sender: Sender, chat_id: int, context: ChatContext | None = None,
+                 on_sent: Callable[[dict], None] | None = None):
         self._sender = sender
         self._chat_id = chat_id
         self._context = context
+        self._on_sent = on_sent   # hears the parameters of each message sent to this chat
 
     def sendMessage(self, text: Any, *args: Any, **params: Any) -> Any:  # noqa: N802 - Bot API name
         return self.call("sendMessage", text, *args, **params)
@@ -183,7 +190,11 @@ class ChatSender:
             params.setdefault("chat_id", self._chat_id)
         if method == "answerCallbackQuery":
             return self._answer_callback(params)
-        return self._send(method, params)
+        sent = self._send(method, params)
+        if method == "sendMessage" and self._on_sent is not None \
+                and params.get("chat_id") == self._chat_id:
+            self._on_sent(params)
+        return sent
 
     def _send(self, method: str, params: dict) -> Any:
         """Through the sender, with this chat's transaction hearing of a migration."""
@@ -247,6 +258,31 @@ class SeedTuple(tuple):
 TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"})
 
 
+def keyboard_labels(markup: Any) -> list[str] | None:
+    """The labels of a reply keyboard, in order; [] when the markup removes the keyboard;
+    None when it says nothing of one (no markup, inline buttons). Untrusted shapes allowed:
+    a handler may pass the markup as JSON text."""
+    if isinstance(markup, str):
+        try:
+            markup = json.loads(markup)
+        except ValueError:
+            return None
+    if not isinstance(markup, dict):
+        return None
+    if markup.get("remove_keyboard"):
+        return []
+    rows = markup.get("keyboard")
+    if not isinstance(rows, list):
+        return None
+    labels = []
+    for row in rows:
+        for button in row if isinstance(row, list) else ():
+            label = button.get("text") if isinstance(button, dict) else button
+            if isinstance(label, str):
+                labels.append(label)
+    return labels
+
+
 @functools.cache
 def _open_takes_seed(cls: type[ChatHandler]) -> bool:
     """Whether `cls.open` takes telepot's (initial_msg, seed) or just (initial_msg); asked
@@ -264,6 +300,13 @@ class ChatHandler:
     # An update that fails ends the handler (on_close gets the exception), as in telepot:
     # what the instance holds besides vars and state may be half-changed.
     ends_on_error: ClassVar[bool] = True
+    # A number typed after a reply keyboard (sendMessage(reply_markup={"keyboard": …})) reaches
+    # on_chat_message as the label it picks, as `chatdaemon chat` shows keyboards; a keyboard
+    # of numbers leaves typed numbers as they are.
+    numbered_choices: ClassVar[bool] = True
+    # In groups, keep state and vars per member rather than per chat (as `conversation:
+    # per_user` does for a bot definition); the instance itself is still the chat's.
+    per_user: ClassVar[bool] = False
 
     def __init__(self, context: ChatContext | SeedTuple, conversation: Conversation | None = None,
                  sender: Sender | None = None, **telepot_options: Any):
@@ -280,11 +323,17 @@ class ChatHandler:
         self.chat_id: int = conversation.chat_id
         self.id: int = conversation.chat_id   # telepot's seed: the chat id
         self._conversation = conversation
-        self.sender = ChatSender(sender, conversation.chat_id, chat)
+        on_sent = self._remember_keyboard if self.numbered_choices else None
+        self.sender = ChatSender(sender, conversation.chat_id, chat, on_sent)
         self.administrator = self.sender   # telepot's: kickChatMember(user_id), … for this chat
         self.bot = BotSender(sender, chat)
         self.listener = Listener(chat)
         self.log = logging.getLogger(f"{type(self).__module__}.{type(self).__name__}")
+
+    @property
+    def member(self) -> int | None:
+        """The user id whose conversation this update met (`per_user` in a group), or None."""
+        return self._conversation.member
 
     @property
     def vars(self) -> dict:
@@ -312,6 +361,8 @@ class ChatHandler:
         """
         if every < MIN_SCHEDULE_SECONDS:
             raise ValueError(f"a schedule ticks at most every {MIN_SCHEDULE_SECONDS} seconds")
+        if "@" in name:   # NAME@USER_ID is how a group member's schedule is stored
+            raise ValueError(f"a schedule name cannot contain '@': {name!r}")
         self._conversation.schedules[name] = {"every": float(every)}
 
     def stop_schedule(self, name: str | None = None) -> None:
@@ -378,7 +429,7 @@ class ChatHandler:
     def on_update(self, kind: str, payload: dict) -> None:
         """Route one update to the method for its kind."""
         if kind == "message":
-            self.on_chat_message(payload)
+            self.on_chat_message(self._picked(payload) if self.numbered_choices else payload)
         elif kind == "edited_message":
             self.on_edited_chat_message(payload)
         elif kind == "callback_query":
@@ -395,6 +446,30 @@ class ChatHandler:
 
     def on_chat_message(self, msg: dict) -> None:
         """A new message in this chat."""
+
+    def _remember_keyboard(self, params: dict) -> None:
+        """A message went out: its reply keyboard's labels are what a typed number picks
+        from (kept with the conversation); a keyboard removed picks nothing."""
+        labels = keyboard_labels(params.get("reply_markup"))
+        if labels:
+            self._conversation.state_context[KEYBOARD] = labels
+        elif labels is not None:
+            self._conversation.state_context.pop(KEYBOARD, None)
+
+    def _picked(self, msg: dict) -> dict:
+        """The message as if the option a typed number picks had been tapped (its label as
+        the text); the message as it is otherwise."""
+        text = msg.get("text")
+        labels = self._conversation.state_context.get(KEYBOARD)
+        if not isinstance(text, str) or not isinstance(labels, list):
+            return msg
+        typed = text.strip()
+        if not typed.isdecimal() or len(typed) > MAX_TYPED_CHOICE \
+                or not 1 <= int(typed) <= len(labels):
+            return msg
+        if any(str(label).strip().isdecimal() for label in labels):
+            return msg   # a keyboard of numbers: the number typed is the answer
+        return {**msg, "text": str(labels[int(typed) - 1])}
 
     def on_edited_chat_message(self, msg: dict) -> None:
         """A message of this chat was edited."""

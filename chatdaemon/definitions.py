@@ -31,6 +31,7 @@ HANDLER_KEYS = {"name", "pattern", "source_states", "target_state", "priority", 
 SCHEDULE_KEYS = {"name", "request", "response", "on_error"}
 HOOK_KEYS = {"name", "key", "recipients", "response", "rate_limit"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+CONVERSATION_KEYS = ("per_chat", "per_user")   # `conversation:`: whose state a group keeps
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
                  "one_time_keyboard", "disable_web_page_preview", "photo", "document", "caption"}
@@ -220,6 +221,7 @@ class Definitions:
     tree: Tree | None = None
     warnings: list[str] = field(default_factory=list)
     session_timeout: float | None = None   # idle seconds after which a conversation starts over
+    conversation: str | None = None   # per_chat or per_user (a group member each); None: unset
     silent: bool = False            # `fallback: none`: unmatched messages get no answer, on purpose
     default_fallback: bool = False  # the bot wrote no fallback: DEFAULT_FALLBACK answers
     # (handler name, file:line) of the requests that hand out conversation.callback_url
@@ -237,6 +239,7 @@ class Compiler:
         # absolute now: a daemon that detaches changes its working directory after loading
         self.result = Definitions(directory=os.path.abspath(directory) if directory else None)
         self.problems = Problems()
+        self._long_data: list[str] = []   # where static button data over 64 bytes was written
         self._names: dict[str, str] = {}
         self._regex: Any = None   # the regex that fills `pattern` here; None: nothing does
         self._lost_states: set[str] = set()     # named by handlers left out for an error
@@ -543,7 +546,11 @@ class Compiler:
         if data is None and "url" not in button:
             data = button["text"]
         if isinstance(data, str) and "{" not in data and len(data.encode()) > 64:
-            raise ConfigError("button data is longer than Telegram's 64 bytes", where)
+            # sent as a short token kept in the database, as templated data is; a hook's
+            # notification has no update to keep one with (add_hooks refuses it)
+            self._long_data.append(where)
+            self.result.warnings.append(f"{where}: button data is longer than Telegram's 64 "
+                                        "bytes; it goes out as a token kept in the database")
         return Button(
             text=self._template(button["text"], where),
             data=self._template(data, where) if data is not None else None,
@@ -669,10 +676,14 @@ class Compiler:
         if isinstance(rate, bool) or not isinstance(rate, int) or rate < 1:
             part.add(ConfigError(f"hook {name}: rate_limit is POSTs per minute, a positive integer",
                                  _at(item, "rate_limit", where)))
+        long_data = len(self._long_data)
         response = part.run(self._optional, item, "response", self.response)
         if response is not None and response.media is not None:
             part.add(ConfigError(f"hook {name}: a hook sends text; a photo or document is for "
                                  "handlers, schedules and the fallback", response.media.where))
+        if len(self._long_data) > long_data:
+            part.add(ConfigError(f"hook {name}: button data is longer than Telegram's 64 bytes",
+                                 self._long_data[-1]))
         part.raise_any()
         return Hook(name, where, key, recipients, response, rate, templates)
 
@@ -728,6 +739,13 @@ class Compiler:
     def add_session_timeout(self, data: Any, where: str) -> None:
         """`session_timeout: 30m`: a conversation idle that long returns to its start state."""
         self.result.session_timeout = parse_duration(data, where)
+
+    def add_conversation(self, data: Any, where: str) -> None:
+        """`conversation: per_user`: in groups, each member has a conversation of their own."""
+        if data not in CONVERSATION_KEYS:
+            raise ConfigError(f"conversation must be one of {', '.join(CONVERSATION_KEYS)}, "
+                              f"not {data!r}", where)
+        self.result.conversation = data
 
     # -- the whole bot ---------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from . import handoffs
 from .chathandler import ChatSender
 from .handoffs import Person
-from .privacy import forget_chat
+from .privacy import forget_chat, forget_member
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ TOLD_TIMEOUT = ("Sorry, nobody could answer in time. You're back with me; "
                 "you can ask for a human again later.")
 TOLD_DONE = "This conversation with our team has ended; you're back with the bot. Thank you!"
 TOLD_FORGOTTEN = "Done: I deleted what I kept about this chat (conversation and messages)."
+TOLD_MEMBER_FORGOTTEN = "Done: I deleted our conversation in this group."
 OPERATOR_HELP = ("As an operator: reply to a message about someone to answer them, or send "
                  "/reply CHAT_ID text, /unread, /next, /done CHAT_ID.")
 
@@ -108,6 +109,18 @@ class Desk:
 
     def end(self, reason: BaseException) -> None:
         self.inner.end(reason)
+
+    def takes(self, kind: str, payload: dict) -> bool:
+        """An update that arrives while the bot's handler waits (listener.wait): True when the
+        desk handled it (the chat is with a human, an operator's command, /forget), so that
+        it never reaches the handler."""
+        return self._takes(kind, payload)
+
+    def waiting(self) -> None:
+        """The bot's handler is about to wait (listener.wait): a handoff it asked for starts
+        now, with the update it was handling, so the person's next messages go to the
+        operators rather than to the waiting handler."""
+        self._after_bot(self.context.payload() or {})
 
     def _takes(self, kind: str, payload: dict) -> bool:
         """Handle the update here, or say False to pass it to the bot."""
@@ -339,6 +352,12 @@ class Desk:
         conversation = self.conversation
         conversation.state, conversation.vars = None, {}
         conversation.state_context, conversation.schedules = {}, {}
+        member = getattr(conversation, "member", None)
+        if member is not None:   # a group keeping a conversation per member: only theirs
+            self.context.stage(forget_member(self.chat_id, member))
+            log.info("chat %s: member %s forgotten at their request", self.chat_id, member)
+            self.sender.sendMessage(TOLD_MEMBER_FORGOTTEN)
+            return
         self.context.stage(forget_chat(self.chat_id, handling=True))
         log.info("chat %s: forgotten at its request", self.chat_id)
         self.sender.sendMessage(TOLD_FORGOTTEN)

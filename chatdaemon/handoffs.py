@@ -153,7 +153,10 @@ def queue_rows(items: Sequence[tuple[int, str, dict]]) -> Write:
 
 
 def keep_button_data(token: str, data: str, chat_id: int) -> Write:
+    """Keep long button data under its token; sent again, the token is as new (retention
+    prunes tokens by age: see conversations.prune_button_tokens)."""
     def write(db: sqlite3.Connection) -> None:
-        db.execute("INSERT OR IGNORE INTO button_tokens(token, data, chat_id, created)"
-                   " VALUES (?, ?, ?, ?)", (token, data, chat_id, time.time()))
+        db.execute("INSERT INTO button_tokens(token, data, chat_id, created) VALUES (?, ?, ?, ?)"
+                   " ON CONFLICT(token) DO UPDATE SET created = excluded.created",
+                   (token, data, chat_id, time.time()))
     return write

@@ -45,6 +45,7 @@ MAX_LABEL = 40       # and so are labels longer than this (a button would cut th
 MAX_DATA = 64        # bytes of callback_data Telegram accepts
 MAX_BUTTONS = 100    # a keyboard rendered from a template has at most this many buttons
 TOKEN_PREFIX = "~t:"  # callback_data standing for longer data kept in the database
+EXPIRED_BUTTON = "This button has expired."   # its token was pruned (or forgotten)
 MIN_SESSION_TICK = 5.0  # the session check ticks every quarter of the timeout, at least this
 
 
@@ -125,6 +126,8 @@ class Pipeline:
 class PipelineHandler(ChatHandler):
     """A chat's handler for a bot written as YAML."""
 
+    numbered_choices = False   # its own: inline buttons too, a handler's pattern first
+
     def __init__(self, context: Any, conversation: Any, sender: Any, pipeline: Pipeline):
         super().__init__(context, conversation, sender)
         self.pipeline = pipeline
@@ -169,7 +172,11 @@ class PipelineHandler(ChatHandler):
                 self._send({"text": value})
                 return
             # a label typed by number; button data runs as if pressed
-            text = self._button_data(value) if kind == "data" else value
+            data = self._button_data(value) if kind == "data" else value
+            if data is None:
+                self._send({"text": EXPIRED_BUTTON})
+                return
+            text = data
         self._answer(text, msg, msg, callback=None)
 
     def _chosen(self, text: str) -> list | None:
@@ -209,18 +216,20 @@ class PipelineHandler(ChatHandler):
             self._conversation.state_context.pop(CHOICES, None)
 
     def on_callback_query(self, query: dict) -> None:
+        data = self._button_data(str(query.get("data") or ""))
+        if data is None:   # never silence: the spinner stops with a word why
+            self.sender.answerCallbackQuery(callback_query_id=query["id"], text=EXPIRED_BUTTON)
+            return
         self.sender.answerCallbackQuery(callback_query_id=query["id"])
         message = query.get("message") or {"chat": {"id": self.chat_id}}
-        self._answer(self._button_data(str(query.get("data") or "")), message, query,
-                     callback=query)
+        self._answer(data, message, query, callback=query)
 
-    def _button_data(self, data: str) -> str:
+    def _button_data(self, data: str) -> str | None:
         """Button data as the template rendered it: data too long for Telegram went out as a
-        token, kept in the database with the update that sent it."""
+        token, kept in the database with the update that sent it. None: the token is gone."""
         if not data.startswith(TOKEN_PREFIX):
             return data
-        kept = handoffs.button_data(self._transaction.store, data)
-        return kept if kept is not None else data
+        return handoffs.button_data(self._transaction.store, data)
 
     def _render(self, response: Response, context: dict) -> dict:
         """render_reply, with button data over 64 bytes kept under a token (durably, with

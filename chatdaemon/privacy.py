@@ -1,6 +1,8 @@
 """What the daemon keeps about one chat: exported as data, or forgotten.
 
-Forgetting deletes the conversation (state, variables, schedules), the handoff and its
+Forgetting deletes the conversation (state, variables, schedules) and its members' (a
+group's with `conversation: per_user`; a person's chat id is their user id, so forgetting a
+person also deletes their conversations in groups), the handoff and its
 queued messages, the operator messages that point at the chat and its long button data,
 and blanks the payload of the chat's handled inbox rows. The rows themselves stay (empty)
 while the inbox keeps them: they are how a re-delivered update is recognised as seen.
@@ -13,7 +15,10 @@ import json
 import sqlite3
 from typing import Any
 
+from . import conversations
+
 TABLES = ("conversations", "schedules", "handoffs", "handoff_messages", "button_tokens")
+MEMBERS = "member_conversations"
 
 
 def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
@@ -23,7 +28,10 @@ def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
     for table in (*TABLES, "operator_messages"):
         if table in names:
             found[table] = _rows(db, f"SELECT * FROM {table} WHERE chat_id = ?", (chat_id,))
-    for row in found.get("conversations", []):
+    if MEMBERS in names:   # the chat's members', and this person's in groups
+        found[MEMBERS] = _rows(db, f"SELECT * FROM {MEMBERS} WHERE chat_id = ? OR user_id = ?"
+                                   " ORDER BY chat_id, user_id", (chat_id, chat_id))
+    for row in (*found.get("conversations", []), *found.get(MEMBERS, [])):
         for key in ("vars", "state_context", "schedules"):
             if isinstance(row.get(key), str):
                 row[key] = json.loads(row[key])
@@ -41,6 +49,8 @@ def forget_chat(chat_id: int, handling: bool = False):
     def write(db: sqlite3.Connection) -> None:
         for table in TABLES:
             db.execute(f"DELETE FROM {table} WHERE chat_id = ?", (chat_id,))
+        db.execute(f"DELETE FROM {MEMBERS} WHERE chat_id = ?", (chat_id,))
+        conversations.forget_member(db, None, chat_id)   # the person's, in every group
         db.execute("DELETE FROM operator_messages WHERE chat_id = ?", (chat_id,))
         # messages queued for operators about this person go too
         db.execute("DELETE FROM inbox WHERE done = 0 AND kind = 'handoff_notice'"
@@ -52,6 +62,16 @@ def forget_chat(chat_id: int, handling: bool = False):
         if handling:
             db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                        " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
+    return write
+
+
+def forget_member(chat_id: int, member: int):
+    """A write for an update's transaction (/forget from a member of a group whose bot keeps
+    a conversation per member): that member's conversation there goes, and the update asking."""
+    def write(db: sqlite3.Connection) -> None:
+        conversations.forget_member(db, chat_id, member)
+        db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
+                   " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
     return write
 
 

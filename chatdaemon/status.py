@@ -106,7 +106,7 @@ WITH ranked AS (
 ), last AS (
     SELECT chat_id, received, payload FROM ranked WHERE n = 1
 ), ids AS (
-    SELECT chat_id FROM conversations UNION SELECT chat_id FROM last
+    SELECT chat_id FROM conversations UNION SELECT chat_id FROM last {members}
 )
 SELECT ids.chat_id AS id, c.state AS state,
        COALESCE(last.received, c.updated) AS last_seen, last.payload AS payload,
@@ -127,7 +127,10 @@ def list_chats(db: sqlite_utils.Database, limit: int = 100) -> list[dict[str, An
     The name comes from the chat's last update still in the inbox (handled updates are kept
     48 h), so a chat quiet for longer is listed without one.
     """
-    rows = db.query(CHATS_SQL, {"local": LOCAL_BASE, "limit": limit})
+    # a group whose bot keeps a conversation per member may have none of its own
+    members = "UNION SELECT chat_id FROM member_conversations" \
+        if "member_conversations" in db.table_names() else ""
+    rows = db.query(CHATS_SQL.format(members=members), {"local": LOCAL_BASE, "limit": limit})
     return [{"id": row["id"], "name": chat_name(row["payload"]), "state": row["state"],
              "last_seen": _when(row["last_seen"]), "pending": row["pending"]} for row in rows]
 

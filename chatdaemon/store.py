@@ -56,6 +56,7 @@ __all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "Inb
            "Retention", "Store", "create_private_file"]
 
 DEFAULT_MAX_DATABASE_BYTES = 64 * 2 ** 20
+KEEP_BUTTON_TOKENS_SECONDS = 30 * 86400   # long button data, without forget_conversations_after
 FIT_ROUNDS = 100   # a prune to fit the size cap stops after this many batches, done or not
 
 
@@ -188,6 +189,19 @@ MIGRATIONS: list[str] = [
         expires REAL NOT NULL
     );
     CREATE INDEX callback_tokens_expires ON callback_tokens(expires);
+    """,
+    # 8: conversations kept per member of a group (`conversation: per_user`)
+    """
+    CREATE TABLE member_conversations (
+        chat_id       INTEGER NOT NULL,
+        user_id       INTEGER NOT NULL,
+        state         TEXT,
+        vars          TEXT NOT NULL DEFAULT '{}',
+        state_context TEXT NOT NULL DEFAULT '{}',
+        updated       REAL NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    );
+    CREATE INDEX member_conversations_user ON member_conversations(user_id);
     """,
 ]
 
@@ -449,6 +463,9 @@ class Store:
             if retention.forget_conversations_after is not None:
                 pruned.conversations = conversations.prune_idle(
                     db, now - retention.forget_conversations_after)
+            # long button data goes with its conversation, or by age
+            conversations.prune_button_tokens(db, now - (
+                retention.forget_conversations_after or KEEP_BUTTON_TOKENS_SECONDS))
         if retention.max_database_bytes:
             self._fit(retention.max_database_bytes, now, pruned)
         pruned.freed_bytes = self._give_back_space()
@@ -491,9 +508,10 @@ class Store:
 
     # -- conversations (conversations.py) -------------------------------------------------
 
-    def load_conversation(self, chat_id: int) -> Conversation:
+    def load_conversation(self, chat_id: int, member: int | None = None) -> Conversation:
+        """The chat's conversation, or one member's in it (`conversation: per_user`)."""
         with self._reading() as db:
-            return conversations.load(db, chat_id)
+            return conversations.load(db, chat_id, member)
 
     def finish(self, update_id: int | None, conversation: Conversation | None, *,
                moved_to: int | None = None, guard: Callable[[], None] | None = None,

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from .conversations import member_schedule
 from .errors import (
     Abandoned,
     BadToken,
@@ -55,6 +56,8 @@ REPLY_KINDS = ("message", "callback_query",   # updates whose user expects an an
 LOCAL_KINDS = ("hook", "schedule",            # rows the daemon itself queued for a chat
                "handoff_notice", "handoff_reply", "handoff_end", "callback")
 BLOCKED = 403               # the user blocked the bot, or it was removed from the chat
+GROUP_TYPES = ("group", "supergroup")   # chats whose members may each have a conversation
+MEMBER_KINDS = ("message", "edited_message", "callback_query")   # updates from one member
 
 # Errors that leave the update pending: it is rolled back and replays later, or never
 # (the daemon stops, or this thread was given up and another one serves the chat).
@@ -170,7 +173,7 @@ class UpdateTransaction:
     def _dispatch(self, row: InboxRow) -> None:
         """One update to the handler: made on the chat's first update (or the first after an
         ending), its open before the first Telegram update, then its on_… method."""
-        payload = payload_of(row)
+        payload = self._payload_of(row)
         if self._handler is None:
             self._handler = self.bot.create_handler(self, self._conversation, self.sender)
             self._opened = False
@@ -223,7 +226,13 @@ class UpdateTransaction:
         if type(moved_to) is int:
             self.migrated(self.chat_id, moved_to)
         moved_from = payload.get("migrate_from_chat_id")
-        if type(moved_from) is int and self._conversation.is_new:
+        if type(moved_from) is int and self._per_member():
+            # the group's conversation and its members' (a chat's own are kept); the update
+            # then meets its member's conversation as copied
+            self.store.copy_chat(moved_from, self.chat_id)
+            self._conversation.take(self.store.load_conversation(
+                self.chat_id, self._conversation.member))
+        elif type(moved_from) is int and self._conversation.is_new:
             old = self.store.load_conversation(moved_from)
             if not old.is_new:
                 conversation = self._conversation
@@ -257,7 +266,31 @@ class UpdateTransaction:
         finally:
             self._release_migration()
 
+    def _per_member(self) -> bool:
+        return getattr(self.bot, "per_member", False) is True
+
+    def _serve_member(self, row: InboxRow) -> None:
+        """`conversation: per_user`: the update meets the conversation of the group member it
+        is from (`member_of`). The handler holds one Conversation object for the chat; it
+        takes the member's rows in place. Invariant: the conversation it held before is
+        saved (every update commits or rolls back before the next one begins)."""
+        if not self._per_member():
+            return
+        member = member_of(row)
+        if member != self._conversation.member:
+            self._conversation.take(self.store.load_conversation(self.chat_id, member))
+
+    def _payload_of(self, row: InboxRow) -> dict:
+        """What the handler receives; a member's schedule tick under the name it started."""
+        payload = payload_of(row)
+        name = payload.get("name")
+        if row.kind == "schedule" and self._conversation.member is not None \
+                and isinstance(name, str):
+            payload = {**payload, "name": member_schedule(name)[0]}
+        return payload
+
     def _begin(self, row: InboxRow) -> None:
+        self._serve_member(row)
         self._row = row
         self._staged, self._wake = [], set()
         self._before = self._conversation.snapshot()
@@ -448,6 +481,9 @@ class UpdateTransaction:
         """
         if self._row is None:  # on_close: no update to commit first, and none may follow
             raise RuntimeError("listener.wait() cannot be called in on_close")
+        waiting = getattr(self._handler, "waiting", None)
+        if waiting is not None:   # a handoff the handler asked for starts with this commit
+            waiting()
         self._checked = self._check_saveable()
         self._slot.handled()
         self._finish_current()
@@ -465,7 +501,9 @@ class UpdateTransaction:
             if rows:
                 self._begin(rows[0])
                 self.moved_on = True
-                return payload_of(rows[0])
+                if self._taken_while_waiting(rows[0]):
+                    continue
+                return self._payload_of(rows[0])
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             reason = self._slot.wait_for_work(remaining)
             if reason == "stop":
@@ -473,11 +511,29 @@ class UpdateTransaction:
             if reason == "idle":
                 raise WaitTooLong(timeout or 0.0)
 
+    def _taken_while_waiting(self, row: InboxRow) -> bool:
+        """An update the handler's desk takes (a message while the chat is with a human goes
+        to the operators; an operator's command; /forget) is handled and committed here.
+        Invariant: what the desk takes never reaches a handler waiting in listener.wait()."""
+        takes = getattr(self._handler, "takes", None)
+        if takes is None:
+            return False
+        payload = self._payload_of(row)
+        took: list[bool] = []
+        self._run(lambda: took.append(bool(takes(row.kind, payload))))
+        if took == [False]:   # the handler's, as it was begun: its deadline runs again
+            self._checked = None
+            self._slot.handling(row.update_id)
+            return False
+        self._finish_current()   # taken, or failed (the user got the error text)
+        self._slot.count("handled")
+        return True
+
     def _handle_local(self, row: InboxRow) -> None:
         handler = self._handler
         assert handler is not None   # reached only from the running handler's listener.wait
         self._begin(row)
-        self._run(lambda: handler.on_update(row.kind, payload_of(row)))
+        self._run(lambda: handler.on_update(row.kind, self._payload_of(row)))
         self._finish_current()
         self._slot.count("handled")
         self.moved_on = True
@@ -519,6 +575,25 @@ class UpdateTransaction:
             log.info("chat %s: stopping before the error text went out", self.chat_id)
         except Exception as exc:
             log.error("chat %s: could not send the error text: %s", self.chat_id, exc)
+
+
+def member_of(row: InboxRow) -> int | None:
+    """Whose conversation an update of a group meets with `conversation: per_user`: the
+    sender of a message, the presser of a button (keyed by who pressed, whoever the message
+    was for), the member a schedule runs for. None for private chats and for what comes from
+    nobody in particular (a hook, an operator's answer): the chat's own conversation."""
+    payload = payload_of(row)
+    if row.kind == "schedule":
+        name = payload.get("name")
+        return member_schedule(name)[1] if isinstance(name, str) else None
+    if row.kind not in MEMBER_KINDS:
+        return None
+    message = payload.get("message") if row.kind == "callback_query" else payload
+    chat = _dict_or(message, {}).get("chat")
+    if _dict_or(chat, {}).get("type") not in GROUP_TYPES:
+        return None
+    user_id = _dict_or(payload.get("from"), {}).get("id")
+    return user_id if type(user_id) is int else None
 
 
 def log_first_contact(chat_id: int, row: InboxRow) -> None:
