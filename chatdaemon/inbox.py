@@ -306,6 +306,11 @@ def prune(db: sqlite3.Connection, before: float) -> int:
     return cur.rowcount
 
 
+def row_count(db: sqlite3.Connection) -> int:
+    (count,) = db.execute("SELECT COUNT(*) FROM inbox").fetchone()
+    return count
+
+
 def prune_oldest(db: sqlite3.Connection, received_before: float, count: int) -> int:
     """Delete up to `count` handled rows received before `received_before`, oldest first."""
     cur = db.execute(

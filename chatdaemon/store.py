@@ -57,6 +57,7 @@ __all__ = ["KEEP_DONE_SECONDS", "LOCAL_BASE", "MIGRATIONS", "Conversation", "Inb
 
 DEFAULT_MAX_DATABASE_BYTES = 64 * 2 ** 20
 KEEP_BUTTON_TOKENS_SECONDS = 30 * 86400   # long button data, without forget_conversations_after
+MIN_FIT_BATCH = 20   # rows deleted at least per round of a prune to fit the size cap
 FIT_ROUNDS = 100   # a prune to fit the size cap stops after this many batches, done or not
 
 
@@ -483,7 +484,10 @@ class Store:
                 excess = _used_bytes(db) - cap
                 if excess <= 0:
                     return
-                batch = max(100, excess // 200)   # rows: an update is a few hundred bytes
+                # rows to delete: the excess over the mean row's share of the file (rows
+                # differ and a delete leaves pages sparse, so later rounds take the rest)
+                used = excess + cap
+                batch = max(MIN_FIT_BATCH, excess * inbox.row_count(db) // max(1, used))
                 # never an unhandled row, nor one Telegram might still re-send
                 deleted = inbox.prune_oldest(db, now - KEEP_DONE_AT_LEAST_SECONDS, batch)
                 pruned.updates += deleted
