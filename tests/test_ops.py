@@ -341,7 +341,9 @@ def test_install_test_extra_and_dev_extra_are_separate():
     test_extra = re.search(r'"test": \[(.*?)\]', extras).group(1)
     assert "ruff" not in test_extra and "mypy" not in test_extra
     assert "ruff" in extras and "mypy" in extras
-    assert "'.[test,dev]'" in (ROOT / ".ci" / "run").read_text()
+    assert "'.[test,dev,chart]'" in (ROOT / ".ci" / "run").read_text()
+    chart_extra = re.search(r'"chart": \[(.*?)\]', extras).group(1)
+    assert "matplotlib" in chart_extra and "matplotlib" not in test_extra
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     assert yaml.safe_load((shipped.STARTER / "bot.yaml").read_text())["handlers"]
 
