@@ -36,27 +36,14 @@ def telegram():
         yield fake
 
 
-class Daemon:
-    """`chatdaemon run` as a subprocess, its stderr kept in a file."""
+class DaemonProcess:
+    """A chatdaemon command run as a subprocess, its output (stdout and stderr) kept in a file."""
 
-    def __init__(self, tmp_path: Path, api_url: str, handlers: Path, db: Path,
-                 config: dict, args: list[str], env: dict[str, str], token: str | None):
-        self.tmp_path = tmp_path
-        self.db = db
-        n = len(list(tmp_path.glob("daemon-*.log")))
-        self.log_path = tmp_path / f"daemon-{n}.log"
-        config_path = tmp_path / f"config-{n}.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        command = [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(handlers),
-                   "--db", str(db), "--api-url", api_url, "--config", str(config_path), *args]
-        full_env = {k: v for k, v in os.environ.items()
-                    if k not in ("CREDENTIALS_DIRECTORY", "CHATDAEMON_TOKEN", "NOTIFY_SOCKET")}
-        full_env.update(env)
-        if token is not None:
-            full_env["CHATDAEMON_TOKEN"] = token
-        self._log = open(self.log_path, "wb")
+    def __init__(self, log_path: Path, command: list[str], env: dict[str, str], cwd: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=full_env, cwd=str(tmp_path))
+                                        env=env, cwd=str(cwd))
 
     @property
     def pid(self) -> int:
@@ -90,6 +77,32 @@ class Daemon:
     def close(self) -> None:
         self.kill()
         self._log.close()
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without what would point a daemon at a real token or systemd."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CREDENTIALS_DIRECTORY", "CHATDAEMON_TOKEN", "NOTIFY_SOCKET")}
+    env.update(extra)
+    return env
+
+
+class Daemon(DaemonProcess):
+    """`chatdaemon run` as a subprocess, its stderr kept in a file."""
+
+    def __init__(self, tmp_path: Path, api_url: str, handlers: Path, db: Path,
+                 config: dict, args: list[str], env: dict[str, str], token: str | None):
+        self.tmp_path = tmp_path
+        self.db = db
+        n = len(list(tmp_path.glob("daemon-*.log")))
+        config_path = tmp_path / f"config-{n}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        command = [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(handlers),
+                   "--db", str(db), "--api-url", api_url, "--config", str(config_path), *args]
+        full_env = clean_environment(**env)
+        if token is not None:
+            full_env["CHATDAEMON_TOKEN"] = token
+        super().__init__(tmp_path / f"daemon-{n}.log", command, full_env, tmp_path)
 
 
 @pytest.fixture

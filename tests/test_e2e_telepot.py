@@ -7,8 +7,6 @@ bounded; per-chat order is the only sequencing used.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import struct
 import subprocess
@@ -18,48 +16,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import HANDLERS, TOKEN, TOKEN_SECRET, wait_until
+from conftest import HANDLERS, TOKEN, TOKEN_SECRET, DaemonProcess, clean_environment, wait_until
 
 PROGRAMS = HANDLERS / "telepot"
 ROOT = HANDLERS.parent
 ANSWER = 20.0  # seconds a run of answers may take on a busy 2-core box
 
 
-class TelepotDaemon:
+class TelepotDaemon(DaemonProcess):
     """`chatdaemon telepot SCRIPT TOKEN ARGS...` as a subprocess, its output kept in a file."""
 
     def __init__(self, tmp_path: Path, api_url: str, script: Path, args: list[str], db: Path):
         n = len(list(tmp_path.glob("telepot-*.log")))
-        self.log_path = tmp_path / f"telepot-{n}.log"
         config = tmp_path / f"telepot-{n}.yaml"
         config.write_text(yaml.safe_dump({"polling": {"timeout": 1}, "stop_timeout": 10,
                                           "hooks": {"port": 0}}))
         command = [sys.executable, "-m", "chatdaemon", "telepot", "--api-url", api_url,
                    "--rate-limits", "off", "--db", str(db), "--config", str(config),
                    str(script), *args]
-        env = {k: v for k, v in os.environ.items() if k not in ("CHATDAEMON_TOKEN", "NOTIFY_SOCKET")}
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=str(tmp_path))
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def close(self) -> None:
-        self.kill()
-        self._log.close()
+        super().__init__(tmp_path / f"telepot-{n}.log", command, clean_environment(), tmp_path)
 
 
 @pytest.fixture
@@ -78,7 +53,7 @@ def run_program(tmp_path, telegram):
     for daemon in started:
         daemon.close()
     for daemon in started:
-        assert TOKEN_SECRET not in daemon.output(), f"the token leaked into {daemon.log_path}"
+        assert TOKEN_SECRET not in daemon.log(), f"the token leaked into {daemon.log_path}"
 
 
 def undone(db: Path) -> int:
@@ -222,7 +197,7 @@ def test_chatbox_greets_newcomers_saves_messages_and_the_owner_reads_them(telegr
     assert telegram.wait_for(lambda: telegram.sent_to(201) == [hello, saved, saved, saved],
                              timeout=ANSWER)
     assert daemon.stop() == 0  # message_loop(run_forever=...) held only the program's thread
-    assert "Listening ..." in daemon.output()
+    assert "Listening ..." in daemon.log()
 
 
 # -- a plain message_loop(handle) program: keyboards, a photo upload, a download -----------------
@@ -272,7 +247,7 @@ def test_photo_program_uploads_from_disk_downloads_and_answers_buttons(telegram,
     telegram.push_message(3, "hello")  # sendMessage(chat_id, len(text)): an int, sent as text
     assert telegram.wait_for(lambda: telegram.sent_to(3)[-1:] == ["5"], timeout=ANSWER)
     assert daemon.stop() == 0
-    assert "I am @test_bot" in daemon.output()  # getMe before the loop started
+    assert "I am @test_bot" in daemon.log()  # getMe before the loop started
 
 
 # -- telepot 3's notifyOnMessage; a ChatHandler with buttons, listener.wait() and vars -----------
