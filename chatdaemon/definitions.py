@@ -139,19 +139,28 @@ def chat_id_of(value: Any, source: str | None = None) -> int:
     return value
 
 
+def rendered_literal(text: str) -> Any:
+    """The value a template's output spells: JSON (`| tojson`), or a Python-looking literal
+    (what `{{ data.ids }}` renders a list to). ValueError when it is neither."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ValueError(f"not a JSON or Python literal: {text[:60]!r}") from None
+
+
 def rendered_values(text: str) -> list[Any]:
-    """The values a recipients template rendered to: a list (JSON or Python-looking, like
-    `{{ data.chat_ids }}` renders one) gives its items, anything else is one value."""
+    """The values a recipients template rendered to: a list gives its items, anything else
+    (a literal or plain text) is one value."""
     text = text.strip()
     if not text:
         return []
     try:
-        value = json.loads(text)
+        value = rendered_literal(text)
     except ValueError:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            value = text
+        value = text
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
