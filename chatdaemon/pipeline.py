@@ -322,8 +322,9 @@ class PipelineHandler(ChatHandler):
             where = handler.request.where if handler.request else handler.where
             raise TemplateError(where, "conversation.callback_url needs the hook server, "
                                 "which is off here (set hooks.port)")
+        # a group member's request: the result meets that member's conversation
         token = callbacks.create(self._transaction.store, self.chat_id, handler.name,
-                                 self.pipeline.callback_expiry)
+                                 self.pipeline.callback_expiry, member=self._conversation.member)
         return f"{base}{callbacks.PATH}{token}"
 
     def on_callback(self, result: dict) -> None:

@@ -580,12 +580,16 @@ class UpdateTransaction:
 def member_of(row: InboxRow) -> int | None:
     """Whose conversation an update of a group meets with `conversation: per_user`: the
     sender of a message, the presser of a button (keyed by who pressed, whoever the message
-    was for), the member a schedule runs for. None for private chats and for what comes from
+    was for), the member a schedule runs for, the member whose request handed out the
+    callback URL a result was posted to. None for private chats and for what comes from
     nobody in particular (a hook, an operator's answer): the chat's own conversation."""
     payload = payload_of(row)
     if row.kind == "schedule":
         name = payload.get("name")
         return member_schedule(name)[1] if isinstance(name, str) else None
+    if row.kind == "callback":
+        member = payload.get("member")
+        return member if type(member) is int else None
     if row.kind not in MEMBER_KINDS:
         return None
     message = payload.get("message") if row.kind == "callback_query" else payload

@@ -1,0 +1,79 @@
+"""Callback URLs in groups and after /forget, schedule names, one-time keyboards.
+
+In-process: the compiler, the store in memory, and bots through chatdaemon.testing with a
+loopback upstream that records the callback URL it is given.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from chatdaemon import callbacks
+from chatdaemon.testing import TestBot
+
+GROUP, ANN, BOB = -300, 11, 12
+
+
+# -- a callback URL handed out in a group keeping a conversation per member ------------------
+
+def member_job_bot(tmp_path, upstream, mode: str = "per_user") -> TestBot:
+    directory = tmp_path / "bot"
+    directory.mkdir()
+    (directory / "bot.yaml").write_text(textwrap.dedent(f"""
+        conversation: {mode}
+        handlers:
+          - name: name
+            pattern: '^/name (?P<n>\\w+)$'
+            response: "hello {{{{ pattern.n }}}}"
+            save: {{who: "{{{{ pattern.n }}}}"}}
+          - name: job
+            pattern: '^/job$'
+            request:
+              method: POST
+              url: "http://127.0.0.1:{upstream.server_port}/jobs"
+              json: {{callback: "{{{{ conversation.callback_url }}}}"}}
+            response: "started"
+            on_callback: "done for {{{{ vars.who }}}}: {{{{ callback.data.n }}}}"
+    """))
+    bot = TestBot(str(directory))
+    bot.bot.pipeline.callback_base = "https://pi.example.org/bot"
+    return bot
+
+
+def last_token(upstream) -> str:
+    return upstream.bodies[-1]["callback"].rsplit("/", 1)[1]
+
+
+def test_a_members_result_meets_that_members_conversation(tmp_path, upstream):
+    with member_job_bot(tmp_path, upstream) as bot:
+        bot.send("/name ann", chat=GROUP, user=ANN)
+        bot.send("/name bob", chat=GROUP, user=BOB)
+        bot.send("/job", chat=GROUP, user=ANN)
+        ann = last_token(upstream)
+        bot.send("/job", chat=GROUP, user=BOB)
+        bob = last_token(upstream)
+        bot.replies(GROUP)
+        callbacks.deliver(bot.store, bob, {"n": 2})
+        callbacks.deliver(bot.store, ann, {"n": 1})
+        bot.run(GROUP)
+        assert bot.replies(GROUP) == ["done for bob: 2", "done for ann: 1"]
+        assert callbacks.find(bot.store, ann).member == ANN
+
+
+def test_a_per_chat_groups_result_meets_the_groups_conversation(tmp_path, upstream):
+    with member_job_bot(tmp_path, upstream, mode="per_chat") as bot:
+        bot.send("/name team", chat=GROUP, user=ANN)
+        bot.send("/job", chat=GROUP, user=BOB)
+        found = callbacks.find(bot.store, last_token(upstream))
+        assert (found.chat_id, found.handler, found.member) == (GROUP, "job", None)
+        callbacks.deliver(bot.store, last_token(upstream), {"n": 3})
+        bot.run(GROUP)
+        assert bot.replies(GROUP)[-1] == "done for team: 3"
+
+
+def test_a_handler_name_that_looks_like_a_member_mark_is_kept_as_written(fresh_db):
+    token = callbacks.create(fresh_db, 5, "job@12", 60)
+    found = callbacks.find(fresh_db, token)
+    assert (found.handler, found.member) == ("job@12", None)
+    token = callbacks.create(fresh_db, GROUP, '{"handler": "x", "member": 1}', 60)
+    assert callbacks.find(fresh_db, token).handler == '{"handler": "x", "member": 1}'
