@@ -9,6 +9,7 @@ from __future__ import annotations
 import textwrap
 
 from chatdaemon import callbacks
+from chatdaemon.privacy import export_chat, forget_chat
 from chatdaemon.testing import TestBot
 
 GROUP, ANN, BOB = -300, 11, 12
@@ -77,3 +78,43 @@ def test_a_handler_name_that_looks_like_a_member_mark_is_kept_as_written(fresh_d
     assert (found.handler, found.member) == ("job@12", None)
     token = callbacks.create(fresh_db, GROUP, '{"handler": "x", "member": 1}', 60)
     assert callbacks.find(fresh_db, token).handler == '{"handler": "x", "member": 1}'
+
+
+# -- forgetting a chat or a member forgets the callback URLs it handed out --------------------
+
+def test_forgetting_a_chat_makes_its_callback_urls_unknown(fresh_db):
+    mine = callbacks.create(fresh_db, 42, "job", 3600)
+    other = callbacks.create(fresh_db, 43, "job", 3600)
+    with fresh_db.writing() as db:
+        forget_chat(42)(db)
+    assert callbacks.deliver(fresh_db, mine, {"late": True}) is None
+    assert callbacks.find(fresh_db, other) is not None
+    assert fresh_db.pending(42) == []
+
+
+def test_a_members_forget_in_a_group_ends_only_their_callback_urls(tmp_path, upstream):
+    with member_job_bot(tmp_path, upstream) as bot:
+        bot.send("/job", chat=GROUP, user=ANN)
+        ann = last_token(upstream)
+        bot.send("/job", chat=GROUP, user=BOB)
+        bob = last_token(upstream)
+        bot.send("/forget", chat=GROUP, user=ANN)
+        assert callbacks.find(bot.store, ann) is None
+        assert callbacks.find(bot.store, bob) is not None
+
+
+def test_forgetting_a_person_ends_their_callback_urls_in_groups(tmp_path, upstream):
+    with member_job_bot(tmp_path, upstream) as bot:
+        bot.send("/job", chat=GROUP, user=ANN)
+        in_group = last_token(upstream)
+        with bot.store.writing() as db:
+            forget_chat(ANN)(db)
+        assert callbacks.find(bot.store, in_group) is None
+
+
+def test_export_lists_a_chats_callback_urls_without_their_digest(fresh_db):
+    callbacks.create(fresh_db, 42, "job", 3600, now=1000.0)
+    with fresh_db.reading() as db:
+        rows = export_chat(db, 42)["callback_tokens"]
+    assert rows == [{"chat_id": 42, "handler": "job", "member": None, "created": 1000.0,
+                     "expires": 4600.0}]
