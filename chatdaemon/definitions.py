@@ -389,7 +389,8 @@ class Compiler:
             return ScheduleAction("stop", str(data["stop"]))
         if "every" not in data:
             raise ConfigError("schedule start needs every (like 60, 30s, 5m, 1h)", where)
-        return ScheduleAction("start", str(data["start"]), parse_duration(data["every"], where))
+        name = _schedule_name(str(data["start"]), _at(data, "start", where))
+        return ScheduleAction("start", name, parse_duration(data["every"], where))
 
     def _pattern(self, item: dict, name: str) -> Pattern | None:
         if "pattern" not in item:
@@ -642,6 +643,7 @@ class Compiler:
         name = item.get("name")
         if not isinstance(name, str) or not name or name == "all":
             raise ConfigError("every schedule needs a name (not 'all')", where)
+        _schedule_name(name, _at(item, "name", where))
         if name in self.result.schedules:
             raise ConfigError(f"duplicate schedule name {name!r}", where)
         if "response" not in item:
@@ -868,6 +870,15 @@ def _at(mapping: Any, key: Any, default: str = "?") -> str:
     if isinstance(mapping, yamlfile.Mapping):
         return mapping.key_where.get(key, mapping.where)
     return default
+
+
+def _schedule_name(name: str, where: str) -> str:
+    """A schedule's name as a handler may start it: '@' is refused here, at load, as
+    ChatHandler.start_schedule would refuse it at run time (NAME@USER_ID is how a group
+    member's schedule is stored)."""
+    if "@" in name:
+        raise ConfigError(f"a schedule name cannot contain '@': {name!r}", where)
+    return name
 
 
 def _conversation_fields(template: Template) -> set[str]:

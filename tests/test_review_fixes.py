@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from chatdaemon import callbacks
+from chatdaemon.bots import load_bot
+from chatdaemon.errors import ConfigError
 from chatdaemon.privacy import export_chat, forget_chat
 from chatdaemon.testing import TestBot
 
@@ -118,3 +122,23 @@ def test_export_lists_a_chats_callback_urls_without_their_digest(fresh_db):
         rows = export_chat(db, 42)["callback_tokens"]
     assert rows == [{"chat_id": 42, "handler": "job", "member": None, "created": 1000.0,
                      "expires": 4600.0}]
+
+
+# -- schedule names: '@' is how a member's schedule is stored ---------------------------------
+
+@pytest.mark.parametrize("yaml_text", [
+    """
+    schedules:
+      - {name: "tick@home", response: "tick"}
+    handlers:
+      - {name: go, response: "ok", schedule: {start: "tick@home", every: 60}}
+    """,
+    """
+    handlers:
+      - {name: go, response: "ok", schedule: {start: "tick@home", every: 60}}
+    """,
+])
+def test_check_refuses_a_schedule_name_with_an_at_sign(tmp_path, yaml_text):
+    (tmp_path / "bot.yaml").write_text(textwrap.dedent(yaml_text))
+    with pytest.raises(ConfigError, match="'@'"):
+        load_bot(str(tmp_path))
