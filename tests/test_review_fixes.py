@@ -142,3 +142,44 @@ def test_check_refuses_a_schedule_name_with_an_at_sign(tmp_path, yaml_text):
     (tmp_path / "bot.yaml").write_text(textwrap.dedent(yaml_text))
     with pytest.raises(ConfigError, match="'@'"):
         load_bot(str(tmp_path))
+
+
+# -- a one-time reply keyboard of a Python bot -----------------------------------------------
+
+ONE_TIME = '''
+from chatdaemon import ChatHandler
+
+
+class Order(ChatHandler):
+    def on_chat_message(self, msg):
+        text = msg.get("text")
+        if text == "/order":
+            self.sender.sendMessage("size?", reply_markup={
+                "keyboard": [["Small", "Large"]], "one_time_keyboard": True})
+        elif text in ("Small", "Large"):
+            self.sender.sendMessage("how many?")
+        else:
+            self.sender.sendMessage(f"got {text}")
+'''
+
+
+@pytest.fixture
+def order(tmp_path):
+    (tmp_path / "bot.yaml").write_text("python: order:Order\n")
+    (tmp_path / "order.py").write_text(ONE_TIME)
+    with TestBot(str(tmp_path)) as bot:
+        yield bot
+
+
+def test_a_one_time_keyboard_picks_once_then_numbers_are_text(order):
+    order.send("/order", chat=7)
+    order.send("2", chat=7)          # picks Large; Telegram hides the keyboard now
+    order.send("2", chat=7)          # the answer to "how many?"
+    assert order.replies(7) == ["size?", "how many?", "got 2"]
+
+
+def test_a_one_time_keyboard_tapped_is_gone_too(order):
+    order.send("/order", chat=7)
+    order.send("Small", chat=7)
+    order.send("1", chat=7)
+    assert order.replies(7) == ["size?", "how many?", "got 1"]
