@@ -146,13 +146,23 @@ def rendered_values(text: str) -> list[Any]:
     if not text:
         return []
     try:
-        value = json.loads(text)
+        value = literal_of(text)
     except ValueError:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            value = text
+        value = text
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def literal_of(text: str) -> Any:
+    """The value a template rendered as text: JSON (`| tojson`), or a Python-looking literal
+    (as `{{ a_list }}` renders one); ValueError when it is neither. Nothing is evaluated."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"not a value: {text[:60]!r}") from None
 
 
 @dataclass

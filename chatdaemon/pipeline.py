@@ -13,7 +13,6 @@ chat's data.
 
 from __future__ import annotations
 
-import ast
 import base64
 import hashlib
 import html
@@ -26,7 +25,7 @@ from typing import Any
 
 from . import callbacks, handoffs
 from .chathandler import ChatHandler
-from .definitions import Definitions, Handler, Media, Response
+from .definitions import Definitions, Handler, Media, Response, literal_of
 from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
 from .media import media_value
@@ -540,13 +539,10 @@ def rendered_rows(template: Template, context: dict) -> list[list[Any]]:
     if not text:
         return []
     try:
-        value = json.loads(text)
+        value = literal_of(text)
     except ValueError:
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise TemplateError(template.where, "the keyboard must render to a list of rows, "
-                                f"not {text[:60]!r}") from None
+        raise TemplateError(template.where, "the keyboard must render to a list of rows, "
+                            f"not {text[:60]!r}") from None
     if not isinstance(value, (list, tuple)):
         raise TemplateError(template.where, f"the keyboard must render to a list of rows, not "
                             f"{type(value).__name__}")
