@@ -79,7 +79,7 @@ def forget_member(chat_id: int, member: int):
         conversations.forget_member(db, chat_id, member)
         callbacks.forget(db, chat_id, member)
         db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
-                   " AND kind = ? AND json_extract(payload, '$.member') = ?",
+                   " AND kind = ? AND json_extract(payload, '$.callback.member') = ?",
                    (chat_id, callbacks.KIND, member))
         db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                    " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))

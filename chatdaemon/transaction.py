@@ -162,7 +162,8 @@ class UpdateTransaction:
         self._answered: set[str] = set()
         self._moved_to: int | None = None
         self._refused = False        # a send of this transaction met a rejected token
-        self.moved_on = False        # listener.wait took later rows: the caller's list is stale
+        self.moved_on = False        # the caller's list of pending rows is stale (listener.wait
+                                     # took later rows, or a commit's other writes changed them)
         # the handler: made on the first update, dropped when it ends (see _end_handler)
         self._handler: Handler | None = None
         self._opened = False         # its start (open) ran
@@ -395,6 +396,10 @@ class UpdateTransaction:
             update_id, conversation if changed else None, moved_to=self._moved_to,
             guard=self._guard, writes=staged))
         self._staged, self._wake = [], set()
+        if staged:
+            # the update's other writes may have changed this chat's pending rows (/forget
+            # marks a member's queued results done): the caller's list of them is stale
+            self.moved_on = True
         if wake:
             self._slot.wake(sorted(wake))  # after the commit: their rows exist now
         self._before = after

@@ -107,6 +107,23 @@ def test_a_members_forget_in_a_group_ends_only_their_callback_urls(tmp_path, ups
         assert callbacks.find(bot.store, bob) is not None
 
 
+def test_a_members_result_waiting_in_the_inbox_goes_with_their_forget(tmp_path, upstream):
+    with member_job_bot(tmp_path, upstream) as bot:
+        bot.send("/name ann", chat=GROUP, user=ANN)
+        bot.send("/name bob", chat=GROUP, user=BOB)
+        bot.send("/job", chat=GROUP, user=ANN)
+        ann = last_token(upstream)
+        bot.send("/job", chat=GROUP, user=BOB)
+        bob = last_token(upstream)
+        bot.replies(GROUP)
+        callbacks.deliver(bot.store, ann, {"n": 1})
+        callbacks.deliver(bot.store, bob, {"n": 2})
+        bot.send("/forget", chat=GROUP, user=ANN)   # handled before the results (update order)
+        assert bot.replies(GROUP) == ["Done: I deleted our conversation in this group.",
+                                      "done for bob: 2"]
+        assert bot.store.pending(GROUP) == []
+
+
 def test_forgetting_a_person_ends_their_callback_urls_in_groups(tmp_path, upstream):
     with member_job_bot(tmp_path, upstream) as bot:
         bot.send("/job", chat=GROUP, user=ANN)
