@@ -6,14 +6,19 @@ loopback upstream that records the callback URL it is given.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
+from conftest import ROOT
 
 from chatdaemon import callbacks
 from chatdaemon.bots import load_bot
 from chatdaemon.errors import ConfigError
 from chatdaemon.privacy import export_chat, forget_chat
+from chatdaemon.store import Store
 from chatdaemon.testing import TestBot
 
 GROUP, ANN, BOB = -300, 11, 12
@@ -139,6 +144,23 @@ def test_export_lists_a_chats_callback_urls_without_their_digest(fresh_db):
         rows = export_chat(db, 42)["callback_tokens"]
     assert rows == [{"chat_id": 42, "handler": "job", "member": None, "created": 1000.0,
                      "expires": 4600.0}]
+
+
+def test_the_forget_command_counts_and_deletes_the_chats_callback_urls(tmp_path):
+    database = tmp_path / "bot.sqlite3"
+    store = Store(str(database))
+    token = callbacks.create(store, 42, "job", 3600)
+    store.close()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    forgot = subprocess.run([sys.executable, "-m", "chatdaemon", "forget", "--db", str(database),
+                             "42"], capture_output=True, text=True, timeout=60, env=env)
+    assert forgot.returncode == 0, forgot.stderr
+    assert "(1 row(s) deleted" in forgot.stdout
+    store = Store(str(database))
+    try:
+        assert callbacks.find(store, token) is None
+    finally:
+        store.close()
 
 
 # -- schedule names: '@' is how a member's schedule is stored ---------------------------------
