@@ -15,7 +15,9 @@ import pytest
 from conftest import ROOT
 
 from chatdaemon import callbacks
+from chatdaemon.app import build_daemon
 from chatdaemon.bots import load_bot
+from chatdaemon.config import Config
 from chatdaemon.errors import ConfigError
 from chatdaemon.privacy import export_chat, forget_chat
 from chatdaemon.store import Store
@@ -222,3 +224,31 @@ def test_a_one_time_keyboard_tapped_is_gone_too(order):
     order.send("Small", chat=7)
     order.send("1", chat=7)
     assert order.replies(7) == ["size?", "how many?", "got 1"]
+
+
+# -- a reload that brings callback URLs while the hook server is not running ------------------
+
+class _API:
+    """getMe and nothing else: enough to build a daemon that never runs."""
+
+    def call(self, method, params=None, timeout=None):
+        return {"id": 1, "is_bot": True, "username": "testbot"} if method == "getMe" else True
+
+
+def test_a_reload_to_callback_urls_without_a_running_hook_server_keeps_the_bot(
+        tmp_path, upstream, caplog):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "bot.yaml").write_text('handlers:\n  - {name: any, response: "v1"}\n')
+    config = Config(database=str(tmp_path / "bot.sqlite3"), handlers=str(plain))
+    with member_job_bot(tmp_path, upstream) as job:
+        daemon = build_daemon(config, load_bot(str(plain)), _API(),
+                              loader=lambda: (config, job.bot))
+    try:
+        assert daemon.hook_server is None     # the bot it started with needs none
+        old = daemon.bot
+        daemon._reload()
+        assert daemon.bot is old
+        assert "reload failed" in caplog.text and "hook server" in caplog.text
+    finally:
+        daemon.store.close()
