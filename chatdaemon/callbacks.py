@@ -27,6 +27,7 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +141,15 @@ def prune(store: Store, now: float | None = None) -> int:
             return 0
     with store.writing() as db:
         return db.execute("DELETE FROM callback_tokens WHERE expires <= ?", (now,)).rowcount
+
+
+def move(old_chat_id: int, new_chat_id: int) -> Callable[[sqlite3.Connection], None]:
+    """A write for the commit that moves a group's conversation to its supergroup: the
+    callback URLs the group handed out answer in the supergroup from then on."""
+    def write(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE callback_tokens SET chat_id = ? WHERE chat_id = ?",
+                   (new_chat_id, old_chat_id))
+    return write
 
 
 def forget(db: sqlite3.Connection, chat_id: int | None, member: int | None = None) -> None:

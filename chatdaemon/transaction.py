@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from . import callbacks
 from .conversations import member_schedule
 from .errors import (
     Abandoned,
@@ -392,6 +393,8 @@ class UpdateTransaction:
         # a new conversation is saved even unchanged: it is created once, with its first update
         changed = after != self._before or conversation.is_new or self._moved_to is not None
         staged, wake = self._staged, self._wake
+        if self._moved_to is not None:   # the group's callback URLs go along with it
+            staged = [*staged, callbacks.move(self.chat_id, self._moved_to)]
         self._retry_commit(lambda: self.store.finish(
             update_id, conversation if changed else None, moved_to=self._moved_to,
             guard=self._guard, writes=staged))

@@ -91,6 +91,22 @@ def test_a_handler_name_that_looks_like_a_member_mark_is_kept_as_written(fresh_d
     assert callbacks.find(fresh_db, token).handler == '{"handler": "x", "member": 1}'
 
 
+def test_a_result_for_a_group_that_became_a_supergroup_answers_in_the_supergroup(
+        tmp_path, upstream):
+    supergroup = -1000000000300
+    with member_job_bot(tmp_path, upstream, mode="per_chat") as bot:
+        bot.send("/name team", chat=GROUP, user=ANN)
+        bot.send("/job", chat=GROUP, user=ANN)
+        token = last_token(upstream)
+        bot.send(None, chat=GROUP, user=ANN, migrate_to_chat_id=supergroup)
+        bot.send("/name crew", chat=supergroup, user=ANN)
+        bot.replies()
+        assert callbacks.find(bot.store, token).chat_id == supergroup
+        callbacks.deliver(bot.store, token, {"n": 4})
+        bot.run(supergroup)
+        assert bot.replies(supergroup) == ["done for crew: 4"]
+
+
 # -- forgetting a chat or a member forgets the callback URLs it handed out --------------------
 
 def test_forgetting_a_chat_makes_its_callback_urls_unknown(fresh_db):
