@@ -19,6 +19,7 @@ from chatdaemon.app import build_daemon
 from chatdaemon.bots import load_bot
 from chatdaemon.config import Config
 from chatdaemon.errors import ConfigError
+from chatdaemon.media import MediaError, media_value
 from chatdaemon.privacy import export_chat, forget_chat
 from chatdaemon.store import Store
 from chatdaemon.testing import TestBot
@@ -268,3 +269,46 @@ def test_a_reload_to_callback_urls_without_a_running_hook_server_keeps_the_bot(
         assert "reload failed" in caplog.text and "hook server" in caplog.text
     finally:
         daemon.store.close()
+
+
+# -- a database in the bot's directory is never sent ------------------------------------------
+
+DOWNLOADS = """
+handlers:
+  - name: get
+    pattern: '^/get (?P<f>.+)$'
+    response: {document: "{{ pattern.f }}", caption: "here"}
+"""
+
+
+@pytest.fixture
+def bot_with_database(tmp_path):
+    """A bot run from its own directory: the daemon's database (open, so with its WAL) is
+    beside the definitions, and a copy of it under another name too."""
+    directory = tmp_path / "bot"
+    (directory / "backup").mkdir(parents=True)
+    (directory / "bot.yaml").write_text(DOWNLOADS)
+    (directory / "notes.txt").write_text("hello\n")
+    store = Store(str(directory / "chatdaemon.sqlite3"))
+    store.add_local([(5, "hook", {"message": {"text": "a private message"}})])
+    (directory / "backup" / "old.bin").write_bytes((directory / "chatdaemon.sqlite3").read_bytes())
+    yield directory
+    store.close()
+
+
+@pytest.mark.parametrize("value", ["chatdaemon.sqlite3", "chatdaemon.sqlite3-wal",
+                                   "chatdaemon.sqlite3-shm", "backup/old.bin"])
+def test_the_database_and_its_wal_are_never_sent(bot_with_database, value):
+    assert (bot_with_database / value).exists()
+    with pytest.raises(MediaError) as caught:
+        media_value(str(bot_with_database), "document", value, "w")
+    assert "database" in caught.value.reason
+
+
+def test_a_user_asking_for_the_database_by_name_gets_the_error_text(bot_with_database):
+    with TestBot(str(bot_with_database)) as bot:
+        bot.send("/get notes.txt", chat=7)
+        assert bot.calls[-1].method == "sendDocument"
+        bot.send("/get chatdaemon.sqlite3", chat=7)
+        assert [call.method for call in bot.calls[1:]] == ["sendMessage"]
+        assert bot.replies(7)[-1] == bot.bot.error_text
