@@ -312,3 +312,17 @@ def test_a_user_asking_for_the_database_by_name_gets_the_error_text(bot_with_dat
         bot.send("/get chatdaemon.sqlite3", chat=7)
         assert [call.method for call in bot.calls[1:]] == ["sendMessage"]
         assert bot.replies(7)[-1] == bot.bot.error_text
+
+
+# -- pimonitor's /chart where matplotlib is not installed --------------------------------------
+
+def test_chart_without_matplotlib_starts_no_sampling(monkeypatch):
+    from test_media import PIMONITOR, NotInstalled
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [NotInstalled, *sys.meta_path])
+    with TestBot(str(PIMONITOR)) as bot:
+        bot.send("/chart", chat=7)
+        assert bot.pop().startswith("/chart needs matplotlib")
+        conversation = bot.store.load_conversation(7)
+        assert conversation.schedules == {} and "samples" not in conversation.vars
