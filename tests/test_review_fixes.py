@@ -10,14 +10,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from conftest import ROOT
 
-from chatdaemon import callbacks
+from chatdaemon import callbacks, conversations
 from chatdaemon.app import build_daemon
 from chatdaemon.bots import load_bot
 from chatdaemon.config import Config
+from chatdaemon.conversations import Conversation
 from chatdaemon.errors import ConfigError
 from chatdaemon.media import MediaError, media_value
 from chatdaemon.privacy import export_chat, forget_chat
@@ -200,6 +202,39 @@ def test_check_refuses_a_schedule_name_with_an_at_sign(tmp_path, yaml_text):
     (tmp_path / "bot.yaml").write_text(textwrap.dedent(yaml_text))
     with pytest.raises(ConfigError, match="'@'"):
         load_bot(str(tmp_path))
+
+
+TICKER = '''
+from chatdaemon import ChatHandler
+
+
+class Ticker(ChatHandler):
+    def on_schedule(self, tick):
+        self.sender.sendMessage(f"tick {tick['name']}")
+'''
+
+
+def test_a_chat_schedule_named_with_an_at_sign_before_the_rule_still_ticks(tmp_path):
+    (tmp_path / "bot.yaml").write_text("python: ticker:Ticker\n")
+    (tmp_path / "ticker.py").write_text(TICKER)
+    with TestBot(str(tmp_path)) as bot:
+        with bot.store.writing() as db:   # as an older version saved it
+            conversations.save(db, Conversation(5, None, {}, schedules={
+                "alarm@7": {"every": 60.0}}, saved_schedules={}), time.time())
+        assert bot.store.load_conversation(5).schedules == {"alarm@7": {"every": 60.0}}
+        bot.tick("alarm@7", chat=5)
+        assert bot.replies(5) == ["tick alarm@7"]
+
+
+def test_a_members_schedule_is_still_theirs_alone(fresh_db):
+    with fresh_db.writing() as db:
+        conversations.save(db, Conversation(GROUP, None, {}, schedules={}, saved_schedules={},
+                                            member=ANN), time.time())
+        member = Conversation(GROUP, None, {}, schedules={"tick": {"every": 60.0}},
+                              saved_schedules={}, member=ANN)
+        conversations.save(db, member, time.time())
+    assert fresh_db.load_conversation(GROUP).schedules == {}
+    assert fresh_db.load_conversation(GROUP, ANN).schedules == {"tick": {"every": 60.0}}
 
 
 # -- a one-time reply keyboard of a Python bot -----------------------------------------------
