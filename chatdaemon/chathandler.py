@@ -259,10 +259,12 @@ class SeedTuple(tuple):
 TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"})
 
 
-def keyboard_labels(markup: Any) -> list[str] | None:
+def keyboard_labels(markup: Any) -> list[str | None] | None:
     """The labels of a reply keyboard, in order; [] when the markup removes the keyboard;
     None when it says nothing of one (no markup, inline buttons). Untrusted shapes allowed:
-    a handler may pass the markup as JSON text."""
+    a handler may pass the markup as JSON text. A button that sends something other than its
+    label (a contact, a location, a poll, a web app, users or a chat) counts as None: typing
+    its number cannot stand for tapping it."""
     markup = _markup_of(markup)
     if markup is None:
         return None
@@ -271,13 +273,19 @@ def keyboard_labels(markup: Any) -> list[str] | None:
     rows = markup.get("keyboard")
     if not isinstance(rows, list):
         return None
-    labels = []
+    labels: list[str | None] = []
     for row in rows:
         for button in row if isinstance(row, list) else ():
             label = button.get("text") if isinstance(button, dict) else button
             if isinstance(label, str):
-                labels.append(label)
+                labels.append(None if _sends_more_than_text(button) else label)
     return labels
+
+
+def _sends_more_than_text(button: Any) -> bool:
+    """Whether a tap on a reply keyboard's button sends something else than its label."""
+    return isinstance(button, dict) and any(value for key, value in button.items()
+                                            if key != "text")
 
 
 def _markup_of(markup: Any) -> dict | None:
@@ -486,9 +494,12 @@ class ChatHandler:
         if not typed.isdecimal() or len(typed) > MAX_TYPED_CHOICE \
                 or not 1 <= int(typed) <= len(labels):
             return msg
-        if any(str(label).strip().isdecimal() for label in labels):
+        if any(isinstance(label, str) and label.strip().isdecimal() for label in labels):
             return msg   # a keyboard of numbers: the number typed is the answer
-        return {**msg, "text": str(labels[int(typed) - 1])}
+        picked = labels[int(typed) - 1]
+        if not isinstance(picked, str):
+            return msg   # a button that shares a contact, a location, …: no text stands for it
+        return {**msg, "text": picked}
 
     def on_edited_chat_message(self, msg: dict) -> None:
         """A message of this chat was edited."""

@@ -251,6 +251,12 @@ class Order(ChatHandler):
                 "keyboard": [["Small", "Large"]], "one_time_keyboard": True})
         elif text in ("Small", "Large"):
             self.sender.sendMessage("how many?")
+        elif text == "/where":
+            self.sender.sendMessage("where to?", reply_markup={"keyboard": [
+                [{"text": "Send my location", "request_location": True}],
+                [{"text": "Pick up", "request_location": False}]]})
+        elif msg.get("location"):
+            self.sender.sendMessage("got a location")
         else:
             self.sender.sendMessage(f"got {text}")
 '''
@@ -361,3 +367,11 @@ def test_chart_without_matplotlib_starts_no_sampling(monkeypatch):
         assert bot.pop().startswith("/chart needs matplotlib")
         conversation = bot.store.load_conversation(7)
         assert conversation.schedules == {} and "samples" not in conversation.vars
+
+
+def test_a_number_never_stands_for_a_button_that_shares_a_location(order):
+    order.send("/where", chat=7)
+    order.send("1", chat=7)          # a tap would send a location, not this label as text
+    order.send("2", chat=7)
+    order.send(None, chat=7, location={"latitude": 1.5, "longitude": 2.5})
+    assert order.replies(7) == ["where to?", "got 1", "got Pick up", "got a location"]
