@@ -10,7 +10,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from test_e2e_callbacks import free_port, post, start_with_hooks
+from conftest import wait_until
+from test_e2e_callbacks import free_port, pending, post, start_with_hooks
 
 GROUP, ANN, BOB = -4001, 11, 12
 FORGOTTEN = "Done: I deleted our conversation in this group."
@@ -71,6 +72,8 @@ def test_each_members_result_meets_their_conversation_and_forget_ends_their_urls
 
     sent.append(FORGOTTEN)
     say(telegram, ANN, "/forget", sent)
+    # the answer goes out before the update commits: wait for the commit
+    assert wait_until(lambda: pending(daemon.db) == 0, timeout=15), daemon.log()
     assert post(port, ann, b'{"n": 5}')[0] == 404
     assert post(port, bob, b'{"n": 3}')[0] == 202
     sent.append("done for bob: 3")   # also the sentinel: a result for Ann would come first
