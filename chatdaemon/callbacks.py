@@ -40,6 +40,9 @@ DEFAULT_EXPIRY = 24 * 3600.0      # seconds a callback URL is accepted
 PATH = "/callbacks/"              # the hook server's path; the token follows it
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _JSON_MARK = '{"handler": '        # how a handler column holding JSON starts
+# SQL: the member a token's handler column names, or NULL (never an error on a plain name)
+_MEMBER = (f"(CASE WHEN substr(handler, 1, {len(_JSON_MARK)}) = '{_JSON_MARK}'"
+           " AND json_valid(handler) THEN json_extract(handler, '$.member') END)")
 
 
 @dataclass(frozen=True)
@@ -158,17 +161,15 @@ def forget(db: sqlite3.Connection, chat_id: int | None, member: int | None = Non
     if member is None:
         db.execute("DELETE FROM callback_tokens WHERE chat_id = ?", (chat_id,))
         return
-    db.execute("DELETE FROM callback_tokens WHERE (? IS NULL OR chat_id = ?)"
-               " AND handler LIKE '{%' AND json_valid(handler)"
-               " AND json_extract(handler, '$.member') = ?", (chat_id, chat_id, member))
+    db.execute(f"DELETE FROM callback_tokens WHERE (? IS NULL OR chat_id = ?) AND {_MEMBER} = ?",
+               (chat_id, chat_id, member))
 
 
 def export(db: sqlite3.Connection, chat_id: int) -> list[dict[str, Any]]:
     """The tokens a chat (or a person, as a group member) handed out, as export shows them:
     never the digest."""
     rows = db.execute("SELECT chat_id, handler, created, expires FROM callback_tokens"
-                      " WHERE chat_id = ? OR (handler LIKE '{%' AND json_valid(handler)"
-                      " AND json_extract(handler, '$.member') = ?) ORDER BY created",
+                      f" WHERE chat_id = ? OR {_MEMBER} = ? ORDER BY created",
                       (chat_id, chat_id)).fetchall()
     found = [_callback(row) for row in rows]
     return [{"chat_id": c.chat_id, "handler": c.handler, "member": c.member,

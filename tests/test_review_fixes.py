@@ -159,6 +159,14 @@ def test_forgetting_a_person_ends_their_callback_urls_in_groups(tmp_path, upstre
         assert callbacks.find(bot.store, in_group) is None
 
 
+def test_forgetting_a_person_skips_handler_names_that_only_look_like_json(fresh_db):
+    kept = [callbacks.create(fresh_db, 42, name, 3600) for name in ("{oops", "{}", "[1]",
+                                                                '{"member": 11}')]
+    with fresh_db.writing() as db:
+        forget_chat(ANN)(db)
+    assert all(callbacks.find(fresh_db, token) is not None for token in kept)
+
+
 def test_export_lists_a_chats_callback_urls_without_their_digest(fresh_db):
     callbacks.create(fresh_db, 42, "job", 3600, now=1000.0)
     with fresh_db.reading() as db:
