@@ -7,36 +7,12 @@ callback URL it is given. All waits are bounded conditions.
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 from conftest import wait_until
 from test_e2e_callbacks import free_port, pending, post, start_with_hooks
+from test_review_fixes import write_member_jobs
 
 GROUP, ANN, BOB = -4001, 11, 12
 FORGOTTEN = "Done: I deleted our conversation in this group."
-
-
-def write_bot(tmp_path: Path, upstream) -> Path:
-    directory = tmp_path / "jobs"
-    directory.mkdir()
-    (directory / "bot.yaml").write_text(textwrap.dedent(f"""
-        conversation: per_user
-        handlers:
-          - name: name
-            pattern: '^/name (?P<n>\\w+)$'
-            response: "hello {{{{ pattern.n }}}}"
-            save: {{who: "{{{{ pattern.n }}}}"}}
-          - name: job
-            pattern: '^/job$'
-            request:
-              method: POST
-              url: "http://127.0.0.1:{upstream.server_port}/jobs"
-              json: {{callback: "{{{{ conversation.callback_url }}}}"}}
-            response: "started"
-            on_callback: "done for {{{{ vars.who }}}}: {{{{ callback.data.n }}}}"
-    """).lstrip())
-    return directory
 
 
 def say(telegram, user: int, text: str, expected: list[str]) -> None:
@@ -49,7 +25,8 @@ def say(telegram, user: int, text: str, expected: list[str]) -> None:
 def test_each_members_result_meets_their_conversation_and_forget_ends_their_urls(
         telegram, start_daemon, tmp_path, upstream):
     port = free_port()
-    daemon = start_with_hooks(start_daemon, write_bot(tmp_path, upstream), port)
+    bot = write_member_jobs(tmp_path / "jobs", upstream.server_port)
+    daemon = start_with_hooks(start_daemon, bot, port)
     sent = ["hello ann"]
     say(telegram, ANN, "/name ann", sent)
     sent.append("hello bob")

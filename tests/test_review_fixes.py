@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -31,28 +32,48 @@ GROUP, ANN, BOB = -300, 11, 12
 
 # -- a callback URL handed out in a group keeping a conversation per member ------------------
 
-def member_job_bot(tmp_path, upstream, mode: str = "per_user") -> TestBot:
-    directory = tmp_path / "bot"
+MEMBER_JOBS = """
+conversation: {mode}
+handlers:
+  - name: name
+    pattern: '^/name (?P<n>\\w+)$'
+    response: "hello {{{{ pattern.n }}}}"
+    save: {{who: "{{{{ pattern.n }}}}"}}
+  - name: job
+    pattern: '^/job$'
+    request:
+      method: POST
+      url: "http://127.0.0.1:{port}/jobs"
+      json: {{callback: "{{{{ conversation.callback_url }}}}"}}
+    response: "started"
+    on_callback: "done for {{{{ vars.who }}}}: {{{{ callback.data.n }}}}"
+"""
+
+
+def write_member_jobs(directory: Path, port: int, mode: str = "per_user") -> Path:
+    """A bot whose /job hands its upstream (on `port`) a callback URL; each member of a group
+    is /name'd in their own conversation (per_user), and the result says whose it is."""
     directory.mkdir()
-    (directory / "bot.yaml").write_text(textwrap.dedent(f"""
-        conversation: {mode}
-        handlers:
-          - name: name
-            pattern: '^/name (?P<n>\\w+)$'
-            response: "hello {{{{ pattern.n }}}}"
-            save: {{who: "{{{{ pattern.n }}}}"}}
-          - name: job
-            pattern: '^/job$'
-            request:
-              method: POST
-              url: "http://127.0.0.1:{upstream.server_port}/jobs"
-              json: {{callback: "{{{{ conversation.callback_url }}}}"}}
-            response: "started"
-            on_callback: "done for {{{{ vars.who }}}}: {{{{ callback.data.n }}}}"
-    """))
-    bot = TestBot(str(directory))
+    (directory / "bot.yaml").write_text(MEMBER_JOBS.format(mode=mode, port=port))
+    return directory
+
+
+def member_job_bot(tmp_path, upstream, mode: str = "per_user") -> TestBot:
+    bot = TestBot(str(write_member_jobs(tmp_path / "bot", upstream.server_port, mode)))
     bot.bot.pipeline.callback_base = "https://pi.example.org/bot"
     return bot
+
+
+def two_members_jobs(bot: TestBot, upstream) -> tuple[str, str]:
+    """Ann and Bob name themselves and each start a job: their callback tokens."""
+    bot.send("/name ann", chat=GROUP, user=ANN)
+    bot.send("/name bob", chat=GROUP, user=BOB)
+    bot.send("/job", chat=GROUP, user=ANN)
+    ann = last_token(upstream)
+    bot.send("/job", chat=GROUP, user=BOB)
+    bob = last_token(upstream)
+    bot.replies(GROUP)
+    return ann, bob
 
 
 def last_token(upstream) -> str:
@@ -61,13 +82,7 @@ def last_token(upstream) -> str:
 
 def test_a_members_result_meets_that_members_conversation(tmp_path, upstream):
     with member_job_bot(tmp_path, upstream) as bot:
-        bot.send("/name ann", chat=GROUP, user=ANN)
-        bot.send("/name bob", chat=GROUP, user=BOB)
-        bot.send("/job", chat=GROUP, user=ANN)
-        ann = last_token(upstream)
-        bot.send("/job", chat=GROUP, user=BOB)
-        bob = last_token(upstream)
-        bot.replies(GROUP)
+        ann, bob = two_members_jobs(bot, upstream)
         callbacks.deliver(bot.store, bob, {"n": 2})
         callbacks.deliver(bot.store, ann, {"n": 1})
         bot.run(GROUP)
@@ -135,13 +150,7 @@ def test_a_members_forget_in_a_group_ends_only_their_callback_urls(tmp_path, ups
 
 def test_a_members_result_waiting_in_the_inbox_goes_with_their_forget(tmp_path, upstream):
     with member_job_bot(tmp_path, upstream) as bot:
-        bot.send("/name ann", chat=GROUP, user=ANN)
-        bot.send("/name bob", chat=GROUP, user=BOB)
-        bot.send("/job", chat=GROUP, user=ANN)
-        ann = last_token(upstream)
-        bot.send("/job", chat=GROUP, user=BOB)
-        bob = last_token(upstream)
-        bot.replies(GROUP)
+        ann, bob = two_members_jobs(bot, upstream)
         callbacks.deliver(bot.store, ann, {"n": 1})
         callbacks.deliver(bot.store, bob, {"n": 2})
         bot.send("/forget", chat=GROUP, user=ANN)   # handled before the results (update order)
