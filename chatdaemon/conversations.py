@@ -163,6 +163,15 @@ def forget_member(db: sqlite3.Connection, chat_id: int | None, member: int) -> N
                (chat_id, pattern))
 
 
+def stop_member_schedule(db: sqlite3.Connection, chat_id: int, name: str, member: int) -> int:
+    """Delete a member's schedule stored as `name` (NAME@USER_ID); 0 when `member` has no
+    conversation in the chat (then the name is a chat's own, from before '@' was refused)."""
+    return db.execute(
+        "DELETE FROM schedules WHERE chat_id = ? AND name = ? AND EXISTS (SELECT 1 FROM"
+        " member_conversations WHERE chat_id = ? AND user_id = ?)",
+        (chat_id, name, chat_id, member)).rowcount
+
+
 def prune_button_tokens(db: sqlite3.Connection, before: float) -> int:
     """Delete long button data last sent before `before`, and any whose chat's conversations
     are gone (forgotten or pruned): a press of such a button is answered as expired."""

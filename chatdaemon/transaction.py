@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from . import callbacks
+from . import callbacks, conversations
 from .conversations import member_schedule
 from .errors import (
     Abandoned,
@@ -282,6 +282,24 @@ class UpdateTransaction:
         if member != self._conversation.member:
             self._conversation.take(self.store.load_conversation(self.chat_id, member))
 
+    def _stop_orphan_schedule(self, row: InboxRow) -> None:
+        """A group member's schedule ticking for a bot that now keeps one conversation per
+        chat (reloaded from `conversation: per_user`): no conversation runs it any more, so
+        it stops with this tick's commit (the member's conversation itself is kept)."""
+        name = payload_of(row).get("name")
+        if row.kind != "schedule" or self._per_member() or not isinstance(name, str):
+            return
+        member = member_schedule(name)[1]
+        if member is None:
+            return
+        chat_id = self.chat_id
+
+        def stop(db: Any) -> None:
+            if conversations.stop_member_schedule(db, chat_id, name, member):
+                log.info("chat %s: stopped schedule %s of member %s: the bot keeps one "
+                         "conversation per chat now", chat_id, name, member)
+        self.stage(stop)
+
     def _payload_of(self, row: InboxRow) -> dict:
         """What the handler receives; a member's schedule tick under the name it started."""
         payload = payload_of(row)
@@ -295,6 +313,7 @@ class UpdateTransaction:
         self._serve_member(row)
         self._row = row
         self._staged, self._wake = [], set()
+        self._stop_orphan_schedule(row)
         self._before = self._conversation.snapshot()
         self._checked = None
         self._slot.handling(row.update_id)

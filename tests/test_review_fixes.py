@@ -254,6 +254,45 @@ def test_a_members_schedule_is_still_theirs_alone(fresh_db):
     assert fresh_db.load_conversation(GROUP, ANN).schedules == {"tick": {"every": 60.0}}
 
 
+REMINDERS = """
+conversation: {mode}
+schedules:
+  - name: remind
+    response: "reminder for {{{{ vars.who }}}}"
+handlers:
+  - name: name
+    pattern: '^/name (?P<n>\\w+)$'
+    response: "hello {{{{ pattern.n }}}}"
+    save: {{who: "{{{{ pattern.n }}}}"}}
+    schedule: {{start: remind, every: 60}}
+"""
+
+
+def schedule_names(bot: TestBot) -> list[str]:
+    with bot.store.reading() as db:
+        return sorted(name for (name,) in db.execute("SELECT name FROM schedules"))
+
+
+def test_a_members_schedule_stops_once_the_bot_keeps_one_conversation_per_chat(tmp_path):
+    (tmp_path / "bot.yaml").write_text(REMINDERS.format(mode="per_user"))
+    with TestBot(str(tmp_path)) as bot:
+        bot.send("/name ann", chat=GROUP, user=ANN)
+        bot.tick(f"remind@{ANN}", chat=GROUP)
+        assert bot.replies(GROUP) == ["hello ann", "reminder for ann"]
+
+        (tmp_path / "bot.yaml").write_text(REMINDERS.format(mode="per_chat"))   # a reload
+        bot.end(GROUP, "reload")
+        bot.bot = load_bot(str(tmp_path))
+        bot.tick(f"remind@{ANN}", chat=GROUP)   # no conversation runs it any more
+        assert bot.replies(GROUP) == []
+        assert schedule_names(bot) == []
+        assert bot.store.load_conversation(GROUP, ANN).vars == {"who": "ann"}   # kept
+        bot.send("/name team", chat=GROUP, user=BOB)
+        bot.tick("remind", chat=GROUP)
+        assert bot.replies(GROUP) == ["hello team", "reminder for team"]
+        assert schedule_names(bot) == ["remind"]
+
+
 # -- a one-time reply keyboard of a Python bot -----------------------------------------------
 
 ONE_TIME = '''
