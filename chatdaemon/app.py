@@ -334,6 +334,8 @@ class Daemon:
             log.error("reload failed; the running bot stays as it was: %s: %s",
                       type(exc).__name__, exc, exc_info=True)
             return
+        if not self._hook_server_serves(bot):
+            return
         for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout"):
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("reload: %s changed; that takes effect only after a restart", name)
@@ -343,6 +345,24 @@ class Daemon:
         self.delegator.swap(bot, **delegate_limits(config))
         self.sender.limiter = self.sender.limiter.with_limits(config.limits)
         log.info("reloaded: %s (open chats switch at their next update)", bot.directory)
+
+    def _hook_server_serves(self, bot: Bot) -> bool:
+        """Whether a reloaded bot can run with the hook server as it is (it starts only with
+        the daemon); False, after saying why, for one whose callback requests would each
+        fail: the running bot stays."""
+        if self.hook_server is not None:
+            return True
+        if bot.definitions.callback_handlers:
+            name, where = bot.definitions.callback_handlers[0]
+            log.error("reload failed; the running bot stays as it was: %s: handler %s hands "
+                      "out conversation.callback_url, but the hook server that takes the "
+                      "results is not running (it starts with a bot that needs it): restart "
+                      "the daemon instead", where, name)
+            return False
+        if bot.hooks:
+            log.warning("reload: the bot defines hooks but the hook server is not running; "
+                        "they take effect after a restart")
+        return True
 
     def _shut_down(self) -> None:
         self.delegator.begin_stop()  # before the stop event, so no delegate picks up more

@@ -68,6 +68,7 @@ MIN_SCHEDULE_SECONDS = 5
 DAEMON_TIMERS = "chatdaemon."   # schedules the daemon keeps for a chat (handoff, session)
 
 KEYBOARD = "chatdaemon:keyboard"   # state_context key: the labels of the latest reply keyboard
+KEYBOARD_ONCE = "chatdaemon:keyboard_once"   # and whether it is one-time (it picks once)
 MAX_TYPED_CHOICE = 3               # digits of a typed number that picks a keyboard's option
 
 # Methods that take no chat_id: the sender must not add one.
@@ -258,29 +259,43 @@ class SeedTuple(tuple):
 TELEPOT_OPTIONS = frozenset({"timeout", "include_callback_query", "event_space"})
 
 
-def keyboard_labels(markup: Any) -> list[str] | None:
+def keyboard_labels(markup: Any) -> list[str | None] | None:
     """The labels of a reply keyboard, in order; [] when the markup removes the keyboard;
     None when it says nothing of one (no markup, inline buttons). Untrusted shapes allowed:
-    a handler may pass the markup as JSON text."""
-    if isinstance(markup, str):
-        try:
-            markup = json.loads(markup)
-        except ValueError:
-            return None
-    if not isinstance(markup, dict):
+    a handler may pass the markup as JSON text. A button that sends something other than its
+    label (a contact, a location, a poll, a web app, users or a chat) counts as None: typing
+    its number cannot stand for tapping it."""
+    markup = _markup_of(markup)
+    if markup is None:
         return None
     if markup.get("remove_keyboard"):
         return []
     rows = markup.get("keyboard")
     if not isinstance(rows, list):
         return None
-    labels = []
+    labels: list[str | None] = []
     for row in rows:
         for button in row if isinstance(row, list) else ():
             label = button.get("text") if isinstance(button, dict) else button
             if isinstance(label, str):
-                labels.append(label)
+                labels.append(None if _sends_more_than_text(button) else label)
     return labels
+
+
+def _sends_more_than_text(button: Any) -> bool:
+    """Whether a tap on a reply keyboard's button sends something else than its label."""
+    return isinstance(button, dict) and any(value for key, value in button.items()
+                                            if key != "text")
+
+
+def _markup_of(markup: Any) -> dict | None:
+    """reply_markup as a dict (a handler may pass it as JSON text); None if it is not one."""
+    if isinstance(markup, str):
+        try:
+            markup = json.loads(markup)
+        except ValueError:
+            return None
+    return markup if isinstance(markup, dict) else None
 
 
 @functools.cache
@@ -450,26 +465,41 @@ class ChatHandler:
     def _remember_keyboard(self, params: dict) -> None:
         """A message went out: its reply keyboard's labels are what a typed number picks
         from (kept with the conversation); a keyboard removed picks nothing."""
-        labels = keyboard_labels(params.get("reply_markup"))
+        markup = params.get("reply_markup")
+        labels = keyboard_labels(markup)
+        kept = self._conversation.state_context
         if labels:
-            self._conversation.state_context[KEYBOARD] = labels
+            kept[KEYBOARD] = labels
+            if (_markup_of(markup) or {}).get("one_time_keyboard") is True:
+                kept[KEYBOARD_ONCE] = True
+            else:
+                kept.pop(KEYBOARD_ONCE, None)
         elif labels is not None:
-            self._conversation.state_context.pop(KEYBOARD, None)
+            kept.pop(KEYBOARD, None)
+            kept.pop(KEYBOARD_ONCE, None)
 
     def _picked(self, msg: dict) -> dict:
         """The message as if the option a typed number picks had been tapped (its label as
         the text); the message as it is otherwise."""
         text = msg.get("text")
-        labels = self._conversation.state_context.get(KEYBOARD)
+        kept = self._conversation.state_context
+        labels = kept.get(KEYBOARD)
+        if kept.pop(KEYBOARD_ONCE, None):
+            # a one-time keyboard hides once used: this message is its only pick, and a
+            # number typed after it is text (the answer to whatever the bot asks next)
+            kept.pop(KEYBOARD, None)
         if not isinstance(text, str) or not isinstance(labels, list):
             return msg
         typed = text.strip()
         if not typed.isdecimal() or len(typed) > MAX_TYPED_CHOICE \
                 or not 1 <= int(typed) <= len(labels):
             return msg
-        if any(str(label).strip().isdecimal() for label in labels):
+        if any(isinstance(label, str) and label.strip().isdecimal() for label in labels):
             return msg   # a keyboard of numbers: the number typed is the answer
-        return {**msg, "text": str(labels[int(typed) - 1])}
+        picked = labels[int(typed) - 1]
+        if not isinstance(picked, str):
+            return msg   # a button that shares a contact, a location, …: no text stands for it
+        return {**msg, "text": picked}
 
     def on_edited_chat_message(self, msg: dict) -> None:
         """A message of this chat was edited."""

@@ -525,7 +525,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
         store.close()
     kept = sum(len(found.get(table, [])) for table in ("conversations", "handoffs",
                                                         "handoff_messages", "schedules",
-                                                        "member_conversations"))
+                                                        "member_conversations",
+                                                        "callback_tokens"))
     print(f"chatdaemon: forgot chat {args.chat_id} ({kept} row(s) deleted, "
           f"{sum(row['done'] for row in found['inbox'])} handled update(s) blanked)")
     return EXIT_OK

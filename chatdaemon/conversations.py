@@ -61,7 +61,7 @@ def load(db: sqlite3.Connection, chat_id: int, member: int | None = None) -> Con
                          " WHERE chat_id = ? AND user_id = ?", (chat_id, member)).fetchone()
     if row is None:  # a chat's schedules are only ever written with its conversation row
         return Conversation(chat_id, None, {}, is_new=True, saved_schedules={}, member=member)
-    running = _own_schedules(schedules.of_chat(db, chat_id), member)
+    running = _own_schedules(db, chat_id, member)
     return Conversation(chat_id, row[0], json.loads(row[1]), json.loads(row[2]),
                         running, saved_schedules={name: dict(spec) for name, spec in running.items()},
                         member=member)
@@ -90,7 +90,7 @@ def save(db: sqlite3.Connection, conversation: Conversation, now: float) -> None
         member = conversation.member
         saved = conversation.saved_schedules
         if saved is None:   # not known: what the database holds for this conversation alone
-            saved = _own_schedules(schedules.of_chat(db, conversation.chat_id), member)
+            saved = _own_schedules(db, conversation.chat_id, member)
         schedules.save(db, conversation.chat_id, _stored_names(saved, member),
                        _stored_names(conversation.schedules, member), now)
 
@@ -103,11 +103,22 @@ def member_schedule(name: str) -> tuple[str, int | None]:
     return name, None
 
 
-def _own_schedules(running: dict[str, dict], member: int | None) -> dict[str, dict]:
-    """The schedules of one conversation among its chat's: the chat's own, or a member's."""
+def _own_schedules(db: sqlite3.Connection, chat_id: int, member: int | None) -> dict[str, dict]:
+    """The schedules of one conversation among its chat's: the chat's own, or a member's.
+
+    NAME@USER_ID is a member's only when that member has a conversation in the chat (its
+    schedules are written with it): a chat's schedule named so before '@' was refused
+    (`alarm@7`) stays the chat's."""
+    running = schedules.of_chat(db, chat_id)
+    members: set[int] = set()
+    if any(MEMBER_MARK in name for name in running):
+        members = {user for (user,) in db.execute(
+            "SELECT user_id FROM member_conversations WHERE chat_id = ?", (chat_id,))}
     own = {}
     for name, spec in running.items():
         base, owner = member_schedule(name)
+        if owner not in members:
+            base, owner = name, None
         if owner == member:
             own[base] = spec
     return own
@@ -150,6 +161,15 @@ def forget_member(db: sqlite3.Connection, chat_id: int | None, member: int) -> N
     db.execute(f"UPDATE inbox SET done = 1, payload = '{{}}' WHERE {chats} AND done = 0"
                " AND kind = 'schedule' AND json_extract(payload, '$.schedule.name') LIKE ?",
                (chat_id, pattern))
+
+
+def stop_member_schedule(db: sqlite3.Connection, chat_id: int, name: str, member: int) -> int:
+    """Delete a member's schedule stored as `name` (NAME@USER_ID); 0 when `member` has no
+    conversation in the chat (then the name is a chat's own, from before '@' was refused)."""
+    return db.execute(
+        "DELETE FROM schedules WHERE chat_id = ? AND name = ? AND EXISTS (SELECT 1 FROM"
+        " member_conversations WHERE chat_id = ? AND user_id = ?)",
+        (chat_id, name, chat_id, member)).rowcount
 
 
 def prune_button_tokens(db: sqlite3.Connection, before: float) -> int:

@@ -139,18 +139,6 @@ def chat_id_of(value: Any, source: str | None = None) -> int:
     return value
 
 
-def rendered_literal(text: str) -> Any:
-    """The value a template's output spells: JSON (`| tojson`), or a Python-looking literal
-    (what `{{ data.ids }}` renders a list to). ValueError when it is neither."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise ValueError(f"not a JSON or Python literal: {text[:60]!r}") from None
-
-
 def rendered_values(text: str) -> list[Any]:
     """The values a recipients template rendered to: a list gives its items, anything else
     (a literal or plain text) is one value."""
@@ -158,10 +146,23 @@ def rendered_values(text: str) -> list[Any]:
     if not text:
         return []
     try:
-        value = rendered_literal(text)
+        value = literal_of(text)
     except ValueError:
         value = text
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def literal_of(text: str) -> Any:
+    """The value a template rendered as text: JSON (`| tojson`), or a Python-looking literal
+    (as `{{ a_list }}` renders one); ValueError when it is neither. Nothing is evaluated."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"not a value: {text[:60]!r}") from None
 
 
 @dataclass
@@ -398,7 +399,8 @@ class Compiler:
             return ScheduleAction("stop", str(data["stop"]))
         if "every" not in data:
             raise ConfigError("schedule start needs every (like 60, 30s, 5m, 1h)", where)
-        return ScheduleAction("start", str(data["start"]), parse_duration(data["every"], where))
+        name = _schedule_name(str(data["start"]), _at(data, "start", where))
+        return ScheduleAction("start", name, parse_duration(data["every"], where))
 
     def _pattern(self, item: dict, name: str) -> Pattern | None:
         if "pattern" not in item:
@@ -651,6 +653,7 @@ class Compiler:
         name = item.get("name")
         if not isinstance(name, str) or not name or name == "all":
             raise ConfigError("every schedule needs a name (not 'all')", where)
+        _schedule_name(name, _at(item, "name", where))
         if name in self.result.schedules:
             raise ConfigError(f"duplicate schedule name {name!r}", where)
         if "response" not in item:
@@ -877,6 +880,15 @@ def _at(mapping: Any, key: Any, default: str = "?") -> str:
     if isinstance(mapping, yamlfile.Mapping):
         return mapping.key_where.get(key, mapping.where)
     return default
+
+
+def _schedule_name(name: str, where: str) -> str:
+    """A schedule's name as a handler may start it: '@' is refused here, at load, as
+    ChatHandler.start_schedule would refuse it at run time (NAME@USER_ID is how a group
+    member's schedule is stored)."""
+    if "@" in name:
+        raise ConfigError(f"a schedule name cannot contain '@': {name!r}", where)
+    return name
 
 
 def _conversation_fields(template: Template) -> set[str]:

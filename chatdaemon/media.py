@@ -11,7 +11,10 @@ A path is resolved with every symlink followed and must stay inside the bot's di
 `../secret`, an absolute path and a symlink pointing out are all refused, at `check` for a
 literal value and at render time for a templated one. The bot's own files are never sent,
 whatever a template renders: its definitions (*.yaml, *.yml at the top, which may hold hook
-keys), its code (*.py, __pycache__) and hidden files (.env, …). The file must be a regular,
+keys), its code (*.py, __pycache__) and hidden files (.env, …); nor is a database, which
+holds every chat's messages (a daemon run from its bot's directory keeps its SQLite file
+there): a file named *-wal, *-shm or *-journal, or one that starts as an SQLite database or
+its write-ahead log does, whatever its name. The file must be a regular,
 non-empty file within the Bot API's bound for its kind (10 MB for a photo, 50 MB for a
 document); it is read once, at most that many bytes, so a retried send sends the same bytes.
 """
@@ -29,6 +32,10 @@ MB = 1024 * 1024
 MAX_BYTES = {"photo": MAX_PHOTO, "document": MAX_UPLOAD}   # the Bot API's upload bounds
 KINDS = tuple(MAX_BYTES)
 _FILE_ID = re.compile(r"[A-Za-z0-9_-]+")
+DATABASE_SUFFIXES = ("-wal", "-shm", "-journal")   # SQLite's files beside a database
+DATABASE_MAGIC = (b"SQLite format 3\0",            # a database's first bytes
+                  b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")   # a write-ahead log's
+NO_DATABASE = "a database is never sent (it holds every chat's messages)"
 
 
 class MediaError(TemplateError):
@@ -65,6 +72,8 @@ def confined_path(directory: str | None, kind: str, value: str, where: str) -> s
     if is_own_file(os.path.relpath(path, root)):
         raise MediaError(where, kind, value, "the bot's own files (definitions, code, hidden "
                          "files) are not sent")
+    if path.endswith(DATABASE_SUFFIXES):
+        raise MediaError(where, kind, value, NO_DATABASE)
     return path
 
 
@@ -113,6 +122,10 @@ def read_file(directory: str | None, kind: str, value: str, where: str) -> Uploa
     if len(data) > MAX_BYTES[kind]:  # it grew while being read
         raise MediaError(where, kind, value, f"the file is larger than the Bot API's "
                          f"{MAX_BYTES[kind] // MB} MB for a {kind}")
+    # the invariant: no upload carries a database, whatever it is named (the bytes sent
+    # are the bytes checked here: the file is read once)
+    if data.startswith(DATABASE_MAGIC):
+        raise MediaError(where, kind, value, NO_DATABASE)
     return Upload(os.path.basename(path), data)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import callbacks, handoffs
 from .chathandler import ChatHandler
-from .definitions import Definitions, Handler, Media, Response, rendered_literal
+from .definitions import Definitions, Handler, Media, Response, literal_of
 from .errors import UpdateFailed
 from .httpcall import RequestFailed, Trusted, new_session, perform
 from .media import media_value
@@ -321,8 +321,9 @@ class PipelineHandler(ChatHandler):
             where = handler.request.where if handler.request else handler.where
             raise TemplateError(where, "conversation.callback_url needs the hook server, "
                                 "which is off here (set hooks.port)")
+        # a group member's request: the result meets that member's conversation
         token = callbacks.create(self._transaction.store, self.chat_id, handler.name,
-                                 self.pipeline.callback_expiry)
+                                 self.pipeline.callback_expiry, member=self._conversation.member)
         return f"{base}{callbacks.PATH}{token}"
 
     def on_callback(self, result: dict) -> None:
@@ -538,7 +539,7 @@ def rendered_rows(template: Template, context: dict) -> list[list[Any]]:
     if not text:
         return []
     try:
-        value = rendered_literal(text)
+        value = literal_of(text)
     except ValueError:
         raise TemplateError(template.where, "the keyboard must render to a list of rows, "
                             f"not {text[:60]!r}") from None

@@ -15,10 +15,11 @@ import json
 import sqlite3
 from typing import Any
 
-from . import conversations
+from . import callbacks, conversations
 
 TABLES = ("conversations", "schedules", "handoffs", "handoff_messages", "button_tokens")
 MEMBERS = "member_conversations"
+CALLBACKS = "callback_tokens"
 
 
 def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
@@ -31,6 +32,8 @@ def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
     if MEMBERS in names:   # the chat's members', and this person's in groups
         found[MEMBERS] = _rows(db, f"SELECT * FROM {MEMBERS} WHERE chat_id = ? OR user_id = ?"
                                    " ORDER BY chat_id, user_id", (chat_id, chat_id))
+    if CALLBACKS in names:   # the callback URLs it handed out (never their digest)
+        found[CALLBACKS] = callbacks.export(db, chat_id)
     for row in (*found.get("conversations", []), *found.get(MEMBERS, [])):
         for key in ("vars", "state_context", "schedules"):
             if isinstance(row.get(key), str):
@@ -51,14 +54,18 @@ def forget_chat(chat_id: int, handling: bool = False):
             db.execute(f"DELETE FROM {table} WHERE chat_id = ?", (chat_id,))
         db.execute(f"DELETE FROM {MEMBERS} WHERE chat_id = ?", (chat_id,))
         conversations.forget_member(db, None, chat_id)   # the person's, in every group
+        # a result posted to a callback URL it handed out finds nothing (404) from now on
+        callbacks.forget(db, chat_id)
+        callbacks.forget(db, None, chat_id)
         db.execute("DELETE FROM operator_messages WHERE chat_id = ?", (chat_id,))
         # messages queued for operators about this person go too
         db.execute("DELETE FROM inbox WHERE done = 0 AND kind = 'handoff_notice'"
                    " AND json_extract(payload, '$.handoff_notice.about') = ?", (chat_id,))
         db.execute("UPDATE inbox SET payload = '{}' WHERE chat_id = ? AND done = 1", (chat_id,))
-        # the next ticks of the schedules deleted above wait in the inbox: they go with them
+        # the next ticks of the schedules deleted above, and results posted to its callback
+        # URLs, wait in the inbox: they go with them
         db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
-                   " AND kind = 'schedule'", (chat_id,))
+                   " AND kind IN ('schedule', ?)", (chat_id, callbacks.KIND))
         if handling:
             db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                        " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
@@ -70,6 +77,10 @@ def forget_member(chat_id: int, member: int):
     a conversation per member): that member's conversation there goes, and the update asking."""
     def write(db: sqlite3.Connection) -> None:
         conversations.forget_member(db, chat_id, member)
+        callbacks.forget(db, chat_id, member)
+        db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
+                   " AND kind = ? AND json_extract(payload, '$.callback.member') = ?",
+                   (chat_id, callbacks.KIND, member))
         db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                    " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
     return write

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from . import callbacks, conversations
 from .conversations import member_schedule
 from .errors import (
     Abandoned,
@@ -162,7 +163,8 @@ class UpdateTransaction:
         self._answered: set[str] = set()
         self._moved_to: int | None = None
         self._refused = False        # a send of this transaction met a rejected token
-        self.moved_on = False        # listener.wait took later rows: the caller's list is stale
+        self.moved_on = False        # the caller's list of pending rows is stale (listener.wait
+                                     # took later rows, or a commit's other writes changed them)
         # the handler: made on the first update, dropped when it ends (see _end_handler)
         self._handler: Handler | None = None
         self._opened = False         # its start (open) ran
@@ -280,6 +282,24 @@ class UpdateTransaction:
         if member != self._conversation.member:
             self._conversation.take(self.store.load_conversation(self.chat_id, member))
 
+    def _stop_orphan_schedule(self, row: InboxRow) -> None:
+        """A group member's schedule ticking for a bot that now keeps one conversation per
+        chat (reloaded from `conversation: per_user`): no conversation runs it any more, so
+        it stops with this tick's commit (the member's conversation itself is kept)."""
+        name = payload_of(row).get("name")
+        if row.kind != "schedule" or self._per_member() or not isinstance(name, str):
+            return
+        member = member_schedule(name)[1]
+        if member is None:
+            return
+        chat_id = self.chat_id
+
+        def stop(db: Any) -> None:
+            if conversations.stop_member_schedule(db, chat_id, name, member):
+                log.info("chat %s: stopped schedule %s of member %s: the bot keeps one "
+                         "conversation per chat now", chat_id, name, member)
+        self.stage(stop)
+
     def _payload_of(self, row: InboxRow) -> dict:
         """What the handler receives; a member's schedule tick under the name it started."""
         payload = payload_of(row)
@@ -293,6 +313,7 @@ class UpdateTransaction:
         self._serve_member(row)
         self._row = row
         self._staged, self._wake = [], set()
+        self._stop_orphan_schedule(row)
         self._before = self._conversation.snapshot()
         self._checked = None
         self._slot.handling(row.update_id)
@@ -391,10 +412,16 @@ class UpdateTransaction:
         # a new conversation is saved even unchanged: it is created once, with its first update
         changed = after != self._before or conversation.is_new or self._moved_to is not None
         staged, wake = self._staged, self._wake
+        if self._moved_to is not None:   # the group's callback URLs go along with it
+            staged = [*staged, callbacks.move(self.chat_id, self._moved_to)]
         self._retry_commit(lambda: self.store.finish(
             update_id, conversation if changed else None, moved_to=self._moved_to,
             guard=self._guard, writes=staged))
         self._staged, self._wake = [], set()
+        if staged:
+            # the update's other writes may have changed this chat's pending rows (/forget
+            # marks a member's queued results done): the caller's list of them is stale
+            self.moved_on = True
         if wake:
             self._slot.wake(sorted(wake))  # after the commit: their rows exist now
         self._before = after
@@ -580,12 +607,16 @@ class UpdateTransaction:
 def member_of(row: InboxRow) -> int | None:
     """Whose conversation an update of a group meets with `conversation: per_user`: the
     sender of a message, the presser of a button (keyed by who pressed, whoever the message
-    was for), the member a schedule runs for. None for private chats and for what comes from
+    was for), the member a schedule runs for, the member whose request handed out the
+    callback URL a result was posted to. None for private chats and for what comes from
     nobody in particular (a hook, an operator's answer): the chat's own conversation."""
     payload = payload_of(row)
     if row.kind == "schedule":
         name = payload.get("name")
         return member_schedule(name)[1] if isinstance(name, str) else None
+    if row.kind == "callback":
+        member = payload.get("member")
+        return member if type(member) is int else None
     if row.kind not in MEMBER_KINDS:
         return None
     message = payload.get("message") if row.kind == "callback_query" else payload

@@ -11,7 +11,6 @@ import json
 import sqlite3
 import textwrap
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -408,33 +407,6 @@ def test_handing_out_callback_urls_with_the_hook_server_off_is_a_load_error(tmp_
 
 
 # -- the pipeline: the URL goes to the upstream, the result comes back ---------------------------
-
-class Upstream(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.bodies.append(body)
-        data = json.dumps({"accepted": True}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    server.bodies = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
 
 def job_bot(tmp_path, upstream):
     directory = tmp_path / "bot"

@@ -13,12 +13,9 @@ import secrets
 import socket
 import sqlite3
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
 from conftest import HANDLERS, wait_until
 
 KEY = "notify-key-0123456789abcdef"
@@ -70,36 +67,6 @@ def start_with_hooks(start_daemon, handlers: Path, port: int, **kwargs):
     daemon = start_daemon(handlers, config=config, **kwargs)
     assert wait_until(lambda: healthy(port), timeout=20, interval=0.05), daemon.log()
     return daemon
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
-            self.server.bodies.append(body)
-        data = b'{"accepted": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def upstream():
-    """A report service on loopback: it records each job (and its callback URL)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    server.bodies = []
-    server.lock = threading.Lock()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def start_job_bot(start_daemon, upstream, port: int, **kwargs):

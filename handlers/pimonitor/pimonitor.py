@@ -153,14 +153,14 @@ class PiMonitor(ChatHandler):
         return samples
 
     def send_chart(self) -> None:
+        tools = chart_tools()
+        if tools is None:   # no sampling either: it would fill vars for a chart never drawn
+            self.sender.sendMessage(INSTALL_CHART)
+            return
         samples = self.keep_sample()
         started = "sample" not in self.schedules
         if started:
             self.start_schedule("sample", SAMPLE_EVERY)
-        tools = chart_tools()
-        if tools is None:
-            self.sender.sendMessage(INSTALL_CHART)
-            return
         png = draw_chart(samples, time.time(), tools)
         caption = f"{len(samples)} sample(s) of the last hour, one a minute."
         if started:
