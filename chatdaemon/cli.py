@@ -6,12 +6,15 @@ Heavy modules are imported inside the commands so that `chatdaemon --help` stays
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any
 
 from . import __version__
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ChatdaemonError, ConfigError, ShuttingDown
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 chatdaemon: a Telegram chat-bot daemon that never loses a message.
@@ -379,9 +382,12 @@ def _check_token_now(token: str, api_url: str) -> None:
 
 
 def _load_for_run(args: argparse.Namespace):
-    from .config import check_callbacks
+    from .config import callback_warning, check_callbacks
     config, bot = _load(args, api_url=args.api_url, log_level=args.log_level)
     check_callbacks(config, bot)
+    warning = callback_warning(config, bot)
+    if warning:
+        log.warning("%s", warning)
     if args.rate_limits is not None:
         import dataclasses
         config = config.replace(
@@ -416,8 +422,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     for line in bot.describe():
         print(line)
-    for warning in bot.warnings:
-        print(f"warning: {warning}")
+    from .config import callback_warning
+    for warning in [*bot.warnings, callback_warning(config, bot)]:
+        if warning:
+            print(f"warning: {warning}")
     print(f"database: {config.database}; delegates: at most {config.max_delegates}, "
           f"idle after {config.idle_timeout:.0f} s; rate limits "
           f"{'on' if config.limits.enabled else 'off'}")

@@ -309,3 +309,16 @@ def check_callbacks(config: Config, bot: Any) -> None:
         raise ConfigError(f"handler {name} hands out conversation.callback_url, but the hook "
                           "server that takes the results is off (hooks.port: 0): set hooks.port",
                           where)
+
+
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")   # a bind address that names no host to reach
+
+
+def callback_warning(config: Config, bot: Any) -> str | None:
+    """Callback URLs an upstream cannot reach: the server binds every address and no
+    hooks.public_url says which one, so the URL would read http://0.0.0.0:PORT/…"""
+    uses = bot.definitions.callback_handlers
+    if not uses or config.hook_public_url or config.hook_bind not in WILDCARD_HOSTS:
+        return None
+    return (f"callback URLs would name {config.hook_bind or 'no host'}, which no upstream can "
+            "reach: set hooks.public_url to the address upstreams use for this machine")

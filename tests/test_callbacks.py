@@ -471,3 +471,26 @@ def test_log_lines_never_carry_a_callback_token():
     line = redact(f"POST http://127.0.0.1:8787/callbacks/{token} failed; /callbacks/{token}?x=1")
     assert token not in line
     assert line.count("/callbacks/<redacted>") == 2
+
+
+@pytest.mark.parametrize("hooks, warned", [
+    ({"bind": "0.0.0.0", "port": 8799}, True),
+    ({"bind": "::", "port": 8799}, True),
+    ({"bind": "0.0.0.0", "port": 8799, "public_url": "https://pi.example.net/bot"}, False),
+    ({"bind": "127.0.0.1", "port": 8799}, False),
+])
+def test_check_warns_when_callback_urls_would_name_no_reachable_host(tmp_path, capsys, hooks, warned):
+    from pathlib import Path
+
+    import yaml
+
+    from chatdaemon import cli
+    longjob = Path(__file__).resolve().parent.parent / "handlers" / "longjob"
+    config = tmp_path / "chatdaemon.yaml"
+    config.write_text(yaml.safe_dump({"handlers": str(longjob), "database": str(tmp_path / "db"),
+                                      "hooks": hooks}))
+    assert cli.main(["check", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: callback URLs would name" in out) is warned, out
+    if warned:
+        assert "set hooks.public_url" in out, out
