@@ -2,8 +2,14 @@
 
     python bench/bench.py [--only NAME ...] [--repeat N]
 
+CHATDAEMON_BENCH_TREE=DIR runs the daemon from another checkout (an older build, for
+before/after figures); the workloads, the test double and the counters stay this file's.
+
 Workloads (rate limits off, as for a local Bot API server; durability on):
-  throughput  20,000 messages over 1,000 chats, all injected at once → messages/s
+  throughput  20,000 messages over 1,000 chats, all injected at once → messages/s, and the
+              daemon's CPU milliseconds per message (utime + stime from /proc/PID/stat)
+  cpu_single  500 messages over 10 chats sent one at a time, each waiting for its reply →
+              the daemon's CPU milliseconds per message when messages arrive singly
   latency     a steady 500 msg/s over 200 chats for 10 s → reply latency p50/p99
   footprint   10,000 chats sending one message each → peak threads, peak RSS
   faults      2,000 messages while 1% each of sendMessage calls fail with 500, with 429
@@ -49,6 +55,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+# the checkout whose daemon runs (python -m chatdaemon from there)
+TREE = Path(os.environ.get("CHATDAEMON_BENCH_TREE", str(ROOT))).resolve()
 
 from fake_telegram import FakeTelegram  # noqa: E402
 from procstat import Peaks, status_fields, wait_until, wakeups_per_second  # noqa: E402
@@ -74,7 +82,7 @@ class Run:
              "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--api-url", self.telegram.url,
              "--rate-limits", "off", "--config", str(config_path), "--log-level", "WARNING"],
             env={**os.environ, "CHATDAEMON_TOKEN": TOKEN, **(env or {})}, stdout=self.log,
-            stderr=subprocess.STDOUT, cwd=str(ROOT))
+            stderr=subprocess.STDOUT, cwd=str(TREE))
         ok = self.telegram.wait_for(
             lambda: any(c["method"] == "getUpdates" for c in self.telegram.calls), 30)
         if not ok:
@@ -115,14 +123,47 @@ def throughput(messages: int = 20000, chats: int = 1000) -> dict:
     run = Run("counter")
     try:
         batch = [(1_000_000 + i % chats, "m") for i in range(messages)]
+        cpu = cpu_seconds(run.process.pid)
         began = time.monotonic()
         run.telegram.push_many(batch)
         if not run.telegram.wait_for_sent(messages, timeout=600):
             raise RuntimeError(f"only {len(run.telegram.sent)} replies")
         elapsed = time.monotonic() - began
-        return {"msgs_per_s": messages / elapsed, "seconds": elapsed}
+        cpu = settled_cpu_seconds(run.process.pid) - cpu
+        return {"msgs_per_s": messages / elapsed, "seconds": elapsed,
+                "cpu_ms_per_msg": 1000 * cpu / messages}
     finally:
         run.close()
+
+
+def cpu_single(messages: int = 500, chats: int = 10) -> dict:
+    """Messages arriving singly: each one waits for the reply to the one before."""
+    run = Run("counter")
+    try:
+        cpu = cpu_seconds(run.process.pid)
+        for i in range(messages):
+            run.telegram.push_message(1_500_000 + i % chats, "m")
+            if not run.telegram.wait_for_sent(i + 1, timeout=30):
+                raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        cpu = settled_cpu_seconds(run.process.pid) - cpu
+        return {"cpu_ms_per_msg": 1000 * cpu / messages}
+    finally:
+        run.close()
+
+
+def settled_cpu_seconds(pid: int, quiet: float = 0.3, limit: float = 5.0) -> float:
+    """The process's CPU seconds once it stops using CPU (the last replies' commits done):
+    read again until a `quiet` interval adds less than one clock tick, within `limit` s."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < tick:
+            return now
+        last = now
+    return last
 
 
 def latency(rate: int = 500, chats: int = 200, seconds: float = 10.0) -> dict:
@@ -556,7 +597,7 @@ def sample_update(n: int, chat_id: int) -> dict:
         "date": 1_700_000_000 + n, "text": "hello there"}}
 
 
-WORKLOADS = {"throughput": throughput, "latency": latency, "footprint": footprint,
+WORKLOADS = {"throughput": throughput, "cpu_single": cpu_single, "latency": latency, "footprint": footprint,
              "faults": faults, "pipeline": pipeline, "help": help_time, "telepot": telepot,
              "idle": idle, "threads64": threads64, "connections": connections,
              "writes": writes, "ticks": ticks, "dbsize": dbsize}
