@@ -13,6 +13,8 @@ import json
 import sqlite3
 from typing import Any
 
+from .inbox import decode_payload
+
 TABLES = ("conversations", "schedules", "handoffs", "handoff_messages", "button_tokens")
 
 
@@ -30,7 +32,7 @@ def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
     found["inbox"] = _rows(db, "SELECT update_id, kind, payload, done, received, handled FROM inbox"
                                " WHERE chat_id = ? ORDER BY update_id", (chat_id,))
     for row in found["inbox"]:
-        row["payload"] = json.loads(row["payload"])
+        row["payload"] = decode_payload(row["payload"])
     return found
 
 

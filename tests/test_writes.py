@@ -34,7 +34,7 @@ def wal_frames(path) -> int:
 def test_a_new_database_has_small_pages_and_incremental_vacuum(tmp_path):
     path = tmp_path / "new.sqlite3"
     Store(str(path)).close()
-    assert shape(path) == (PAGE_SIZE, AUTO_VACUUM_INCREMENTAL) == (1024, 2)
+    assert shape(path) == (PAGE_SIZE, AUTO_VACUUM_INCREMENTAL) == (512, 2)
 
 
 def test_an_older_file_is_rewritten_once_into_the_new_shape_keeping_its_rows(tmp_path):
@@ -61,7 +61,7 @@ def test_an_older_file_is_rewritten_once_into_the_new_shape_keeping_its_rows(tmp
     finally:
         store.close()
     assert mode == "wal"
-    assert shape(path) == (1024, 2)
+    assert shape(path) == (512, 2)
 
 
 def test_an_update_costs_a_few_small_pages_in_the_wal(tmp_path):
@@ -80,9 +80,10 @@ def test_an_update_costs_a_few_small_pages_in_the_wal(tmp_path):
     finally:
         store.close()
     # the inbox leaf, its pending index and at most a split's pages; the done mark: the row's
-    # leaf, the index and the conversation — each 1 KiB, where 4 KiB pages made them 4 KiB
+    # leaf, the index and the conversation — each 512 bytes, where 4 KiB pages made them 4 KiB
     assert 1 <= inserted <= 5
     assert 1 <= done <= 4
+    assert (inserted + done) * (PAGE_SIZE + 24) <= 5 * 1024
 
 
 # -- schedule ticks: one write transaction each ----------------------------------------------

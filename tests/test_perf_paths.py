@@ -1,0 +1,156 @@
+"""The cheap paths of an update: how it is stored, and what its commits write and run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chatdaemon.conversations import Conversation
+from chatdaemon.inbox import (
+    DEFLATED,
+    LOCAL_FIELD,
+    decode_payload,
+    encode_payload,
+    to_row,
+)
+from chatdaemon.privacy import export_chat
+from chatdaemon.status import chat_name
+from chatdaemon.store import Store
+
+CHAT = 42
+
+
+def message(update_id: int, chat_id: int = CHAT, text: str = "hello there") -> dict:
+    person = {"id": chat_id, "is_bot": False, "first_name": "Ada", "username": "ada_l",
+              "language_code": "en"}
+    return {"update_id": update_id, "message": {
+        "message_id": update_id, "from": person, "chat": {**person, "type": "private"},
+        "date": 1_700_000_000, "text": text}}
+
+
+def stored_payload(store: Store, update_id: int):
+    with store.reading() as db:
+        (payload,) = db.execute("SELECT payload FROM inbox WHERE update_id = ?",
+                                (update_id,)).fetchone()
+    return payload
+
+
+# -- the stored update --------------------------------------------------------------------
+
+def test_an_update_is_stored_deflated_in_a_fraction_of_its_json():
+    update = message(7)
+    stored = encode_payload(update)
+    assert stored[:1] == DEFLATED
+    assert len(stored) < len(json.dumps(update)) / 3
+    assert decode_payload(stored) == update
+
+
+@pytest.mark.parametrize("text", ["", "привет 👋 \u2028 \"quoted\" \\ back", "x" * 5000])
+def test_any_text_comes_back_exactly(text):
+    update = message(8, text=text)
+    assert decode_payload(encode_payload(update)) == update
+
+
+def test_a_payload_an_earlier_version_stored_as_json_text_still_reads():
+    assert decode_payload(json.dumps(message(9))) == message(9)
+
+
+def test_a_damaged_stored_update_is_a_value_error():
+    with pytest.raises(ValueError):
+        decode_payload(DEFLATED + b"\xff\x00 not deflate")
+
+
+CRASHING = """
+import os, sys
+from chatdaemon.conversations import Conversation
+from chatdaemon.inbox import to_row
+from chatdaemon.store import Store
+sys.path.insert(0, {tests!r})
+from test_perf_paths import CHAT, message
+store = Store({path!r})
+store.add_updates([to_row(message(1)), to_row(message(2, text="second"))])
+store.finish(1, Conversation(CHAT, "asked", {{"n": 1}}))
+os._exit(0)   # no close, no checkpoint: the WAL holds both commits
+"""
+
+
+def test_a_deflated_update_replays_after_a_crash(tmp_path):
+    path = str(tmp_path / "crash.sqlite3")
+    script = CRASHING.format(tests=str(Path(__file__).parent), path=path)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert Path(path + "-wal").stat().st_size > 0
+
+    store = Store(path)
+    try:
+        [row] = store.pending(CHAT)
+        assert row.update_id == 2 and row.payload == message(2, text="second")
+        assert isinstance(stored_payload(store, 2), bytes)
+        assert store.load_conversation(CHAT).vars == {"n": 1}
+    finally:
+        store.close()
+
+
+def test_rows_the_daemon_makes_stay_json_text_that_sql_can_read(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    [local] = fresh_db.add_local([(CHAT, "hook", {"text": "hi"})])
+    with fresh_db.reading() as db:
+        found = db.execute(f"SELECT update_id, {LOCAL_FIELD} FROM inbox ORDER BY update_id",
+                           ("$.hook.text",)).fetchall()
+    # the deflated update reads as NULL instead of failing the query
+    assert found == [(1, None), (local, "hi")]
+
+
+def test_a_schedule_queries_its_ticks_beside_deflated_updates_of_its_chat(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    running = Conversation(CHAT, None, {}, schedules={"report": {"every": 60.0}},
+                           saved_schedules={})
+    fresh_db.finish(1, running)
+    fresh_db.add_updates([to_row(message(2))])   # pending beside the waiting tick
+    stopped = Conversation(CHAT, None, {}, schedules={}, saved_schedules={"report": {"every": 60.0}})
+    fresh_db.finish(2, stopped)
+    with fresh_db.reading() as db:
+        left = db.execute("SELECT COUNT(*) FROM inbox WHERE kind = 'schedule' AND done = 0"
+                          ).fetchone()[0]
+    assert left == 0
+
+
+def test_status_and_export_read_a_deflated_update(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    payload = stored_payload(fresh_db, 1)
+    assert isinstance(payload, bytes)
+    assert chat_name(payload) == "Ada"
+    with fresh_db.reading() as db:
+        exported = export_chat(db, CHAT)
+    assert exported["inbox"][0]["payload"] == message(1)
+
+
+def test_an_update_costs_fewer_wal_bytes_than_with_1_kib_pages_and_json(tmp_path):
+    path = tmp_path / "wal.sqlite3"
+    store = Store(str(path))
+    wal = tmp_path / "wal.sqlite3-wal"
+    try:
+        for n in range(1, 61):
+            store.add_updates([to_row(message(n, chat_id=n % 10))])
+            store.finish(n, Conversation(n % 10, None, {"count": n}))
+        with store.reading() as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for n in range(61, 121):
+            store.add_updates([to_row(message(n, chat_id=n % 10))])
+            store.finish(n, Conversation(n % 10, None, {"count": n}))
+        per_update = wal.stat().st_size / 60
+    finally:
+        store.close()
+    # 1 KiB pages with JSON text appended 6.8 KB per update (6.5 frames of 1,048 bytes)
+    assert per_update < 4 * 1024
+
+
+def test_sqlite_refuses_json_extract_on_deflated_bytes():
+    """Why LOCAL_FIELD exists: a query meeting a stored update would fail otherwise."""
+    db = sqlite3.connect(":memory:")
+    with pytest.raises(sqlite3.OperationalError):
+        db.execute("SELECT json_extract(?, '$.a')", (encode_payload(message(1)),)).fetchone()
