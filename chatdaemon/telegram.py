@@ -24,6 +24,7 @@ import urllib.request
 from typing import Any, Protocol
 
 from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
+from .leanhttp import LeanResponse
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class TelegramClient:
                 conn.set_tunnel(self._host, self._port)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+        conn.response_class = LeanResponse   # headers read without the email package
         try:
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

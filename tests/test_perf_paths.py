@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import sqlite3
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatdaemon.conversations import Conversation
+from chatdaemon.errors import RetryAfter
 from chatdaemon.inbox import (
     DEFLATED,
     LOCAL_FIELD,
@@ -18,9 +21,11 @@ from chatdaemon.inbox import (
     encode_payload,
     to_row,
 )
+from chatdaemon.leanhttp import MAX_HEADERS, MAX_LINE, LeanResponse, read_headers
 from chatdaemon.privacy import export_chat
 from chatdaemon.status import chat_name
 from chatdaemon.store import Store
+from chatdaemon.telegram import TelegramClient
 
 CHAT = 42
 
@@ -70,6 +75,7 @@ import os, sys
 from chatdaemon.conversations import Conversation
 from chatdaemon.inbox import to_row
 from chatdaemon.store import Store
+from chatdaemon.telegram import TelegramClient
 sys.path.insert(0, {tests!r})
 from test_perf_paths import CHAT, message
 store = Store({path!r})
@@ -154,3 +160,51 @@ def test_sqlite_refuses_json_extract_on_deflated_bytes():
     db = sqlite3.connect(":memory:")
     with pytest.raises(sqlite3.OperationalError):
         db.execute("SELECT json_extract(?, '$.a')", (encode_payload(message(1)),)).fetchone()
+
+
+# -- the Bot API client's response headers ----------------------------------------------------
+
+HEADER_BLOCKS = [
+    b"Server: nginx\r\nContent-Type: application/json\r\nContent-Length: 312\r\n"
+    b"Connection: keep-alive\r\n\r\n",
+    b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Folded: first\r\n  second\r\n\r\n",
+    b"content-length:  7 \r\nnot a header line\r\nX-After: yes\n\n",
+    b"Latin: caf\xe9\r\n\r\n",
+    b"",
+]
+
+
+@pytest.mark.parametrize("block", HEADER_BLOCKS)
+def test_headers_read_as_http_client_reads_them(block):
+    stdlib = http.client.parse_headers(io.BytesIO(block))
+    lean = read_headers(io.BytesIO(block))
+    assert [(k, " ".join(v.split())) for k, v in lean.items()] == \
+        [(k, " ".join(v.split())) for k, v in stdlib.items()]
+    length = stdlib.get("content-length")
+    assert lean.get("content-length") == (length.strip() if length else None)
+
+
+def test_a_header_line_over_the_limit_is_refused():
+    with pytest.raises(http.client.LineTooLong):
+        read_headers(io.BytesIO(b"X: " + b"a" * MAX_LINE + b"\r\n\r\n"))
+
+
+def test_more_headers_than_the_limit_are_refused():
+    with pytest.raises(http.client.HTTPException):
+        read_headers(io.BytesIO(b"X: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n"))
+
+
+def test_the_client_reads_answers_through_the_lean_response(telegram):
+    client = TelegramClient(telegram.token, telegram.url)
+    try:
+        assert client.call("getMe")["is_bot"] is True
+        telegram.set_next_response("getMe", status=429, body={
+            "ok": False, "error_code": 429, "description": "Too Many Requests",
+            "parameters": {"retry_after": 3}})
+        with pytest.raises(RetryAfter) as caught:
+            client.call("getMe")
+        assert caught.value.retry_after == 3
+        conn = client._pool.get_nowait()
+        assert conn.response_class is LeanResponse   # kept alive, and lean
+    finally:
+        client.close()

@@ -1,0 +1,92 @@
+"""A cheaper http.client response: its header block read without the email package.
+
+http.client hands every response's headers to email.parser, which built a feed parser, a
+policy and a message per call: a fifth of the daemon's CPU per reply at full load. The
+Bot API client reads a few headers (Content-Length, Connection, Transfer-Encoding) of
+answers with a handful of lines; `LeanResponse` reads them line by line into the same
+HTTPMessage, with http.client's own limits (line length, header count), and keeps the
+rest of http.client's response handling as it is.
+"""
+
+from __future__ import annotations
+
+import http.client
+from typing import BinaryIO
+
+MAX_LINE = 65536      # http.client's _MAXLINE: a longer header line is refused
+MAX_HEADERS = 100     # http.client's _MAXHEADERS
+
+
+def read_headers(fp: BinaryIO) -> http.client.HTTPMessage:
+    """The header lines up to the blank line, as an HTTPMessage (names keep their case)."""
+    pairs: list[list[str]] = []
+    folds = False     # a line starting with blank space continues the header before it
+    ended = False     # a line that is no header ends them, as in the email parser (read on)
+    for count in range(MAX_HEADERS + 1):
+        line = fp.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise http.client.LineTooLong("header line")
+        if line in (b"\r\n", b"\n", b""):
+            break
+        if count == MAX_HEADERS:
+            raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
+        text = line.decode("iso-8859-1")
+        if ended:
+            continue
+        if text[0] in " \t":
+            if folds:
+                pairs[-1][1] = f"{pairs[-1][1]} {text.strip()}"
+            continue
+        name, colon, value = text.partition(":")
+        folds, ended = bool(colon), not colon
+        if colon:
+            pairs.append([name.rstrip(), value.strip()])
+    message = http.client.HTTPMessage()
+    for name, value in pairs:
+        message[name] = value
+    return message
+
+
+class LeanResponse(http.client.HTTPResponse):
+    """http.client.HTTPResponse with `begin` reading headers through `read_headers`."""
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        while True:   # skip any 100 Continue, with its headers
+            version, status, reason = self._read_status()
+            if status != http.client.CONTINUE:
+                break
+            read_headers(self.fp)
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = read_headers(self.fp)
+        self._read_framing(status)
+
+    def _read_framing(self, status: int) -> None:
+        """Chunked or not, the body's length and whether the connection closes after it:
+        http.client's own rules (HTTPResponse.begin after its headers)."""
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding and encoding.lower() == "chunked")
+        self.chunk_left = None
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            if self.length is not None and self.length < 0:
+                self.length = None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) \
+                or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
