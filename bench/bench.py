@@ -614,7 +614,8 @@ def main() -> None:
         for key in results[0]:
             values = [r[key] for r in results]
             merged[key] = statistics.median(values) if isinstance(values[0], float) else values[-1]
-        shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in merged.items())
+        shown = ", ".join(f"{k}={v:.{3 if k.startswith('cpu_ms') else 2}f}" if isinstance(v, float)
+                          else f"{k}={v}" for k, v in merged.items())
         print(f"{name:11s} {shown}", flush=True)
 
 

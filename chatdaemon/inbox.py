@@ -52,9 +52,13 @@ PAYLOAD_DICTIONARY = (
 )
 
 
+# made once: json.dumps with arguments builds an encoder per call
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_payload(update: dict) -> bytes:
     """An update as the inbox stores it: compact JSON, deflated (see DEFLATED)."""
-    text = json.dumps(update, ensure_ascii=False, separators=(",", ":")).encode()
+    text = _COMPACT_JSON.encode(update).encode()
     deflate = zlib.compressobj(6, zlib.DEFLATED, PAYLOAD_WINDOW_BITS, 1, zlib.Z_DEFAULT_STRATEGY,
                                PAYLOAD_DICTIONARY)
     return DEFLATED + deflate.compress(text) + deflate.flush()
@@ -214,14 +218,18 @@ def _id_in(chat: dict, where: str) -> int:
 
 
 def _check_depth(update: dict) -> None:
-    """Refuse nesting deeper than MAX_DEPTH, walking with a stack of our own (no recursion)."""
-    stack: list[tuple[dict | list, int]] = [(update, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise _Malformed(f"the update is nested deeper than {MAX_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    """Refuse nesting deeper than MAX_DEPTH, walking one level at a time (no recursion)."""
+    level: list[dict | list] = [update]
+    for _ in range(MAX_DEPTH):
+        below: list[dict | list] = []
+        for value in level:
+            for child in value.values() if isinstance(value, dict) else value:
+                if isinstance(child, dict | list):
+                    below.append(child)
+        if not below:
+            return
+        level = below
+    raise _Malformed(f"the update is nested deeper than {MAX_DEPTH} levels")
 
 
 def _show(value: object) -> str:
@@ -262,6 +270,8 @@ def insert_updates(db: sqlite3.Connection, rows: Sequence[InboxRow], done: Itera
 def insert_rejected(db: sqlite3.Connection, rejected: Sequence[tuple[str, str]], now: float) -> None:
     """Keep each rejected update once: a batch Telegram sends again (it was not acknowledged
     before a restart) brings the same ones back, as it brings back inbox rows."""
+    if not rejected:
+        return   # the usual batch: no statement at all
     db.executemany(
         "INSERT INTO rejected(received, reason, payload) SELECT ?, ?, ? WHERE NOT EXISTS"
         " (SELECT 1 FROM rejected WHERE reason = ? AND payload = ?)",
