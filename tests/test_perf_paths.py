@@ -209,3 +209,38 @@ def test_the_client_reads_answers_through_the_lean_response(telegram):
         assert conn.response_class is LeanResponse   # kept alive, and lean
     finally:
         client.close()
+
+
+# -- statements per update ----------------------------------------------------------------
+
+def statements(store: Store) -> list[str]:
+    """Every statement the store's connection runs from now on, first words only."""
+    seen: list[str] = []
+    store._connection.set_trace_callback(lambda sql: seen.append(" ".join(sql.split()[:3])))
+    return seen
+
+
+def test_a_batch_of_updates_is_one_insert_each_between_the_durable_begin_and_commit(fresh_db):
+    seen = statements(fresh_db)
+    fresh_db.add_updates([to_row(message(1)), to_row(message(2))])
+    assert seen == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE",
+                    "INSERT OR IGNORE", "INSERT OR IGNORE", "COMMIT", "PRAGMA synchronous=NORMAL"]
+
+
+def test_an_update_that_changed_its_conversation_commits_in_four_statements(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    conversation = fresh_db.load_conversation(CHAT)
+    conversation.vars["count"] = 1
+    seen = statements(fresh_db)
+    fresh_db.finish(1, conversation)
+    # no schedule statement for a chat whose schedules did not change, none to re-arm a tick
+    assert seen == ["BEGIN IMMEDIATE", "INSERT INTO conversations(chat_id,", "UPDATE inbox SET",
+                    "COMMIT"]
+
+
+def test_an_update_that_left_its_conversation_alone_does_not_rewrite_it(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    seen = statements(fresh_db)
+    fresh_db.finish(1, None)   # the update transaction passes None for an unchanged conversation
+    assert seen == ["BEGIN IMMEDIATE", "UPDATE inbox SET", "COMMIT"]
+    assert fresh_db.is_done(1) and fresh_db.load_conversation(CHAT).is_new
