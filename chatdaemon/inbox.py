@@ -59,7 +59,7 @@ _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 def encode_payload(update: dict) -> bytes:
     """An update as the inbox stores it: compact JSON, deflated (see DEFLATED)."""
     text = _COMPACT_JSON.encode(update).encode()
-    deflate = zlib.compressobj(6, zlib.DEFLATED, PAYLOAD_WINDOW_BITS, 1, zlib.Z_DEFAULT_STRATEGY,
+    deflate = zlib.compressobj(2, zlib.DEFLATED, PAYLOAD_WINDOW_BITS, 1, zlib.Z_DEFAULT_STRATEGY,
                                PAYLOAD_DICTIONARY)
     return DEFLATED + deflate.compress(text) + deflate.flush()
 

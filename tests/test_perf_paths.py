@@ -244,3 +244,20 @@ def test_an_update_that_left_its_conversation_alone_does_not_rewrite_it(fresh_db
     fresh_db.finish(1, None)   # the update transaction passes None for an unchanged conversation
     assert seen == ["BEGIN IMMEDIATE", "UPDATE inbox SET", "COMMIT"]
     assert fresh_db.is_done(1) and fresh_db.load_conversation(CHAT).is_new
+
+
+# -- the supervising loop's tick ----------------------------------------------------------
+
+def test_without_systemd_a_tick_builds_no_status(monkeypatch):
+    """The status line counts the backlog (a scan of the pending index): only for systemd."""
+    from types import SimpleNamespace
+
+    from chatdaemon.daemon import Notifier
+    asked: list[str] = []
+    app = SimpleNamespace(poller=SimpleNamespace(polls=1, alive=lambda: True, last_error=None),
+                          status=lambda: asked.append("status") or {})
+    notifier = Notifier({})
+    assert not notifier.enabled
+    notifier.tick(app)
+    notifier.tick(app)
+    assert asked == []
