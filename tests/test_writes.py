@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -185,3 +186,24 @@ def test_a_clock_set_back_hides_no_message(tmp_path):
         assert store.backlog() == 1 and store.pending_chats() == [CHAT]
     finally:
         store.close()
+
+
+def test_a_database_of_the_1_kib_version_is_rewritten_and_its_json_rows_replay(tmp_path):
+    path = tmp_path / "kib.sqlite3"
+    Store(str(path)).close()
+    db = sqlite3.connect(path)   # as the previous version left it: 1 KiB pages, JSON text rows
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.execute("INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+               " VALUES (?, ?, 'message', ?, 0, ?)", (5, 42, json.dumps(message(5)), time.time()))
+    db.commit()
+    db.execute("PRAGMA page_size=1024")
+    db.execute("VACUUM")
+    db.close()
+    assert shape(path)[0] == 1024
+
+    store = Store(str(path))
+    try:
+        assert [(row.update_id, row.payload) for row in store.pending(42)] == [(5, message(5))]
+    finally:
+        store.close()
+    assert shape(path) == (PAGE_SIZE, AUTO_VACUUM_INCREMENTAL)
