@@ -19,6 +19,11 @@ MAX_HEADERS = 100     # http.client's _MAXHEADERS
 
 def read_headers(fp: BinaryIO) -> http.client.HTTPMessage:
     """The header lines up to the blank line, as an HTTPMessage (names keep their case)."""
+    return as_message(read_header_pairs(fp))
+
+
+def read_header_pairs(fp: BinaryIO) -> list[list[str]]:
+    """The header lines up to the blank line, as [name, value] pairs in their order."""
     pairs: list[list[str]] = []
     folds = False     # a line starting with blank space continues the header before it
     ended = False     # a line that is no header ends them, as in the email parser (read on)
@@ -41,6 +46,10 @@ def read_headers(fp: BinaryIO) -> http.client.HTTPMessage:
         folds, ended = bool(colon), not colon
         if colon:
             pairs.append([name.rstrip(), value.strip()])
+    return pairs
+
+
+def as_message(pairs: list[list[str]]) -> http.client.HTTPMessage:
     message = http.client.HTTPMessage()
     for name, value in pairs:
         message[name] = value
@@ -66,18 +75,20 @@ class LeanResponse(http.client.HTTPResponse):
             self.version = 11
         else:
             raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = read_headers(self.fp)
-        self._read_framing(status)
+        pairs = read_header_pairs(self.fp)
+        self.headers = self.msg = as_message(pairs)
+        # the first of each name, as HTTPMessage.get answers, without its slower lookups
+        self._read_framing(status, {name.lower(): value for name, value in reversed(pairs)})
 
-    def _read_framing(self, status: int) -> None:
+    def _read_framing(self, status: int, first: dict[str, str]) -> None:
         """Chunked or not, the body's length and whether the connection closes after it:
-        http.client's own rules (HTTPResponse.begin after its headers)."""
-        encoding = self.headers.get("transfer-encoding")
+        http.client's own rules (HTTPResponse.begin after its headers, and _check_close)."""
+        encoding = first.get("transfer-encoding")
         self.chunked = bool(encoding and encoding.lower() == "chunked")
         self.chunk_left = None
-        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.will_close = _closes(self.version, first)
         self.length = None
-        length = self.headers.get("content-length")
+        length = first.get("content-length")
         if length and not self.chunked:
             try:
                 self.length = int(length)
@@ -90,3 +101,12 @@ class LeanResponse(http.client.HTTPResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+
+
+def _closes(version: int, first: dict[str, str]) -> bool:
+    """Whether the server closes the connection after this answer (HTTPResponse._check_close)."""
+    connection = first.get("connection", "").lower()
+    if version == 11:
+        return "close" in connection
+    return not (first.get("keep-alive") or "keep-alive" in connection
+                or "keep-alive" in first.get("proxy-connection", "").lower())

@@ -261,3 +261,41 @@ def test_without_systemd_a_tick_builds_no_status(monkeypatch):
     notifier.tick(app)
     notifier.tick(app)
     assert asked == []
+
+
+class _Socket:
+    """A socket for http.client's responses: its makefile reads these bytes."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\nX-A: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.0 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+]
+
+
+@pytest.mark.parametrize("raw", RESPONSES)
+def test_a_lean_response_frames_its_body_as_http_client_does(raw):
+    stdlib = http.client.HTTPResponse(_Socket(raw), method="POST")
+    lean = LeanResponse(_Socket(raw), method="POST")
+    stdlib.begin()
+    lean.begin()
+    framing = ("status", "reason", "version", "chunked", "length", "will_close")
+    assert [getattr(lean, name) for name in framing] == [getattr(stdlib, name) for name in framing]
+    assert lean.getheaders() == stdlib.getheaders()
+    assert lean.read() == stdlib.read()
