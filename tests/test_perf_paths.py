@@ -21,7 +21,13 @@ from chatdaemon.inbox import (
     encode_payload,
     to_row,
 )
-from chatdaemon.leanhttp import MAX_HEADERS, MAX_LINE, LeanResponse, read_headers
+from chatdaemon.leanhttp import (
+    MAX_HEADERS,
+    MAX_LINE,
+    LeanConnection,
+    LeanResponse,
+    read_headers,
+)
 from chatdaemon.privacy import export_chat
 from chatdaemon.status import chat_name
 from chatdaemon.store import Store
@@ -299,3 +305,34 @@ def test_a_lean_response_frames_its_body_as_http_client_does(raw):
     assert [getattr(lean, name) for name in framing] == [getattr(stdlib, name) for name in framing]
     assert lean.getheaders() == stdlib.getheaders()
     assert lean.read() == stdlib.read()
+
+
+class _Recording:
+    """A connected socket that keeps what is sent on it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(bytes(data))
+
+
+def sent_by(connection_class: type, body: object) -> list[bytes]:
+    conn = connection_class("127.0.0.1", 9)
+    conn.sock = _Recording()
+    conn.request("POST", "/bot123:abc/sendMessage", body,
+                 {"Content-Type": "application/json", "User-Agent": "chatdaemon"})
+    return conn.sock.sent
+
+
+def test_a_request_with_a_body_goes_out_in_one_write_with_the_same_bytes():
+    body = json.dumps({"chat_id": 5, "text": "hi"}).encode()
+    stdlib = sent_by(http.client.HTTPConnection, body)
+    lean = sent_by(LeanConnection, body)
+    assert len(stdlib) == 2 and len(lean) == 1
+    assert lean == [b"".join(stdlib)]
+
+
+def test_a_request_with_an_iterable_body_is_sent_as_http_client_sends_it():
+    chunks = [b"ab", b"cd"]
+    assert sent_by(LeanConnection, iter(chunks)) == sent_by(http.client.HTTPConnection, iter(chunks))
