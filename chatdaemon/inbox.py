@@ -6,7 +6,8 @@ checked before it is used, and nothing here raises on any JSON value.
 
 The table's SQL lives here too, as functions of a connection the store hands in inside
 its transaction (`Store.add_updates`, `pending`, `finish`, … call them); this module opens
-no transaction and takes no lock of its own.
+no transaction and takes no lock of its own. Telegram's updates are kept deflated
+(`encode_payload`), the rows the daemon makes as JSON text (`LOCAL_FIELD` reads them in SQL).
 """
 
 from __future__ import annotations
