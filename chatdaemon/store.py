@@ -409,8 +409,9 @@ class Store:
 
     def pending(self, chat_id: int, limit: int = 20) -> list[InboxRow]:
         """The chat's unhandled updates in update_id order."""
-        with self._reading() as db:
-            return inbox.pending(db, chat_id, limit, time.time())
+        now = time.time()
+        with self._lock:   # _reading's work without its generator: twice per update
+            return inbox.pending(self._db, chat_id, limit, now)
 
     def is_done(self, update_id: int) -> bool:
         with self._reading() as db:
