@@ -559,7 +559,7 @@ def io_write_bytes(pid: int) -> int:
 
 def dbsize(updates: int = 50_000, chats: int = 500) -> dict:
     """A database that took `updates` updates, handled over 3 days, then one prune."""
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(TREE))
     from chatdaemon.inbox import to_row
     from chatdaemon.store import Retention, Store
     scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-dbsize-", dir=SCRATCH)
