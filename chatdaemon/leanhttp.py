@@ -64,7 +64,7 @@ def send_with_head(conn: http.client.HTTPConnection, body: object, chunked: bool
     other body, which HTTPConnection._send_output then sends as it always does."""
     if not isinstance(body, bytes) or chunked:
         return False
-    buffer: list[bytes] = conn._buffer  # type: ignore[attr-defined]
+    buffer: list[bytes] = conn._buffer  # type: ignore[attr-defined]  # the head, not in the stubs
     buffer.extend((b"", body))   # the head's blank line, then the body
     data = b"\r\n".join(buffer)
     del buffer[:]
@@ -113,7 +113,7 @@ class LeanResponse(http.client.HTTPResponse):
             if self.length is not None and self.length < 0:
                 self.length = None
         if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) \
-                or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]
+                or 100 <= status < 200 or self._method == "HEAD":  # type: ignore[attr-defined]  # unstubbed
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
@@ -135,7 +135,7 @@ class LeanConnection(http.client.HTTPConnection):
 
     def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
         if not send_with_head(self, message_body, encode_chunked):
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]  # unstubbed
 
 
 class LeanHTTPSConnection(http.client.HTTPSConnection):
@@ -145,4 +145,4 @@ class LeanHTTPSConnection(http.client.HTTPSConnection):
 
     def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
         if not send_with_head(self, message_body, encode_chunked):
-            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]
+            super()._send_output(message_body, encode_chunked)  # type: ignore[misc]  # unstubbed
