@@ -1,9 +1,11 @@
 """Benchmark: the daemon as a process against the Bot API test double, numbers printed.
 
-    python bench/bench.py [--only NAME ...] [--repeat N]
+    python bench/bench.py [--only NAME ...] [--repeat N] [--against DIR]
 
-CHATDAEMON_BENCH_TREE=DIR runs the daemon from another checkout (an older build, for
-before/after figures); the workloads, the test double and the counters stay this file's.
+--against DIR runs each workload on another checkout (an older build) and on this one in
+turn, --repeat times each, and prints both medians: before/after figures from runs that
+shared the machine's load. CHATDAEMON_BENCH_TREE=DIR runs the daemon (and dbsize's store)
+from another checkout alone; the workloads, the test double and the counters stay this file's.
 
 Workloads (rate limits off, as for a local Bot API server; durability on):
   throughput  20,000 messages over 1,000 chats, all injected at once → messages/s, and the
@@ -607,16 +609,59 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--against", metavar="DIR",
+                        help="another checkout: each run of it alternates with one of this tree "
+                             "(A B A B …), and both medians are printed")
     args = parser.parse_args()
     for name in args.only:
-        results = [WORKLOADS[name]() for _ in range(args.repeat)]
-        merged = {}
-        for key in results[0]:
-            values = [r[key] for r in results]
-            merged[key] = statistics.median(values) if isinstance(values[0], float) else values[-1]
-        shown = ", ".join(f"{k}={v:.{3 if k.startswith('cpu_ms') else 2}f}" if isinstance(v, float)
-                          else f"{k}={v}" for k, v in merged.items())
-        print(f"{name:11s} {shown}", flush=True)
+        if args.against:
+            compare(name, args.repeat, args.against)
+            continue
+        print(f"{name:11s} {shown(merged([WORKLOADS[name]() for _ in range(args.repeat)]))}",
+              flush=True)
+
+
+def merged(results: list[dict]) -> dict:
+    """Each figure's median over the runs (the last value of one that is not a number)."""
+    out = {}
+    for key in results[0]:
+        values = [r[key] for r in results]
+        out[key] = statistics.median(values) if isinstance(values[0], float) else values[-1]
+    return out
+
+
+def shown(figures: dict) -> str:
+    return ", ".join(f"{k}={v:.{3 if k.startswith('cpu_ms') else 2}f}" if isinstance(v, float)
+                     else f"{k}={v}" for k, v in figures.items())
+
+
+def compare(name: str, repeat: int, other: str) -> None:
+    """`name` run `repeat` times on each tree, interleaved; the machine's load then weighs on
+    both alike. Each run is a process of this file with CHATDAEMON_BENCH_TREE set."""
+    trees = {"before": str(Path(other).resolve()), "after": str(TREE)}
+    results: dict[str, list[dict]] = {label: [] for label in trees}
+    for _ in range(repeat):
+        for label, tree in trees.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--only", name], capture_output=True, text=True,
+                check=True, env={**os.environ, "CHATDAEMON_BENCH_TREE": tree}).stdout
+            results[label].append(parsed(out.split(None, 1)[1]))
+    for label, tree in trees.items():
+        print(f"{name:11s} {label:6s} {shown(merged(results[label]))}  ({tree})", flush=True)
+
+
+def parsed(line: str) -> dict:
+    """The figures of one printed line back: k=v pairs, with their numbers."""
+    figures: dict = {}
+    for pair in line.strip().split(", "):
+        key, _, value = pair.partition("=")
+        for kind in (int, float, str):
+            try:
+                figures[key] = kind(value)
+                break
+            except ValueError:
+                continue
+    return figures
 
 
 if __name__ == "__main__":
