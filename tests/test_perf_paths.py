@@ -168,7 +168,7 @@ def test_sqlite_refuses_json_extract_on_deflated_bytes():
         db.execute("SELECT json_extract(?, '$.a')", (encode_payload(message(1)),)).fetchone()
 
 
-# -- the Bot API client's response headers ----------------------------------------------------
+# -- the Bot API client's connections -----------------------------------------------------------
 
 HEADER_BLOCKS = [
     b"Server: nginx\r\nContent-Type: application/json\r\nContent-Length: 312\r\n"
@@ -215,58 +215,6 @@ def test_the_client_reads_answers_through_the_lean_response(telegram):
         assert conn.response_class is LeanResponse   # kept alive, and lean
     finally:
         client.close()
-
-
-# -- statements per update ----------------------------------------------------------------
-
-def statements(store: Store) -> list[str]:
-    """Every statement the store's connection runs from now on, first words only."""
-    seen: list[str] = []
-    store._connection.set_trace_callback(lambda sql: seen.append(" ".join(sql.split()[:3])))
-    return seen
-
-
-def test_a_batch_of_updates_is_one_insert_each_between_the_durable_begin_and_commit(fresh_db):
-    seen = statements(fresh_db)
-    fresh_db.add_updates([to_row(message(1)), to_row(message(2))])
-    assert seen == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE",
-                    "INSERT OR IGNORE", "INSERT OR IGNORE", "COMMIT", "PRAGMA synchronous=NORMAL"]
-
-
-def test_an_update_that_changed_its_conversation_commits_in_four_statements(fresh_db):
-    fresh_db.add_updates([to_row(message(1))])
-    conversation = fresh_db.load_conversation(CHAT)
-    conversation.vars["count"] = 1
-    seen = statements(fresh_db)
-    fresh_db.finish(1, conversation)
-    # no schedule statement for a chat whose schedules did not change, none to re-arm a tick
-    assert seen == ["BEGIN IMMEDIATE", "INSERT INTO conversations(chat_id,", "UPDATE inbox SET",
-                    "COMMIT"]
-
-
-def test_an_update_that_left_its_conversation_alone_does_not_rewrite_it(fresh_db):
-    fresh_db.add_updates([to_row(message(1))])
-    seen = statements(fresh_db)
-    fresh_db.finish(1, None)   # the update transaction passes None for an unchanged conversation
-    assert seen == ["BEGIN IMMEDIATE", "UPDATE inbox SET", "COMMIT"]
-    assert fresh_db.is_done(1) and fresh_db.load_conversation(CHAT).is_new
-
-
-# -- the supervising loop's tick ----------------------------------------------------------
-
-def test_without_systemd_a_tick_builds_no_status(monkeypatch):
-    """The status line counts the backlog (a scan of the pending index): only for systemd."""
-    from types import SimpleNamespace
-
-    from chatdaemon.daemon import Notifier
-    asked: list[str] = []
-    app = SimpleNamespace(poller=SimpleNamespace(polls=1, alive=lambda: True, last_error=None),
-                          status=lambda: asked.append("status") or {})
-    notifier = Notifier({})
-    assert not notifier.enabled
-    notifier.tick(app)
-    notifier.tick(app)
-    assert asked == []
 
 
 class _Socket:
@@ -336,3 +284,55 @@ def test_a_request_with_a_body_goes_out_in_one_write_with_the_same_bytes():
 def test_a_request_with_an_iterable_body_is_sent_as_http_client_sends_it():
     chunks = [b"ab", b"cd"]
     assert sent_by(LeanConnection, iter(chunks)) == sent_by(http.client.HTTPConnection, iter(chunks))
+
+
+# -- statements per update ----------------------------------------------------------------
+
+def statements(store: Store) -> list[str]:
+    """Every statement the store's connection runs from now on, first words only."""
+    seen: list[str] = []
+    store._connection.set_trace_callback(lambda sql: seen.append(" ".join(sql.split()[:3])))
+    return seen
+
+
+def test_a_batch_of_updates_is_one_insert_each_between_the_durable_begin_and_commit(fresh_db):
+    seen = statements(fresh_db)
+    fresh_db.add_updates([to_row(message(1)), to_row(message(2))])
+    assert seen == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE",
+                    "INSERT OR IGNORE", "INSERT OR IGNORE", "COMMIT", "PRAGMA synchronous=NORMAL"]
+
+
+def test_an_update_that_changed_its_conversation_commits_in_four_statements(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    conversation = fresh_db.load_conversation(CHAT)
+    conversation.vars["count"] = 1
+    seen = statements(fresh_db)
+    fresh_db.finish(1, conversation)
+    # no schedule statement for a chat whose schedules did not change, none to re-arm a tick
+    assert seen == ["BEGIN IMMEDIATE", "INSERT INTO conversations(chat_id,", "UPDATE inbox SET",
+                    "COMMIT"]
+
+
+def test_an_update_that_left_its_conversation_alone_does_not_rewrite_it(fresh_db):
+    fresh_db.add_updates([to_row(message(1))])
+    seen = statements(fresh_db)
+    fresh_db.finish(1, None)   # the update transaction passes None for an unchanged conversation
+    assert seen == ["BEGIN IMMEDIATE", "UPDATE inbox SET", "COMMIT"]
+    assert fresh_db.is_done(1) and fresh_db.load_conversation(CHAT).is_new
+
+
+# -- the supervising loop's tick ----------------------------------------------------------
+
+def test_without_systemd_a_tick_builds_no_status(monkeypatch):
+    """The status line counts the backlog (a scan of the pending index): only for systemd."""
+    from types import SimpleNamespace
+
+    from chatdaemon.daemon import Notifier
+    asked: list[str] = []
+    app = SimpleNamespace(poller=SimpleNamespace(polls=1, alive=lambda: True, last_error=None),
+                          status=lambda: asked.append("status") or {})
+    notifier = Notifier({})
+    assert not notifier.enabled
+    notifier.tick(app)
+    notifier.tick(app)
+    assert asked == []
