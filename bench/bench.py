@@ -1,9 +1,17 @@
 """Benchmark: the daemon as a process against the Bot API test double, numbers printed.
 
-    python bench/bench.py [--only NAME ...] [--repeat N]
+    python bench/bench.py [--only NAME ...] [--repeat N] [--against DIR]
+
+--against DIR runs each workload on another checkout (an older build) and on this one in
+turn, --repeat times each, and prints both medians: before/after figures from runs that
+shared the machine's load. CHATDAEMON_BENCH_TREE=DIR runs the daemon (and dbsize's store)
+from another checkout alone; the workloads, the test double and the counters stay this file's.
 
 Workloads (rate limits off, as for a local Bot API server; durability on):
-  throughput  20,000 messages over 1,000 chats, all injected at once → messages/s
+  throughput  20,000 messages over 1,000 chats, all injected at once → messages/s, and the
+              daemon's CPU milliseconds per message (utime + stime from /proc/PID/stat)
+  cpu_single  500 messages over 10 chats sent one at a time, each waiting for its reply →
+              the daemon's CPU milliseconds per message when messages arrive singly
   latency     a steady 500 msg/s over 200 chats for 10 s → reply latency p50/p99
   footprint   10,000 chats sending one message each → peak threads, peak RSS
   faults      2,000 messages while 1% each of sendMessage calls fail with 500, with 429
@@ -49,6 +57,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+# the checkout whose daemon runs (python -m chatdaemon from there)
+TREE = Path(os.environ.get("CHATDAEMON_BENCH_TREE", str(ROOT))).resolve()
 
 from fake_telegram import FakeTelegram  # noqa: E402
 from procstat import Peaks, status_fields, wait_until, wakeups_per_second  # noqa: E402
@@ -74,7 +84,7 @@ class Run:
              "--db", str(Path(self.scratch.name) / "bench.sqlite3"), "--api-url", self.telegram.url,
              "--rate-limits", "off", "--config", str(config_path), "--log-level", "WARNING"],
             env={**os.environ, "CHATDAEMON_TOKEN": TOKEN, **(env or {})}, stdout=self.log,
-            stderr=subprocess.STDOUT, cwd=str(ROOT))
+            stderr=subprocess.STDOUT, cwd=str(TREE))
         ok = self.telegram.wait_for(
             lambda: any(c["method"] == "getUpdates" for c in self.telegram.calls), 30)
         if not ok:
@@ -115,14 +125,47 @@ def throughput(messages: int = 20000, chats: int = 1000) -> dict:
     run = Run("counter")
     try:
         batch = [(1_000_000 + i % chats, "m") for i in range(messages)]
+        cpu = cpu_seconds(run.process.pid)
         began = time.monotonic()
         run.telegram.push_many(batch)
         if not run.telegram.wait_for_sent(messages, timeout=600):
             raise RuntimeError(f"only {len(run.telegram.sent)} replies")
         elapsed = time.monotonic() - began
-        return {"msgs_per_s": messages / elapsed, "seconds": elapsed}
+        cpu = settled_cpu_seconds(run.process.pid) - cpu
+        return {"msgs_per_s": messages / elapsed, "seconds": elapsed,
+                "cpu_ms_per_msg": 1000 * cpu / messages}
     finally:
         run.close()
+
+
+def cpu_single(messages: int = 500, chats: int = 10) -> dict:
+    """Messages arriving singly: each one waits for the reply to the one before."""
+    run = Run("counter")
+    try:
+        cpu = cpu_seconds(run.process.pid)
+        for i in range(messages):
+            run.telegram.push_message(1_500_000 + i % chats, "m")
+            if not run.telegram.wait_for_sent(i + 1, timeout=30):
+                raise RuntimeError(f"only {len(run.telegram.sent)} replies")
+        cpu = settled_cpu_seconds(run.process.pid) - cpu
+        return {"cpu_ms_per_msg": 1000 * cpu / messages}
+    finally:
+        run.close()
+
+
+def settled_cpu_seconds(pid: int, quiet: float = 0.3, limit: float = 5.0) -> float:
+    """The process's CPU seconds once it stops using CPU (the last replies' commits done):
+    read again until a `quiet` interval adds less than one clock tick, within `limit` s."""
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + limit
+    last = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < tick:
+            return now
+        last = now
+    return last
 
 
 def latency(rate: int = 500, chats: int = 200, seconds: float = 10.0) -> dict:
@@ -518,7 +561,7 @@ def io_write_bytes(pid: int) -> int:
 
 def dbsize(updates: int = 50_000, chats: int = 500) -> dict:
     """A database that took `updates` updates, handled over 3 days, then one prune."""
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(TREE))
     from chatdaemon.inbox import to_row
     from chatdaemon.store import Retention, Store
     scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-dbsize-", dir=SCRATCH)
@@ -556,7 +599,7 @@ def sample_update(n: int, chat_id: int) -> dict:
         "date": 1_700_000_000 + n, "text": "hello there"}}
 
 
-WORKLOADS = {"throughput": throughput, "latency": latency, "footprint": footprint,
+WORKLOADS = {"throughput": throughput, "cpu_single": cpu_single, "latency": latency, "footprint": footprint,
              "faults": faults, "pipeline": pipeline, "help": help_time, "telepot": telepot,
              "idle": idle, "threads64": threads64, "connections": connections,
              "writes": writes, "ticks": ticks, "dbsize": dbsize}
@@ -566,15 +609,59 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--against", metavar="DIR",
+                        help="another checkout: each run of it alternates with one of this tree "
+                             "(A B A B …), and both medians are printed")
     args = parser.parse_args()
     for name in args.only:
-        results = [WORKLOADS[name]() for _ in range(args.repeat)]
-        merged = {}
-        for key in results[0]:
-            values = [r[key] for r in results]
-            merged[key] = statistics.median(values) if isinstance(values[0], float) else values[-1]
-        shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in merged.items())
-        print(f"{name:11s} {shown}", flush=True)
+        if args.against:
+            compare(name, args.repeat, args.against)
+            continue
+        print(f"{name:11s} {shown(merged([WORKLOADS[name]() for _ in range(args.repeat)]))}",
+              flush=True)
+
+
+def merged(results: list[dict]) -> dict:
+    """Each figure's median over the runs (the last value of one that is not a number)."""
+    out = {}
+    for key in results[0]:
+        values = [r[key] for r in results]
+        out[key] = statistics.median(values) if isinstance(values[0], float) else values[-1]
+    return out
+
+
+def shown(figures: dict) -> str:
+    return ", ".join(f"{k}={v:.{3 if k.startswith('cpu_ms') else 2}f}" if isinstance(v, float)
+                     else f"{k}={v}" for k, v in figures.items())
+
+
+def compare(name: str, repeat: int, other: str) -> None:
+    """`name` run `repeat` times on each tree, interleaved; the machine's load then weighs on
+    both alike. Each run is a process of this file with CHATDAEMON_BENCH_TREE set."""
+    trees = {"before": str(Path(other).resolve()), "after": str(TREE)}
+    results: dict[str, list[dict]] = {label: [] for label in trees}
+    for _ in range(repeat):
+        for label, tree in trees.items():
+            out = subprocess.run(
+                [sys.executable, __file__, "--only", name], capture_output=True, text=True,
+                check=True, env={**os.environ, "CHATDAEMON_BENCH_TREE": tree}).stdout
+            results[label].append(parsed(out.split(None, 1)[1]))
+    for label, tree in trees.items():
+        print(f"{name:11s} {label:6s} {shown(merged(results[label]))}  ({tree})", flush=True)
+
+
+def parsed(line: str) -> dict:
+    """The figures of one printed line back: k=v pairs, with their numbers."""
+    figures: dict = {}
+    for pair in line.strip().split(", "):
+        key, _, value = pair.partition("=")
+        for kind in (int, float, str):
+            try:
+                figures[key] = kind(value)
+                break
+            except ValueError:
+                continue
+    return figures
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
-from . import schedules
+from . import inbox, schedules
 
 MEMBER_MARK = "@"   # a member's schedule is stored as NAME@USER_ID (schedule names have no @)
 
@@ -159,8 +159,8 @@ def forget_member(db: sqlite3.Connection, chat_id: int | None, member: int) -> N
     db.execute(f"DELETE FROM schedules WHERE {chats} AND name LIKE ?", (chat_id, pattern))
     # their next ticks wait in the inbox: they go with them
     db.execute(f"UPDATE inbox SET done = 1, payload = '{{}}' WHERE {chats} AND done = 0"
-               " AND kind = 'schedule' AND json_extract(payload, '$.schedule.name') LIKE ?",
-               (chat_id, pattern))
+               f" AND kind = 'schedule' AND {inbox.LOCAL_FIELD} LIKE ?",
+               (chat_id, "$.schedule.name", pattern))
 
 
 def stop_member_schedule(db: sqlite3.Connection, chat_id: int, name: str, member: int) -> int:

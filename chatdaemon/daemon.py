@@ -73,6 +73,8 @@ class Notifier:
 
     def tick(self, app: Daemon) -> None:
         """Called about once a second by the daemon's supervising loop."""
+        if not self.enabled:
+            return   # no systemd to tell; the status line would count the backlog for nobody
         poller = app.poller
         if not self._ready_sent and poller.polls > 0:
             self._ready_sent = True

@@ -6,13 +6,15 @@ checked before it is used, and nothing here raises on any JSON value.
 
 The table's SQL lives here too, as functions of a connection the store hands in inside
 its transaction (`Store.add_updates`, `pending`, `finish`, … call them); this module opens
-no transaction and takes no lock of its own.
+no transaction and takes no lock of its own. Telegram's updates are kept deflated
+(`encode_payload`), the rows the daemon makes as JSON text (`LOCAL_FIELD` reads them in SQL).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,53 @@ KEEP_DONE_SECONDS = 48 * 3600
 # database over its size cap may lose handled rows down to this age: a re-delivery then
 # needs the daemon to have been cut off from Telegram for longer and to restart.
 KEEP_DONE_AT_LEAST_SECONDS = 3600
+
+
+# Telegram's updates are stored deflated, with a preset dictionary of their usual keys: a
+# 300-byte text message keeps about 60 bytes, so several more rows share each page a commit
+# writes to the SD card. The first byte names the format. A row written in a format stays
+# readable: PAYLOAD_DICTIONARY never changes (a better one takes a new format byte). Rows
+# the daemon makes itself (hooks, ticks, handoffs) stay JSON text: SQL reads their fields.
+DEFLATED = b"\x01"
+PAYLOAD_WINDOW_BITS = -10   # raw deflate, a 1 KiB window: updates are small, and so is the state
+PAYLOAD_DICTIONARY = (
+    b'"entities":[{"offset":0,"length":,"type":"bot_command"}],"reply_to_message":'
+    b'{"photo":[{"file_id":"","file_unique_id":"","file_size":,"width":,"height":}],"caption":"'
+    b'"edit_date":,"my_chat_member":{"old_chat_member":{"status":"member","user":'
+    b'"new_chat_member":{"status":"kicked","until_date":0},"is_premium":true,'
+    b'"group","supergroup","title":"","all_members_are_administrators":true},'
+    b'{"update_id":,"callback_query":{"id":"","chat_instance":"","data":"",'
+    b'"message":{"message_id":,"from":{"id":,"is_bot":false,"first_name":"","last_name":"",'
+    b'"username":"","language_code":"en"},"chat":{"id":,"first_name":"","last_name":"",'
+    b'"username":"","type":"private"},"date":1700000000,"text":"'
+)
+
+
+# made once: json.dumps with arguments builds an encoder per call
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_payload(update: dict) -> bytes:
+    """An update as the inbox stores it: compact JSON, deflated (see DEFLATED)."""
+    text = _COMPACT_JSON.encode(update).encode()
+    deflate = zlib.compressobj(2, zlib.DEFLATED, PAYLOAD_WINDOW_BITS, 1, zlib.Z_DEFAULT_STRATEGY,
+                               PAYLOAD_DICTIONARY)
+    return DEFLATED + deflate.compress(text) + deflate.flush()
+
+
+def decode_payload(stored: str | bytes) -> dict:
+    """A stored payload back as the object it was: deflated bytes or JSON text.
+
+    Raises ValueError for bytes that do not inflate (a damaged row) or text that is not JSON.
+    """
+    if isinstance(stored, bytes) and stored[:1] == DEFLATED:
+        inflate = zlib.decompressobj(PAYLOAD_WINDOW_BITS, zdict=PAYLOAD_DICTIONARY)
+        try:
+            stored = inflate.decompress(stored[1:]) + inflate.flush()
+        except zlib.error as exc:
+            raise ValueError(f"a stored update does not inflate: {exc}") from None
+    value = json.loads(stored)
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -170,14 +219,18 @@ def _id_in(chat: dict, where: str) -> int:
 
 
 def _check_depth(update: dict) -> None:
-    """Refuse nesting deeper than MAX_DEPTH, walking with a stack of our own (no recursion)."""
-    stack: list[tuple[dict | list, int]] = [(update, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise _Malformed(f"the update is nested deeper than {MAX_DEPTH} levels")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    """Refuse nesting deeper than MAX_DEPTH, walking one level at a time (no recursion)."""
+    level: list[dict | list] = [update]
+    for _ in range(MAX_DEPTH):
+        below: list[dict | list] = []
+        for value in level:
+            for child in value.values() if isinstance(value, dict) else value:
+                if isinstance(child, dict | list):
+                    below.append(child)
+        if not below:
+            return
+        level = below
+    raise _Malformed(f"the update is nested deeper than {MAX_DEPTH} levels")
 
 
 def _show(value: object) -> str:
@@ -207,7 +260,7 @@ def insert_updates(db: sqlite3.Connection, rows: Sequence[InboxRow], done: Itera
         cur = db.execute(
             "INSERT OR IGNORE INTO inbox(update_id, chat_id, kind, payload, done,"
             " received, handled) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row.update_id, row.chat_id, row.kind, json.dumps(row.payload),
+            (row.update_id, row.chat_id, row.kind, encode_payload(row.payload),
              int(is_done), now, now if is_done else None),
         )
         if cur.rowcount:
@@ -218,6 +271,8 @@ def insert_updates(db: sqlite3.Connection, rows: Sequence[InboxRow], done: Itera
 def insert_rejected(db: sqlite3.Connection, rejected: Sequence[tuple[str, str]], now: float) -> None:
     """Keep each rejected update once: a batch Telegram sends again (it was not acknowledged
     before a restart) brings the same ones back, as it brings back inbox rows."""
+    if not rejected:
+        return   # the usual batch: no statement at all
     db.executemany(
         "INSERT INTO rejected(received, reason, payload) SELECT ?, ?, ? WHERE NOT EXISTS"
         " (SELECT 1 FROM rejected WHERE reason = ? AND payload = ?)",
@@ -251,6 +306,10 @@ def last_update_id(db: sqlite3.Connection) -> int | None:
     return top
 
 
+# A field of a daemon-made row's payload (JSON text), for SQL; NULL for a stored update (deflated
+# bytes, which json_extract would refuse), whatever order SQLite tests a query's conditions in.
+LOCAL_FIELD = "CASE WHEN typeof(payload) = 'text' THEN json_extract(payload, ?) END"
+
 # A schedule's next tick waits in the inbox before it falls due, `received` set to when it
 # does (schedules.py); until then it is no pending row. Only ticks: a row from Telegram or
 # a hook is pending whatever the clock says, so a clock set back hides none of them.
@@ -273,15 +332,15 @@ def pending(db: sqlite3.Connection, chat_id: int, limit: int, now: float) -> lis
         f" AND {DUE} ORDER BY update_id LIMIT ?",
         (chat_id, now, limit),
     ).fetchall()
-    return [InboxRow(uid, chat_id, kind, json.loads(payload), attempts)
+    return [InboxRow(uid, chat_id, kind, decode_payload(payload), attempts)
             for uid, kind, payload, attempts in rows]
 
 
 def has_pending(db: sqlite3.Connection, chat_id: int, kind: str, name_path: str, name: str) -> bool:
     """Whether the chat has an unhandled row of `kind` whose payload names `name` at `name_path`."""
     return db.execute(
-        "SELECT 1 FROM inbox WHERE chat_id = ? AND kind = ? AND done = 0"
-        " AND json_extract(payload, ?) = ?", (chat_id, kind, name_path, name)
+        f"SELECT 1 FROM inbox WHERE chat_id = ? AND kind = ? AND done = 0 AND {LOCAL_FIELD} = ?",
+        (chat_id, kind, name_path, name)
     ).fetchone() is not None
 
 

@@ -15,7 +15,8 @@ import json
 import sqlite3
 from typing import Any
 
-from . import callbacks, conversations
+from . import callbacks, conversations, inbox
+from .inbox import decode_payload
 
 TABLES = ("conversations", "schedules", "handoffs", "handoff_messages", "button_tokens")
 MEMBERS = "member_conversations"
@@ -41,7 +42,7 @@ def export_chat(db: sqlite3.Connection, chat_id: int) -> dict[str, Any]:
     found["inbox"] = _rows(db, "SELECT update_id, kind, payload, done, received, handled FROM inbox"
                                " WHERE chat_id = ? ORDER BY update_id", (chat_id,))
     for row in found["inbox"]:
-        row["payload"] = json.loads(row["payload"])
+        row["payload"] = decode_payload(row["payload"])
     return found
 
 
@@ -60,7 +61,7 @@ def forget_chat(chat_id: int, handling: bool = False):
         db.execute("DELETE FROM operator_messages WHERE chat_id = ?", (chat_id,))
         # messages queued for operators about this person go too
         db.execute("DELETE FROM inbox WHERE done = 0 AND kind = 'handoff_notice'"
-                   " AND json_extract(payload, '$.handoff_notice.about') = ?", (chat_id,))
+                   f" AND {inbox.LOCAL_FIELD} = ?", ("$.handoff_notice.about", chat_id))
         db.execute("UPDATE inbox SET payload = '{}' WHERE chat_id = ? AND done = 1", (chat_id,))
         # the next ticks of the schedules deleted above, and results posted to its callback
         # URLs, wait in the inbox: they go with them
@@ -79,8 +80,8 @@ def forget_member(chat_id: int, member: int):
         conversations.forget_member(db, chat_id, member)
         callbacks.forget(db, chat_id, member)
         db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
-                   " AND kind = ? AND json_extract(payload, '$.callback.member') = ?",
-                   (chat_id, callbacks.KIND, member))
+                   f" AND kind = ? AND {inbox.LOCAL_FIELD} = ?",
+                   (chat_id, callbacks.KIND, "$.callback.member", member))
         db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                    " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
     return write

@@ -61,7 +61,7 @@ def rearm_after_tick(db: sqlite3.Connection, update_id: int, now: float) -> None
     """
     if update_id < inbox.LOCAL_BASE:
         return   # a Telegram update: never a tick
-    row = db.execute("SELECT chat_id, json_extract(payload, ?) FROM inbox WHERE update_id = ?"
+    row = db.execute(f"SELECT chat_id, {inbox.LOCAL_FIELD} FROM inbox WHERE update_id = ?"
                      " AND kind = ?", (f"$.{TICK_KIND}.name", update_id, TICK_KIND)).fetchone()
     if row is None:
         return
@@ -87,7 +87,7 @@ def _drop_waiting_tick(db: sqlite3.Connection, chat_id: int, name: str, now: flo
     # marked done, never deleted: a deleted row's id would be given again to the next local
     # row, and the done mark of the update being committed could then land on that one
     db.execute("UPDATE inbox SET done = 1, handled = ? WHERE chat_id = ? AND kind = ? AND done = 0"
-               " AND json_extract(payload, ?) = ?",
+               f" AND {inbox.LOCAL_FIELD} = ?",
                (now, chat_id, TICK_KIND, f"$.{TICK_KIND}.name", name))
 
 
@@ -103,7 +103,7 @@ def anything_to_do(db: sqlite3.Connection, now: float) -> bool:
     return db.execute(
         "SELECT 1 FROM schedules AS s WHERE s.next_at > ? + s.every OR (s.next_at <= ?"
         " AND NOT EXISTS (SELECT 1 FROM inbox WHERE chat_id = s.chat_id AND kind = ?"
-        " AND done = 0 AND json_extract(payload, ?) = s.name)) LIMIT 1",
+        f" AND done = 0 AND {inbox.LOCAL_FIELD} = s.name)) LIMIT 1",
         (now, now, TICK_KIND, f"$.{TICK_KIND}.name")).fetchone() is not None
 
 

@@ -20,6 +20,7 @@ import tabulate
 
 from .dbfile import lock_holder
 from .errors import ConfigError
+from .inbox import decode_payload
 from .store import LOCAL_BASE
 
 LATEST = 5          # quarantined and rejected updates shown by `status`
@@ -135,10 +136,10 @@ def list_chats(db: sqlite_utils.Database, limit: int = 100) -> list[dict[str, An
              "last_seen": _when(row["last_seen"]), "pending": row["pending"]} for row in rows]
 
 
-def chat_name(payload: str | None) -> str:
+def chat_name(payload: str | bytes | None) -> str:
     """The chat's title or person's name from a stored update (untrusted: checked, cut, printable)."""
     try:
-        update = json.loads(payload) if payload else {}
+        update = decode_payload(payload) if payload else {}
     except ValueError:
         return ""
     for value in update.values() if isinstance(update, dict) else ():

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
+from .leanhttp import LeanConnection, LeanHTTPSConnection
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +198,12 @@ class TelegramClient:
                 pass
         host, port = self._proxy or (self._host, self._port)
         if self._scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            conn: http.client.HTTPConnection = LeanHTTPSConnection(
                 host, port, timeout=self.connect_timeout, context=self._context)
             if self._proxy:
                 conn.set_tunnel(self._host, self._port)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.connect_timeout)
+            conn = LeanConnection(host, port, timeout=self.connect_timeout)
         try:
             conn.connect()
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

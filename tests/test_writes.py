@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 
@@ -34,7 +35,7 @@ def wal_frames(path) -> int:
 def test_a_new_database_has_small_pages_and_incremental_vacuum(tmp_path):
     path = tmp_path / "new.sqlite3"
     Store(str(path)).close()
-    assert shape(path) == (PAGE_SIZE, AUTO_VACUUM_INCREMENTAL) == (1024, 2)
+    assert shape(path) == (PAGE_SIZE, AUTO_VACUUM_INCREMENTAL) == (512, 2)
 
 
 def test_an_older_file_is_rewritten_once_into_the_new_shape_keeping_its_rows(tmp_path):
@@ -61,7 +62,7 @@ def test_an_older_file_is_rewritten_once_into_the_new_shape_keeping_its_rows(tmp
     finally:
         store.close()
     assert mode == "wal"
-    assert shape(path) == (1024, 2)
+    assert shape(path) == (512, 2)
 
 
 def test_an_update_costs_a_few_small_pages_in_the_wal(tmp_path):
@@ -80,9 +81,10 @@ def test_an_update_costs_a_few_small_pages_in_the_wal(tmp_path):
     finally:
         store.close()
     # the inbox leaf, its pending index and at most a split's pages; the done mark: the row's
-    # leaf, the index and the conversation — each 1 KiB, where 4 KiB pages made them 4 KiB
+    # leaf, the index and the conversation — each 512 bytes, where 4 KiB pages made them 4 KiB
     assert 1 <= inserted <= 5
     assert 1 <= done <= 4
+    assert (inserted + done) * (PAGE_SIZE + 24) <= 5 * 1024
 
 
 # -- schedule ticks: one write transaction each ----------------------------------------------
@@ -184,3 +186,24 @@ def test_a_clock_set_back_hides_no_message(tmp_path):
         assert store.backlog() == 1 and store.pending_chats() == [CHAT]
     finally:
         store.close()
+
+
+def test_a_database_of_the_1_kib_version_is_rewritten_and_its_json_rows_replay(tmp_path):
+    path = tmp_path / "kib.sqlite3"
+    Store(str(path)).close()
+    db = sqlite3.connect(path)   # as the previous version left it: 1 KiB pages, JSON text rows
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.execute("INSERT INTO inbox(update_id, chat_id, kind, payload, done, received)"
+               " VALUES (?, ?, 'message', ?, 0, ?)", (5, 42, json.dumps(message(5)), time.time()))
+    db.commit()
+    db.execute("PRAGMA page_size=1024")
+    db.execute("VACUUM")
+    db.close()
+    assert shape(path)[0] == 1024
+
+    store = Store(str(path))
+    try:
+        assert [(row.update_id, row.payload) for row in store.pending(42)] == [(5, message(5))]
+    finally:
+        store.close()
+    assert shape(path) == (PAGE_SIZE, AUTO_VACUUM_INCREMENTAL)
