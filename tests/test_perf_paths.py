@@ -309,7 +309,7 @@ def test_an_update_that_changed_its_conversation_commits_in_four_statements(fres
     seen = statements(fresh_db)
     fresh_db.finish(1, conversation)
     # no schedule statement for a chat whose schedules did not change, none to re-arm a tick
-    assert seen == ["BEGIN IMMEDIATE", "INSERT INTO conversations(chat_id,", "UPDATE inbox SET",
+    assert seen == ["BEGIN IMMEDIATE", "INSERT INTO conversations(state,", "UPDATE inbox SET",
                     "COMMIT"]
 
 
