@@ -336,3 +336,15 @@ def test_without_systemd_a_tick_builds_no_status(monkeypatch):
     notifier.tick(app)
     notifier.tick(app)
     assert asked == []
+
+
+def test_no_sql_reads_a_payload_field_except_through_local_field():
+    """A stored update is deflated bytes: json_extract on it raises whenever SQLite happens to
+    test that condition before the row's kind, so every read of a field goes through
+    LOCAL_FIELD, which yields NULL for such rows."""
+    from pathlib import Path
+    package = Path(__file__).resolve().parent.parent / "chatdaemon"
+    direct = [f"{path.name}:{number}" for path in sorted(package.rglob("*.py"))
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if "json_extract(payload" in line and "LOCAL_FIELD =" not in line]
+    assert direct == []
