@@ -1,6 +1,6 @@
 """Side by side: the per-chat counter in chatdaemon and in three other Telegram libraries.
 
-    python bench/compare.py [--venv DIR] [--only NAME ...]
+    python bench/compare.py [--venv DIR] [--only NAME ...] [--w1]
 
 The peers, pinned (PINS), are installed with pip into a scratch virtual environment on first
 use (default ~/.cache/chatdaemon-compare); each runs the same job in its own idiom
@@ -9,7 +9,8 @@ Every bot is a process pointed at its own fresh Bot API test double (tests/fake_
 on 127.0.0.1, long-polling with a 5 s timeout; chatdaemon runs handlers/counter with rate
 limits off, as for a local Bot API server. Three phases per bot, each on a fresh process:
 
-  burst   5,000 messages over 250 chats, pushed at once → messages/s, CPU seconds, peak RSS,
+  burst   5,000 messages over 250 chats (--w1: 20,000 over 1,000), pushed at once → messages/s,
+          CPU seconds and ms per message, peak RSS,
           peak threads
   steady  200 messages/s for 10 s over 100 chats → reply latency p50 / p99
   kill    3,000 messages at 200/s over 100 chats, the bot killed with SIGKILL halfway and
@@ -46,7 +47,8 @@ TOKEN = "123456:COMPARE-token_abcdefghijklmnopqrstuvwxyz"
 POLL_TIMEOUT = 5
 PINS = {"python-telegram-bot": "22.5", "aiogram": "3.22.0", "pyTelegramBotAPI": "4.29.1"}
 PEERS = {"python-telegram-bot": "ptb_counter.py", "aiogram": "aiogram_counter.py",
-         "pyTelegramBotAPI": "telebot_counter.py"}
+         "aiogram-seq": "aiogram_counter.py sequential", "pyTelegramBotAPI": "telebot_counter.py"}
+ORDER_KEEPING_PEER = "aiogram-seq"   # the fastest peer that keeps each chat's order
 DEFAULT_VENV = Path.home() / ".cache" / "chatdaemon-compare"
 
 
@@ -68,8 +70,11 @@ def chatdaemon_command(api_url: str, state: Path) -> list[str]:
 
 
 def peer_command(python: Path, script: str) -> Callable[[str, Path], list[str]]:
+    """`script` is the peer's file, then any arguments of its own after the common three."""
+    name, *extra = script.split()
     def command(api_url: str, state: Path) -> list[str]:
-        return [str(python), str(ROOT / "bench" / "peers" / script), api_url, TOKEN, str(POLL_TIMEOUT)]
+        return [str(python), str(ROOT / "bench" / "peers" / name), api_url, TOKEN,
+                str(POLL_TIMEOUT), *extra]
     return command
 
 
@@ -195,7 +200,11 @@ def push_steadily(telegram: FakeTelegram, rate: float, total: int, chats: int, b
 
 # -- the phases ------------------------------------------------------------------------------
 
-def burst(contestant: Contestant, messages: int = 5000, chats: int = 250) -> dict:
+BURST = (5000, 250)     # messages, chats of the burst phase
+W1 = (20000, 1000)      # --w1: the 20,000-message / 1,000-chat load the throughput bench uses
+
+
+def burst(contestant: Contestant, messages: int = BURST[0], chats: int = BURST[1]) -> dict:
     with Phase(contestant) as (bot, telegram):
         pid = bot.process.pid
         cpu = cpu_seconds(pid)
@@ -204,8 +213,10 @@ def burst(contestant: Contestant, messages: int = 5000, chats: int = 250) -> dic
             telegram.push_many([(1_000_000 + i % chats, "m") for i in range(messages)])
             settle(telegram, messages, 180)
             elapsed = time.monotonic() - began
+        spent = cpu_seconds(pid) - cpu
         result = {"msgs_per_s": min(len(telegram.sent), messages) / elapsed,
-                  "cpu_s": cpu_seconds(pid) - cpu, "peak_rss_mb": peaks.peak["VmRSS"] / 1024,
+                  "cpu_s": spent, "cpu_ms_per_msg": 1000 * spent / messages,
+                  "peak_rss_mb": peaks.peak["VmRSS"] / 1024,
                   "threads": peaks.peak["Threads"]}
         result.update(judge(telegram, {1_000_000 + c: messages // chats for c in range(chats)}))
         return result
@@ -243,12 +254,11 @@ def kill(contestant: Contestant, rate: float = 200, total: int = 3000, chats: in
         return {f"kill_{key}": value for key, value in result.items()}
 
 
-PHASES = (burst, steady, kill)
-
 
 # -- the table ---------------------------------------------------------------------------------
 
 COLUMNS = [("msgs_per_s", "msg/s", "{:.0f}"), ("cpu_s", "CPU s", "{:.1f}"),
+           ("cpu_ms_per_msg", "CPU ms/msg", "{:.3f}"),
            ("peak_rss_mb", "peak RSS MB", "{:.1f}"), ("threads", "threads", "{}"),
            ("p50_ms", "p50 ms", "{:.1f}"), ("p99_ms", "p99 ms", "{:.1f}"),
            ("missing", "missing", "{}"), ("duplicates", "dup", "{}"), ("out_of_order", "ooo", "{}"),
@@ -284,7 +294,12 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--only", nargs="*", choices=["chatdaemon", *PEERS],
                         default=["chatdaemon", *PEERS])
+    parser.add_argument("--w1", action="store_true",
+                        help="a burst of 20,000 messages over 1,000 chats instead of 5,000 over 250")
     args = parser.parse_args()
+    messages, chats = W1 if args.w1 else BURST
+    phases: dict[str, Callable[[Contestant], dict]] = {
+        "burst": lambda contestant: burst(contestant, messages, chats), "steady": steady, "kill": kill}
     python = ensure_venv(args.venv) if set(args.only) & set(PEERS) else None
     contestants = {"chatdaemon": Contestant("chatdaemon", chatdaemon_command, ROOT)}
     for name, script in PEERS.items():
@@ -293,14 +308,18 @@ def main() -> None:
     began = time.monotonic()
     for name in args.only:
         results[name] = {}
-        for phase in PHASES:
+        for phase_name, phase in phases.items():
             try:
                 results[name].update(phase(contestants[name]))
             except RuntimeError as exc:
-                print(f"{name} {phase.__name__}: {exc}", file=sys.stderr)
+                print(f"{name} {phase_name}: {exc}", file=sys.stderr)
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     print(machine(python))
+    print(f"burst: {messages} messages over {chats} chats")
     print(table(results))
+    ours, theirs = (results.get(name, {}).get("msgs_per_s") for name in ("chatdaemon", ORDER_KEEPING_PEER))
+    if ours and theirs:
+        print(f"chatdaemon / {ORDER_KEEPING_PEER} msg/s in this run: {ours / theirs:.2f}")
     print(f"({time.monotonic() - began:.0f} s)")
 
 
