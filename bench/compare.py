@@ -10,11 +10,13 @@ on 127.0.0.1, long-polling with a 5 s timeout; chatdaemon runs handlers/counter 
 limits off, as for a local Bot API server. Three phases per bot, each on a fresh process:
 
   burst   5,000 messages over 250 chats (--w1: 20,000 over 1,000), pushed at once → messages/s,
-          CPU seconds and ms per message, peak RSS,
-          peak threads
+          CPU seconds and ms per message, peak RSS, peak threads
   steady  200 messages/s for 10 s over 100 chats → reply latency p50 / p99
   kill    3,000 messages at 200/s over 100 chats, the bot killed with SIGKILL halfway and
           started again at once (same files) → what the crash cost
+
+Each phase starts its clock once the bot has answered one warm-up message; the burst phase
+also reports how long that first answer took from the process start ("first reply s").
 
 Each chat's n-th message must be answered "n": a value never answered is missing, one
 answered twice a duplicate, an answer lower than the one before out of order. Bounded: every
@@ -44,6 +46,7 @@ from fake_telegram import FakeTelegram  # noqa: E402
 from procstat import Peaks, cpu_seconds  # noqa: E402
 
 TOKEN = "123456:COMPARE-token_abcdefghijklmnopqrstuvwxyz"
+WARM_UP_CHAT = 999_999   # one message answered before each phase starts its clock; never judged
 POLL_TIMEOUT = 5
 PINS = {"python-telegram-bot": "22.5", "aiogram": "3.22.0", "pyTelegramBotAPI": "4.29.1"}
 PEERS = {"python-telegram-bot": "ptb_counter.py", "aiogram": "aiogram_counter.py",
@@ -110,7 +113,12 @@ class Bot:
         self.log = open(state / "bot.log", "ab")
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, warm_up: bool = False) -> None:
+        """Start the process and wait for its first getUpdates; `warm_up`: then also for the
+        answer to one message, so that the measured phase starts with the bot answering
+        (chatdaemon, for one, holds updates for about a second while it makes sure no other
+        process polls the token). `first_reply_s` is that wait, from the process start."""
+        began = time.monotonic()
         polls = len(self.telegram.calls_to("getUpdates"))
         env = {**os.environ, "CHATDAEMON_TOKEN": TOKEN}
         self.process = subprocess.Popen(self.contestant.command(self.telegram.url, self.state),
@@ -118,6 +126,11 @@ class Bot:
                                         cwd=str(self.contestant.cwd))
         if not self.telegram.wait_for(lambda: len(self.telegram.calls_to("getUpdates")) > polls, 60):
             raise RuntimeError(f"{self.contestant.name} did not start polling; see {self.log.name}")
+        if warm_up:
+            self.telegram.push_message(WARM_UP_CHAT, "m")
+            if not self.telegram.wait_for(lambda: self.telegram.sent_to(WARM_UP_CHAT), 60):
+                raise RuntimeError(f"{self.contestant.name} did not answer; see {self.log.name}")
+            self.first_reply_s = time.monotonic() - began
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
@@ -144,7 +157,7 @@ class Phase:
         self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-compare-")
         self.telegram = FakeTelegram(TOKEN).start()
         self.bot = Bot(self.contestant, self.telegram, Path(self.scratch.name))
-        self.bot.start()
+        self.bot.start(warm_up=True)
         return self.bot, self.telegram
 
     def __exit__(self, *exc: object) -> None:
@@ -211,10 +224,11 @@ def burst(contestant: Contestant, messages: int = BURST[0], chats: int = BURST[1
         with Peaks(pid, interval=0.05) as peaks:
             began = time.monotonic()
             telegram.push_many([(1_000_000 + i % chats, "m") for i in range(messages)])
-            settle(telegram, messages, 180)
+            settle(telegram, messages + 1, 180)   # and the warm-up's reply
             elapsed = time.monotonic() - began
         spent = cpu_seconds(pid) - cpu
-        result = {"msgs_per_s": min(len(telegram.sent), messages) / elapsed,
+        result = {"msgs_per_s": min(len(telegram.sent) - 1, messages) / elapsed,
+                  "first_reply_s": bot.first_reply_s,
                   "cpu_s": spent, "cpu_ms_per_msg": 1000 * spent / messages,
                   "peak_rss_mb": peaks.peak["VmRSS"] / 1024,
                   "threads": peaks.peak["Threads"]}
@@ -226,7 +240,7 @@ def steady(contestant: Contestant, rate: float = 200, seconds: float = 10, chats
     with Phase(contestant) as (_, telegram):
         total = int(rate * seconds)
         pushed = push_steadily(telegram, rate, total, chats, 2_000_000)
-        settle(telegram, total, 60)
+        settle(telegram, total + 1, 60)
         delays = []
         for chat, times in pushed.items():
             for when, sent in zip(times, telegram.sent_times(chat), strict=False):  # unanswered: none
@@ -248,9 +262,9 @@ def kill(contestant: Contestant, rate: float = 200, total: int = 3000, chats: in
                                                                       "CHATDAEMON_TOKEN": TOKEN},
                     stdout=bot.log, stderr=subprocess.STDOUT, cwd=str(contestant.cwd))
         pushed = push_steadily(telegram, rate, total, chats, 3_000_000, at=crash_halfway)
-        settle(telegram, total, 90)
+        settle(telegram, total + 1, 90)
         result = judge(telegram, {chat: len(times) for chat, times in pushed.items()})
-        result["replies"] = len(telegram.sent)
+        result["replies"] = len(telegram.sent) - 1
         return {f"kill_{key}": value for key, value in result.items()}
 
 
@@ -260,6 +274,7 @@ def kill(contestant: Contestant, rate: float = 200, total: int = 3000, chats: in
 COLUMNS = [("msgs_per_s", "msg/s", "{:.0f}"), ("cpu_s", "CPU s", "{:.1f}"),
            ("cpu_ms_per_msg", "CPU ms/msg", "{:.3f}"),
            ("peak_rss_mb", "peak RSS MB", "{:.1f}"), ("threads", "threads", "{}"),
+           ("first_reply_s", "first reply s", "{:.2f}"),
            ("p50_ms", "p50 ms", "{:.1f}"), ("p99_ms", "p99 ms", "{:.1f}"),
            ("missing", "missing", "{}"), ("duplicates", "dup", "{}"), ("out_of_order", "ooo", "{}"),
            ("kill_replies", "kill: replies", "{}"), ("kill_missing", "kill: missing", "{}"),
