@@ -36,7 +36,7 @@ from .poller import Poller
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 from .sender import Sender
-from .signals import EarlySignals
+from .signals import EarlySignals, SignalRelay
 from .store import Store
 from .telegram import BotAPI
 
@@ -71,6 +71,7 @@ class Controls:
         self.wake = threading.Event()      # wakes the supervising loop: stop, reload, new work
         self.sleeping_long = False         # the supervising loop waits longer than BUSY_TICK
         self.reload_requested = False
+        self.before_reload: list[Callable[[], None]] = []   # run on SIGHUP first (reopen the log)
         self.failure: BaseException | None = None
 
     def stop(self) -> None:
@@ -540,15 +541,15 @@ class App:
 
     def _install_signals(self) -> None:
         controls = self.controls
-        def on_signal(signum, frame):
+        def on_stop(signum: int) -> None:
             log.info("received %s; stopping", signal.Signals(signum).name)
             controls.stop()
-        def on_hangup(signum, frame):
+        def on_hangup() -> None:
+            for action in controls.before_reload:
+                action()
             controls.reload_requested = True
             controls.wake.set()
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_hangup)
+        SignalRelay(on_stop, on_hangup).install()
         # what arrived while loading was remembered, not lost and not fatal: act on it now
         if self.early is not None and self.early.stop:
             log.info("a stop signal arrived while starting; stopping")

@@ -323,8 +323,9 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
     def serve(report: StartReport) -> None:
         configure(config.log_level, secrets=(token,))
         api = FileAPI(TelegramClient(token, config.api_url), token, config.api_url)
-        events = Events(ready=lambda app: log_file.reopen_on_hangup(), starting=report.starting,
-                        tick=report.tick)
+        def reopen_on_hangup(daemon: Any) -> None:   # SIGHUP: reopen the log file, then reload
+            daemon.controls.before_reload.append(log_file.reopen)
+        events = Events(ready=reopen_on_hangup, starting=report.starting, tick=report.tick)
         with removing_new_database(config.database, existed):
             App(config, bot, api, events, args.delete_webhook, lambda: _load_for_run(args),
                 owner=owner_of_token(token), early=early).run()

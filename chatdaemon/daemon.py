@@ -30,7 +30,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from .errors import ChatdaemonError, ConfigError, ShuttingDown
@@ -339,17 +338,6 @@ class LogFile:
         os.dup2(fd, 2)
         os.close(fd)
         log.info("log file reopened")
-
-    def reopen_on_hangup(self) -> None:
-        """Make SIGHUP reopen the log file first, then do what it did before (reload the bot)."""
-        previous = signal.getsignal(signal.SIGHUP)
-
-        def on_hangup(signum: int, frame: FrameType | None) -> None:
-            self.reopen()
-            if callable(previous):
-                previous(signum, frame)
-
-        signal.signal(signal.SIGHUP, on_hangup)
 
 
 class StartReport:
