@@ -1,0 +1,185 @@
+"""What README.md says about behaviour, shown in-process: its examples load and behave as the
+text around them says, and the defaults and limits it names are the ones the code keeps."""
+import os
+import pathlib
+import re
+
+import pytest
+
+from chatdaemon.bots import load_bot
+from chatdaemon.config import Config, load_config
+from chatdaemon.errors import ConfigError
+from chatdaemon.testing import TestBot
+
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+REFUSED = "http://127.0.0.1:1"   # nothing listens on port 1: a request there is refused
+A_HANDLER = "handlers:\n  - {name: hi, pattern: '^hi$', response: {text: hello}}\n"
+
+
+def readme_yaml(first_key: str) -> str:
+    """The README's ```yaml example that starts with `first_key:`."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    found = [block for block in blocks if block.startswith(f"{first_key}:")]
+    assert len(found) == 1, f"README has {len(found)} yaml examples starting with {first_key}:"
+    return found[0]
+
+
+def write_bot(directory: pathlib.Path, text: str) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "bot.yaml").write_text(text, encoding="utf-8")
+    return str(directory)
+
+
+# -- the examples, as printed -----------------------------------------------------------------
+
+def test_the_order_example_walks_its_states_and_keeps_them_when_the_request_fails(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "orders", readme_yaml("env")), environ={"SHOP_API": REFUSED})
+    bot.send("/start", user={"id": 1, "is_bot": False, "first_name": "Ana"})
+    assert bot.replies() == ["Hi Ana! What can I do? \N{WAVING HAND SIGN}"]
+    assert bot.state() == "menu"
+    bot.send("ORDER STATUS")
+    assert bot.replies() == ["Your order number?"]
+    bot.send("42")
+    # a refused request answers with on_error and leaves state and vars as they were
+    assert bot.replies() == ["I couldn't look that up right now."]
+    assert bot.state() == "order"
+    assert "last_order" not in bot.vars()
+    bot.send("what?")
+    assert bot.replies() == ["Sorry, I didn't get that. Try /start."]
+
+
+def test_the_tree_example_picks_by_button_number_or_piece_of_label(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "tree", readme_yaml("tree")))
+    bot.send("/help")
+    assert bot.replies() == ["What can I help you with?"]
+    bot.send("wi")                      # a piece of "Wi-Fi", punctuation ignored
+    assert bot.replies() == ["Which network?"]
+    bot.send("1")                       # the option's number
+    assert bot.replies() == ["cafe-guest, password on the receipt."]
+    bot.send("/start")
+    bot.send("wifi")
+    bot.send("Staff network")           # the button's label
+    assert bot.replies() == ["What can I help you with?", "Which network?",
+                             "Please ask at the counter."]
+
+
+def test_the_tree_example_asks_again_after_a_leaf_and_anything_but_yes_leaves(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "tree", readme_yaml("tree")))
+    bot.send("/start")
+    bot.send("Opening hours")
+    bot.send("thanks")                  # the message after a leaf is never left unanswered
+    assert bot.replies()[-1] == "Anything else? Start again?"
+    bot.send("maybe later")             # not "yes": goodbye, out of the tree
+    assert bot.replies() == ["OK. Send /start whenever you want to start again."]
+    bot.send("/start")
+    bot.send("nonsense")
+    assert bot.replies()[-1] == "Sorry, I didn't understand that. Start again?"
+    bot.send("yes")
+    assert bot.replies() == ["What can I help you with?"]
+
+
+def test_the_tree_leaf_hands_the_conversation_to_its_target_state(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "tree", readme_yaml("tree")))
+    bot.send("/start")
+    bot.send("3")
+    assert bot.replies()[-1] == "Leave your question here."
+    assert bot.state() == "question"
+
+
+def test_the_hooks_example_loads_with_its_key_and_defaults_to_600_posts_a_minute(tmp_path):
+    text = readme_yaml("hooks") + A_HANDLER
+    bot = load_bot(write_bot(tmp_path / "door", text), environ={"DOOR_HOOK_KEY": "k" * 20})
+    door = bot.definitions.hooks["door"]
+    assert door.rate_limit == 60
+    unset = text.replace("    rate_limit: 60", "")
+    bot = load_bot(write_bot(tmp_path / "door2", unset), environ={"DOOR_HOOK_KEY": "k" * 20})
+    assert bot.definitions.hooks["door"].rate_limit == 600
+
+
+def test_the_hooks_example_without_its_key_variable_is_an_error_naming_it(tmp_path):
+    text = readme_yaml("hooks") + A_HANDLER
+    with pytest.raises(ConfigError) as caught:
+        load_bot(write_bot(tmp_path / "door", text), environ={})
+    assert "DOOR_HOOK_KEY" in str(caught.value)
+
+
+def test_the_late_results_example_loads_and_names_its_callback_handler(tmp_path):
+    bot = load_bot(write_bot(tmp_path / "report", readme_yaml("handlers")),
+                   environ={"UPSTREAM": REFUSED})
+    assert [name for name, _ in bot.definitions.callback_handlers] == ["report"]
+
+
+def test_the_retention_example_is_a_config_the_daemon_reads(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text(readme_yaml("retention"), encoding="utf-8")
+    retention = load_config(str(path)).retention
+    assert retention.keep_handled == 48 * 3600
+    assert retention.max_database_bytes == 64 * 2 ** 20
+    assert retention.forget_conversations_after is None   # off keeps what a bot saved
+
+
+def test_keep_handled_under_24_hours_is_refused(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("retention: {keep_handled: 23h}\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_config(str(path))
+
+
+# -- defaults and limits the text names ----------------------------------------------------------
+
+def test_without_a_fallback_the_bot_says_it_did_not_understand(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "b", A_HANDLER))
+    bot.send("what?")
+    assert bot.replies() == ["Sorry, I didn't understand that."]
+
+
+def test_fallback_none_is_silence(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "b", A_HANDLER + "fallback: none\n"))
+    bot.send("what?")
+    assert bot.replies() == []
+
+
+def test_a_request_timeout_over_60_seconds_is_refused(tmp_path):
+    text = ("handlers:\n  - name: slow\n    request: {method: GET, url: 'http://127.0.0.1:1/', "
+            "timeout: 61}\n    response: {text: done}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_bot(write_bot(tmp_path / "b", text))
+    assert "at most 60" in str(caught.value)
+
+
+def test_a_schedule_ticks_at_most_every_5_seconds(tmp_path):
+    directory = tmp_path / "ticker"
+    directory.mkdir()
+    (directory / "bot.yaml").write_text("python: ticker:Ticker\n", encoding="utf-8")
+    (directory / "ticker.py").write_text(
+        "from chatdaemon import ChatHandler\n\n\n"
+        "class Ticker(ChatHandler):\n"
+        "    def on_chat_message(self, msg):\n"
+        "        try:\n"
+        "            self.start_schedule('t', float(msg['text']))\n"
+        "        except ValueError:\n"
+        "            self.sender.sendMessage('refused')\n"
+        "            return\n"
+        "        self.sender.sendMessage('started')\n", encoding="utf-8")
+    bot = TestBot(str(directory))
+    bot.send("4.9")
+    bot.send("5")
+    assert bot.replies() == ["refused", "started"]
+
+
+def test_the_daemon_defaults_the_readme_names():
+    config = Config()
+    assert config.handlers == "handlers/counter"
+    assert config.api_url == "https://api.telegram.org"
+    assert (config.max_delegates, config.update_timeout) == (64, 60.0)
+    assert (config.yield_after, config.yield_seconds) == (20, 5.0)
+    assert config.handoff_timeout == 600.0
+    assert config.callback_expiry == 24 * 3600
+    assert config.forget_command == "/forget"
+    assert config.hook_bind == "127.0.0.1"
+
+
+def test_the_shipped_sample_config_loads():
+    sample = README.parent / "config" / "chatdaemon.yaml"
+    assert os.path.isfile(sample)
+    load_config(str(sample))
