@@ -183,3 +183,48 @@ def test_the_shipped_sample_config_loads():
     sample = README.parent / "config" / "chatdaemon.yaml"
     assert os.path.isfile(sample)
     load_config(str(sample))
+
+
+def test_a_tree_bot_without_a_fallback_names_the_command_that_opens_it(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "tree", readme_yaml("tree")))
+    bot.send("hello")
+    assert bot.replies() == ["Sorry, I didn't understand that. Send /start to see the options."]
+
+
+def choices_bot(directory: pathlib.Path, numbered: bool) -> TestBot:
+    directory.mkdir()
+    (directory / "bot.yaml").write_text("python: menu:Menu\n", encoding="utf-8")
+    (directory / "menu.py").write_text(
+        "from chatdaemon import ChatHandler\n\n\n"
+        "class Menu(ChatHandler):\n"
+        f"    numbered_choices = {numbered}\n\n"
+        "    def on_chat_message(self, msg):\n"
+        "        if msg['text'] == '/menu':\n"
+        "            self.sender.sendMessage('pick', reply_markup={'keyboard': [['tea'], ['coffee']]})\n"
+        "        else:\n"
+        "            self.sender.sendMessage('got ' + msg['text'])\n", encoding="utf-8")
+    return TestBot(str(directory))
+
+
+def test_a_python_handler_gets_a_typed_number_as_the_label_it_picks(tmp_path):
+    bot = choices_bot(tmp_path / "on", numbered=True)
+    bot.send("/menu")
+    bot.send("2")
+    assert bot.replies() == ["pick", "got coffee"]
+
+
+def test_numbered_choices_false_leaves_typed_numbers_as_typed(tmp_path):
+    bot = choices_bot(tmp_path / "off", numbered=False)
+    bot.send("/menu")
+    bot.send("2")
+    assert bot.replies() == ["pick", "got 2"]
+
+
+@pytest.mark.parametrize("unit", ["chatdaemon.service", "chatdaemon@.service"])
+def test_the_units_carry_the_settings_the_readme_names(unit):
+    lines = (README.parent / "systemd" / unit).read_text(encoding="utf-8").splitlines()
+    for setting in ("Type=notify", "DynamicUser=yes", "StateDirectoryMode=0700", "MemoryMax=200M",
+                    "WatchdogSec=120", "Restart=on-failure", "RestartPreventExitStatus=76 78",
+                    "Environment=MALLOC_ARENA_MAX=2", "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert setting in lines, f"{unit}: no {setting}"
+    assert any(line.startswith("LoadCredential=token:") for line in lines)
