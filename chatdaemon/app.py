@@ -510,12 +510,12 @@ class App:
 
     def run(self, install_signals: bool = True) -> None:
         """Run until stopped (SIGTERM/SIGINT or `stop()`); raise the error that ended polling."""
+        threading.stack_size(STACK_SIZE)   # before any thread of the daemon starts, signals' too
         if install_signals:
             self._install_signals()
         if self.stop_event.is_set():
             log.info("stopped before it started")
             return
-        threading.stack_size(STACK_SIZE)   # before any thread of the daemon starts
         self.daemon = build_daemon(self.config, self.bot, self.api, events=self.events,
                                    controls=self.controls, delete_webhook=self.delete_webhook,
                                    loader=self.loader, owner=self.owner)
