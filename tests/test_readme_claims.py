@@ -9,6 +9,7 @@ import pytest
 from chatdaemon.bots import load_bot
 from chatdaemon.config import Config, load_config
 from chatdaemon.errors import ConfigError
+from chatdaemon.hookserver import metrics
 from chatdaemon.testing import TestBot
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
@@ -228,3 +229,27 @@ def test_the_units_carry_the_settings_the_readme_names(unit):
                     "Environment=MALLOC_ARENA_MAX=2", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert setting in lines, f"{unit}: no {setting}"
     assert any(line.startswith("LoadCredential=token:") for line in lines)
+
+
+class _Door:
+    """What /metrics reads from the daemon: its counters and its status."""
+
+    def counters(self):
+        return {"updates_received_total": 7, "updates_handled_total": 6, "updates_failed_total": 1,
+                "replies_sent_total": 5, "telegram_429_total": 2, "telegram_retries_total": 3}
+
+    def status(self):
+        return {"backlog": 4, "delegates": 8, "waiting_chats": 0, "last_poll_age": 1.5}
+
+
+def test_metrics_give_every_counter_the_readme_lists_in_prometheus_text():
+    text = metrics(_Door())
+    values = dict(line.split(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert values == {
+        "chatdaemon_updates_received_total": "7", "chatdaemon_updates_handled_total": "6",
+        "chatdaemon_updates_failed_total": "1", "chatdaemon_replies_sent_total": "5",
+        "chatdaemon_telegram_429_total": "2", "chatdaemon_telegram_retries_total": "3",
+        "chatdaemon_hooks_accepted_total": "0", "chatdaemon_queue_depth": "4",
+        "chatdaemon_delegates_alive": "8", "chatdaemon_chats_waiting": "0",
+        "chatdaemon_last_poll_age_seconds": "1.5"}
+    assert "# TYPE chatdaemon_queue_depth gauge" in text.splitlines()
