@@ -253,3 +253,25 @@ def test_metrics_give_every_counter_the_readme_lists_in_prometheus_text():
         "chatdaemon_delegates_alive": "8", "chatdaemon_chats_waiting": "0",
         "chatdaemon_last_poll_age_seconds": "1.5"}
     assert "# TYPE chatdaemon_queue_depth gauge" in text.splitlines()
+
+
+def keyboard_bot(directory: pathlib.Path, labels: list[str]) -> TestBot:
+    rows = ", ".join(f"['{label}']" for label in labels)
+    return TestBot(write_bot(directory, "handlers:\n  - name: menu\n    pattern: '^/menu$'\n"
+                                        f"    response: {{text: pick, keyboard: [{rows}]}}\n"))
+
+
+def sent_markup(bot: TestBot) -> dict:
+    bot.send("/menu")
+    return bot.calls[-1].params["reply_markup"]
+
+
+@pytest.mark.parametrize("labels, as_buttons", [
+    ([f"option {n}" for n in range(1, 13)], True),     # 12 options
+    ([f"option {n}" for n in range(1, 14)], False),    # 13: a numbered list
+    (["x" * 40, "y"], True),                           # a 40-character label
+    (["x" * 41, "y"], False),                          # 41: a numbered list
+])
+def test_up_to_12_options_of_up_to_40_characters_are_buttons(tmp_path, labels, as_buttons):
+    markup = sent_markup(keyboard_bot(tmp_path / "menu", labels))
+    assert ("keyboard" in markup) is as_buttons, markup
