@@ -3,13 +3,16 @@ text around them says, and the defaults and limits it names are the ones the cod
 import os
 import pathlib
 import re
+import time
 
 import pytest
 
 from chatdaemon.bots import load_bot
 from chatdaemon.config import Config, load_config
 from chatdaemon.errors import ConfigError
+from chatdaemon.handoffs import button_data, keep_button_data
 from chatdaemon.hookserver import metrics
+from chatdaemon.store import Retention, Store
 from chatdaemon.testing import TestBot
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
@@ -275,3 +278,21 @@ def sent_markup(bot: TestBot) -> dict:
 def test_up_to_12_options_of_up_to_40_characters_are_buttons(tmp_path, labels, as_buttons):
     markup = sent_markup(keyboard_bot(tmp_path / "menu", labels))
     assert ("keyboard" in markup) is as_buttons, markup
+
+
+@pytest.mark.parametrize("forget_after, kept_days", [(None, 30), (7 * 86400, 7)])
+def test_long_button_data_is_kept_30_days_unless_conversations_are_forgotten_sooner(
+        tmp_path, forget_after, kept_days):
+    store = Store(str(tmp_path / "t.sqlite3"))
+    try:
+        conversation = store.load_conversation(1)
+        conversation.state = "menu"
+        store.finish(None, conversation, writes=[keep_button_data("tok", "long data", 1)])
+        created = time.time()
+        retention = Retention(forget_conversations_after=forget_after)
+        store.apply_retention(retention, now=created + kept_days * 86400 - 60)
+        assert button_data(store, "tok") == "long data"
+        store.apply_retention(retention, now=created + kept_days * 86400 + 60)
+        assert button_data(store, "tok") is None
+    finally:
+        store.close()
