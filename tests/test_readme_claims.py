@@ -296,3 +296,31 @@ def test_long_button_data_is_kept_30_days_unless_conversations_are_forgotten_soo
         assert button_data(store, "tok") is None
     finally:
         store.close()
+
+
+def closing_bot(directory: pathlib.Path) -> TestBot:
+    directory.mkdir()
+    (directory / "bot.yaml").write_text("python: closing:Closing\n", encoding="utf-8")
+    (directory / "closing.py").write_text(
+        "from chatdaemon import ChatHandler, WaitTooLong\n\n\n"
+        "class Closing(ChatHandler):\n"
+        "    def on_chat_message(self, msg):\n"
+        "        self.sender.sendMessage('hi')\n\n"
+        "    def on_close(self, reason):\n"
+        "        self.vars['closed'] = [type(reason).__name__, str(reason),\n"
+        "                               isinstance(reason, WaitTooLong),\n"
+        "                               [reason == name for name in ('idle', 'evicted', 'reload')]]\n",
+        encoding="utf-8")
+    return TestBot(str(directory))
+
+
+@pytest.mark.parametrize("how, closed", [
+    ("idle", ["IdleTerminate", "idle", True, [True, False, False]]),
+    ("evicted", ["Evicted", "evicted", False, [False, True, False]]),
+    ("reload", ["Reloaded", "reload", False, [False, False, True]]),
+])
+def test_on_close_reasons_are_exceptions_that_equal_their_old_names(tmp_path, how, closed):
+    bot = closing_bot(tmp_path / "closing")
+    bot.send("hello")
+    bot.end(reason=how)
+    assert bot.vars()["closed"] == closed    # on_close's own changes to vars are saved
