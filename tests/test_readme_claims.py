@@ -9,6 +9,7 @@ import pytest
 
 from chatdaemon.bots import load_bot
 from chatdaemon.config import Config, load_config
+from chatdaemon.daemon import status_line
 from chatdaemon.errors import ConfigError
 from chatdaemon.handoffs import button_data, keep_button_data
 from chatdaemon.hookserver import metrics
@@ -324,3 +325,15 @@ def test_on_close_reasons_are_exceptions_that_equal_their_old_names(tmp_path, ho
     bot.send("hello")
     bot.end(reason=how)
     assert bot.vars()["closed"] == closed    # on_close's own changes to vars are saved
+
+
+class _Running:
+    """A running daemon's status, as the unit's STATUS= line reads it."""
+
+    def status(self):
+        return {"delegates": 0, "waiting_chats": 0, "backlog": 0, "last_poll_age": 2.2,
+                "last_error": None}
+
+
+def test_the_status_systemctl_shows_starts_with_polling_and_the_active_chats():
+    assert status_line(_Running()) == "polling; 0 chat(s) active, 0 waiting, backlog 0; last poll 2 s ago"
