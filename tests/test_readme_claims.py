@@ -337,3 +337,24 @@ class _Running:
 
 def test_the_status_systemctl_shows_starts_with_polling_and_the_active_chats():
     assert status_line(_Running()) == "polling; 0 chat(s) active, 0 waiting, backlog 0; last poll 2 s ago"
+
+
+def test_an_optional_group_that_did_not_match_renders_as_empty_text(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "b", (
+        "handlers:\n  - name: hi\n    pattern: '^/hi( (?P<name>\\w+))?$'\n"
+        "    response: {text: 'hi [{{ pattern.name }}] [{{ pattern[2] }}]'}\n")))
+    bot.send("/hi")
+    bot.send("/hi Ana")
+    assert bot.replies() == ["hi [] []", "hi [Ana] [Ana]"]
+
+
+def test_higher_priority_wins_then_file_order_and_no_pattern_matches_anything(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "b", (
+        "handlers:\n"
+        "  - {name: first, pattern: '^a', response: {text: first}}\n"
+        "  - {name: second, pattern: '^ab', response: {text: second}}\n"
+        "  - {name: urgent, pattern: '^abc$', priority: 5, response: {text: urgent}}\n"
+        "  - {name: anything, response: {text: anything}}\n")))
+    for text in ("abc", "ab", "zzz"):
+        bot.send(text)
+    assert bot.replies() == ["urgent", "first", "anything"]
