@@ -358,3 +358,18 @@ def test_higher_priority_wins_then_file_order_and_no_pattern_matches_anything(tm
     for text in ("abc", "ab", "zzz"):
         bot.send(text)
     assert bot.replies() == ["urgent", "first", "anything"]
+
+
+def test_an_empty_answer_gets_on_error_and_leaves_state_and_vars_as_they_were(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "b", (
+        "handlers:\n  - name: echo\n    pattern: '^/echo( (?P<word>\\w+))?$'\n"
+        "    response: {text: '{{ pattern.word }}'}\n"
+        "    on_error: {text: 'nothing to echo'}\n"
+        "    save: {last: '{{ pattern.word }}'}\n"
+        "    target_state: echoed\n")))
+    bot.send("/echo")
+    assert bot.replies() == ["nothing to echo"]
+    assert (bot.state(), bot.vars()) == (None, {})
+    bot.send("/echo hi")
+    assert bot.replies() == ["hi"]
+    assert (bot.state(), bot.vars()) == ("echoed", {"last": "hi"})
