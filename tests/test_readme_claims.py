@@ -373,3 +373,21 @@ def test_an_empty_answer_gets_on_error_and_leaves_state_and_vars_as_they_were(tm
     bot.send("/echo hi")
     assert bot.replies() == ["hi"]
     assert (bot.state(), bot.vars()) == ("echoed", {"last": "hi"})
+
+
+def test_a_handler_module_may_be_called_json_and_import_its_neighbours(tmp_path):
+    directory = tmp_path / "pybot"
+    directory.mkdir()
+    (directory / "bot.yaml").write_text("python: json:Echo\n", encoding="utf-8")
+    (directory / "helper.py").write_text("GREETING = 'hello from helper'\n", encoding="utf-8")
+    (directory / "json.py").write_text(
+        "import json as stdlib_json\n\n"
+        "from chatdaemon import ChatHandler\n\n"
+        "from . import helper\n\n\n"
+        "class Echo(ChatHandler):\n"
+        "    def on_chat_message(self, msg):\n"
+        "        self.sender.sendMessage(helper.GREETING + ' ' + stdlib_json.dumps(msg['text']))\n",
+        encoding="utf-8")
+    bot = TestBot(str(directory))
+    bot.send("hi")
+    assert bot.replies() == ['hello from helper "hi"']
