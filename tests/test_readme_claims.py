@@ -391,3 +391,28 @@ def test_a_handler_module_may_be_called_json_and_import_its_neighbours(tmp_path)
     bot = TestBot(str(directory))
     bot.send("hi")
     assert bot.replies() == ['hello from helper "hi"']
+
+
+def test_the_testing_example_passes_as_printed(monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    [example] = [block for block in blocks if "from chatdaemon.testing import TestBot" in block]
+    monkeypatch.chdir(README.parent)          # it names handlers/counter from the checkout
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    tests = [value for name, value in namespace.items() if name.startswith("test_")]
+    assert len(tests) == 1
+    tests[0]()
+
+
+def test_the_counter_example_class_counts_as_printed(tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    [example] = [block for block in blocks if "class MessageCounter" in block]
+    directory = tmp_path / "counter"
+    directory.mkdir()
+    (directory / "bot.yaml").write_text("python: counter:MessageCounter\n", encoding="utf-8")
+    (directory / "counter.py").write_text(example, encoding="utf-8")
+    bot = TestBot(str(directory))
+    for text in ("a", "b", "c"):
+        bot.send(text)
+    assert bot.replies() == ["1", "2", "3"]
+    assert bot.vars() == {"count": 3}
