@@ -416,3 +416,17 @@ def test_the_counter_example_class_counts_as_printed(tmp_path):
         bot.send(text)
     assert bot.replies() == ["1", "2", "3"]
     assert bot.vars() == {"count": 3}
+
+
+def test_a_tree_opens_on_start_by_default_and_shows_its_answers_as_a_keyboard(tmp_path):
+    bot = TestBot(write_bot(tmp_path / "tree", (
+        "tree:\n  say: Pick one\n  answers:\n    Tea: Hot water first.\n"
+        "    Coffee: {say: Which one, answers: {Espresso: Small., Filter: Large.}}\n")))
+    bot.send("/help")
+    assert bot.replies() == ["Sorry, I didn't understand that. Send /start to see the options."]
+    bot.send("/start")
+    assert bot.replies() == ["Pick one"]
+    assert bot.calls[-1].params["reply_markup"]["keyboard"] == [[{"text": "Tea"}], [{"text": "Coffee"}]]
+    bot.send("coffee")
+    bot.send("filter")
+    assert bot.replies() == ["Which one", "Large."]
