@@ -162,7 +162,8 @@ class TelegramClient:
                   reuse: bool) -> tuple[int, bytes]:
         conn, reused = self._connection(reuse)
         try:
-            conn.sock.settimeout(read)
+            if conn.sock.gettimeout() != read:   # each setting is a system call (ioctl)
+                conn.sock.settimeout(read)
             conn.request("POST", self._target(method), _pieces(body), {
                 "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
                 "User-Agent": USER_AGENT})
