@@ -125,7 +125,7 @@ def test_an_answer_is_read_as_utf8_without_guessing_its_encoding(server, client,
     assert threading.current_thread() not in guessed_by
 
 
-def test_an_answer_in_another_encoding_is_a_bad_answer_not_a_crash(server, client):
+def test_an_answer_not_in_utf8_is_refused_as_not_json(server, client):
     server.answer(200, '{"ok": true, "result": "é"}'.encode("utf-16"))
     with pytest.raises(BadAnswer) as caught:
         client.call("getMe")
