@@ -18,10 +18,21 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from . import inbox, schedules
 
 MEMBER_MARK = "@"   # a member's schedule is stored as NAME@USER_ID (schedule names have no @)
+
+
+class Snapshot(NamedTuple):
+    """A conversation's fields as JSON text: what a rollback restores, what a commit compares
+    with the conversation as begun, and what it writes (each field is encoded once)."""
+
+    state: str | None
+    vars: str
+    state_context: str
+    schedules: str
 
 
 @dataclass
@@ -44,11 +55,15 @@ class Conversation:
         self.state_context, self.schedules = other.state_context, other.schedules
         self.saved_schedules = other.saved_schedules
 
-    def snapshot(self) -> str:
-        return json.dumps([self.state, self.vars, self.state_context, self.schedules])
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.state, json.dumps(self.vars), json.dumps(self.state_context),
+                        json.dumps(self.schedules))
 
-    def restore(self, snapshot: str) -> None:
-        self.state, self.vars, self.state_context, self.schedules = json.loads(snapshot)
+    def restore(self, snapshot: Snapshot) -> None:
+        self.state = snapshot.state
+        self.vars = json.loads(snapshot.vars)
+        self.state_context = json.loads(snapshot.state_context)
+        self.schedules = json.loads(snapshot.schedules)
 
 
 def load(db: sqlite3.Connection, chat_id: int, member: int | None = None) -> Conversation:
@@ -67,10 +82,15 @@ def load(db: sqlite3.Connection, chat_id: int, member: int | None = None) -> Con
                         member=member)
 
 
-def save(db: sqlite3.Connection, conversation: Conversation, now: float) -> None:
-    """Upsert the conversation row and, only when they changed, its schedules."""
-    values = (conversation.state, json.dumps(conversation.vars),
-              json.dumps(conversation.state_context), now)
+def save(db: sqlite3.Connection, conversation: Conversation, now: float,
+         encoded: Snapshot | None = None) -> None:
+    """Upsert the conversation row and, only when they changed, its schedules.
+
+    `encoded` is the conversation's snapshot as it stands now, when the caller has one: its
+    JSON is written as it is, not encoded again."""
+    if encoded is None:
+        encoded = conversation.snapshot()
+    values = (conversation.state, encoded.vars, encoded.state_context, now)
     if conversation.member is None:
         db.execute(
             "INSERT INTO conversations(state, vars, state_context, updated, chat_id)"

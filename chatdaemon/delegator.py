@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 STACK_SIZE = 512 * 1024  # 256 KiB let a deep template recursion crash the process
 MAX_FAILURE_PAUSE = 30.0  # a delegate whose store calls fail retries its chat at most this often
+READ_BATCH = 20          # a chat's pending rows read at once
 
 
 @dataclass(frozen=True)
@@ -401,10 +402,12 @@ class Delegate(threading.Thread):
         left while other chats wait (True)."""
         delegator = self.delegator
         transaction = self._open()
+        look = True   # the inbox may hold rows of the chat this delegate has not read
         while True:
-            rows = self.store.pending(self.chat_id)
+            rows = self.store.pending(self.chat_id, READ_BATCH) if look else []
             if not rows:
                 reason = delegator.wait_for_work(self, delegator.limits.idle_timeout, True)
+                look = True
                 if reason is None:
                     continue
                 if reason != "stop":
@@ -423,6 +426,10 @@ class Delegate(threading.Thread):
                     return True
                 if transaction.moved_on:
                     break
+            # invariant: a row committed after the read above is announced after it (poke),
+            # so wait_for_work returns at once; only a full read (more may wait) or rows the
+            # transaction took on its own (moved_on) call for reading again before waiting
+            look = len(rows) >= READ_BATCH or transaction.moved_on
 
     def _open(self) -> UpdateTransaction:
         delegator = self.delegator

@@ -76,6 +76,8 @@ def decode_payload(stored: str | bytes) -> dict:
             stored = inflate.decompress(stored[1:]) + inflate.flush()
         except zlib.error as exc:
             raise ValueError(f"a stored update does not inflate: {exc}") from None
+    if isinstance(stored, bytes):   # ours, in UTF-8: json.loads would guess the encoding
+        stored = stored.decode()    # (a UnicodeDecodeError is a ValueError)
     value = json.loads(stored)
     return value if isinstance(value, dict) else {}
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from . import conversations, inbox, schedules
-from .conversations import Conversation
+from .conversations import Conversation, Snapshot
 from .dbfile import (
     FileLock,
     PrivateUmask,
@@ -523,7 +523,8 @@ class Store:
 
     def finish(self, update_id: int | None, conversation: Conversation | None, *,
                moved_to: int | None = None, guard: Callable[[], None] | None = None,
-               writes: Sequence[Callable[[sqlite3.Connection], None]] = ()) -> None:
+               writes: Sequence[Callable[[sqlite3.Connection], None]] = (),
+               encoded: Snapshot | None = None) -> None:
         """Mark an update done and save the conversation it changed, in one transaction.
 
         This is the one place where an update's effect becomes permanent: state, the
@@ -534,14 +535,15 @@ class Store:
         raise to refuse the commit: a check made there cannot be overtaken by another
         thread's reads. `update_id` None saves the conversation alone (a handler closing).
         `writes` are the update's other changes (a handoff's queue, messages for other
-        chats), made after the conversation's.
+        chats), made after the conversation's. `encoded` is the conversation's snapshot as it
+        stands, when the caller has one (its JSON is written as it is).
         """
         now = time.time()
         with self._transaction() as db:
             if guard is not None:
                 guard()
             if conversation is not None:
-                conversations.save(db, conversation, now)
+                conversations.save(db, conversation, now, encoded)
             if moved_to is not None and conversation is not None:
                 conversations.copy(db, conversation.chat_id, moved_to)
             for write in writes:

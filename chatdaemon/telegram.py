@@ -162,7 +162,8 @@ class TelegramClient:
                   reuse: bool) -> tuple[int, bytes]:
         conn, reused = self._connection(reuse)
         try:
-            conn.sock.settimeout(read)
+            if conn.sock.gettimeout() != read:   # each setting is a system call (ioctl)
+                conn.sock.settimeout(read)
             conn.request("POST", self._target(method), _pieces(body), {
                 "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
                 "User-Agent": USER_AGENT})
@@ -254,8 +255,10 @@ def _read_bounded(response: http.client.HTTPResponse) -> tuple[bytes, bool]:
 
 def _result_of(method: str, status: int, data: bytes) -> Any:
     try:
-        answer = json.loads(data)
-    except ValueError:
+        # decoded first: json.loads on bytes guesses their encoding, a cost on every answer;
+        # the Bot API answers in UTF-8 (anything else fails here as not JSON)
+        answer = json.loads(data.decode())
+    except ValueError:   # UnicodeDecodeError included
         raise BadAnswer(method, status, NOT_JSON, BadAnswer.NOT_JSON, data[:HEAD_BYTES]) from None
     except RecursionError:  # the C decoder stops at the recursion limit; the stack is safe
         raise BadAnswer(method, status, TOO_DEEP, BadAnswer.TOO_DEEP, data[:HEAD_BYTES]) from None

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from . import callbacks, conversations
-from .conversations import member_schedule
+from .conversations import Snapshot, member_schedule
 from .errors import (
     Abandoned,
     BadToken,
@@ -156,10 +156,11 @@ class UpdateTransaction:
         self._careful = careful
         self._conversation = store.load_conversation(chat_id)
         self._row: InboxRow | None = None
-        # between updates `_before` is the snapshot of the conversation as saved (made when
-        # first needed: a delegate often serves a chat for one update, and _begin takes its own)
-        self._before: str | None = None
-        self._checked: str | None = None  # the snapshot taken when handler code returned
+        # between updates `_before` is the snapshot of the conversation as saved, or None
+        # (not made yet, or the conversation changed outside handler code: a member's taken,
+        # a migration's copied); the next update begins from it without encoding again
+        self._before: Snapshot | None = None
+        self._checked: Snapshot | None = None  # the snapshot taken when handler code returned
         self._answered: set[str] = set()
         self._moved_to: int | None = None
         self._refused = False        # a send of this transaction met a rejected token
@@ -232,12 +233,14 @@ class UpdateTransaction:
             # the group's conversation and its members' (a chat's own are kept); the update
             # then meets its member's conversation as copied
             self.store.copy_chat(moved_from, self.chat_id)
+            self._before = None
             self._conversation.take(self.store.load_conversation(
                 self.chat_id, self._conversation.member))
         elif type(moved_from) is int and self._conversation.is_new:
             old = self.store.load_conversation(moved_from)
             if not old.is_new:
                 conversation = self._conversation
+                self._before = None
                 conversation.state, conversation.vars = old.state, old.vars
                 conversation.state_context = old.state_context
 
@@ -280,6 +283,7 @@ class UpdateTransaction:
             return
         member = member_of(row)
         if member != self._conversation.member:
+            self._before = None
             self._conversation.take(self.store.load_conversation(self.chat_id, member))
 
     def _stop_orphan_schedule(self, row: InboxRow) -> None:
@@ -314,7 +318,10 @@ class UpdateTransaction:
         self._row = row
         self._staged, self._wake = [], set()
         self._stop_orphan_schedule(row)
-        self._before = self._conversation.snapshot()
+        # invariant: between updates the conversation is as `_before` says (only handler code
+        # changes it, and every update ends in a commit or a rollback to its snapshot)
+        if self._before is None:
+            self._before = self._conversation.snapshot()
         self._checked = None
         self._slot.handling(row.update_id)
 
@@ -381,7 +388,7 @@ class UpdateTransaction:
     def _update_id(self) -> int | None:
         return self._row.update_id if self._row is not None else None
 
-    def _check_saveable(self) -> str:
+    def _check_saveable(self) -> Snapshot:
         """vars must be JSON: a set or an object there fails this update, not the delegate."""
         try:
             return self._conversation.snapshot()
@@ -416,7 +423,7 @@ class UpdateTransaction:
             staged = [*staged, callbacks.move(self.chat_id, self._moved_to)]
         self._retry_commit(lambda: self.store.finish(
             update_id, conversation if changed else None, moved_to=self._moved_to,
-            guard=self._guard, writes=staged))
+            guard=self._guard, writes=staged, encoded=after))
         self._staged, self._wake = [], set()
         if staged:
             # the update's other writes may have changed this chat's pending rows (/forget
