@@ -52,6 +52,9 @@ USER_AGENT = "chatdaemon"
 MAX_CONNECTIONS = 8
 # The read timeout of an upload: up to 50 MB go out from a Pi's uplink before Telegram answers.
 UPLOAD_TIMEOUT = 120.0
+# Uploads in flight at once: they share the connections with every chat's replies, and eight
+# slow 50 MB uploads would hold all of them. A third upload waits for one of the two.
+MAX_UPLOADS = 2
 # A body larger than this is written in pieces of this size, each with the whole timeout: a
 # slow uplink gets a big upload through as long as it keeps moving.
 WRITE_PIECE = 64 * 1024
@@ -104,6 +107,7 @@ class TelegramClient:
         self.read_timeout = read_timeout
         self._pool: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(pool_size)
         self._slots = threading.BoundedSemaphore(pool_size)  # connections in use or kept idle
+        self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
 
     def __repr__(self) -> str:
         return f"TelegramClient({self._scheme}://{self._host}:{self._port}, <token redacted>)"
@@ -140,8 +144,15 @@ class TelegramClient:
             assert found, "urllib3 wrote each file's content where its part is"
             body += [before, content]
         body.append(skeleton)
-        return self._post(method, tuple(body), content_type,
-                          UPLOAD_TIMEOUT if timeout is None else timeout)
+        read = UPLOAD_TIMEOUT if timeout is None else timeout
+        # the invariant: at most MAX_UPLOADS connections carry uploads, so replies always
+        # find one; an upload that cannot start in time fails as not sent (and is retried)
+        if not self._upload_slots.acquire(timeout=read):
+            raise NetworkError(method, "no free upload slot in time", maybe_delivered=False)
+        try:
+            return self._post(method, tuple(body), content_type, read)
+        finally:
+            self._upload_slots.release()
 
     def _post(self, method: str, body: tuple[bytes, ...], content_type: str, read: float) -> Any:
         if not _METHOD_NAME.fullmatch(method):

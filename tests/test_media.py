@@ -447,3 +447,48 @@ def test_a_python_handlers_photo_is_bounded_at_10_mb_and_a_document_at_50(tmp_pa
     with pytest.raises(ValueError, match="photo: the file is larger than the Bot API's 10 MB"):
         Upload.of(big, "photo")
     assert len(Upload.of(big, "document").data) == MAX_BYTES["photo"] + 1
+
+
+def test_at_most_two_uploads_hold_connections_and_replies_still_go_out():
+    """Uploads share the client's connections with every chat's replies: a third upload
+    waits for one of the two in flight, and a text reply never waits for uploads."""
+    import threading
+
+    from chatdaemon import telegram as telegram_module
+    from chatdaemon.telegram import TelegramClient
+
+    client = TelegramClient("123456:UPLOAD-cap_abcdefghijklmnop", "http://127.0.0.1:9")
+    lock, release = threading.Lock(), threading.Event()
+    inside = {"uploads": 0, "most": 0}
+    two_inside = threading.Event()
+
+    def post(method, body, content_type, read):
+        if not content_type.startswith("multipart/"):
+            return {"message_id": 1}                       # a reply: answered at once
+        with lock:
+            inside["uploads"] += 1
+            inside["most"] = max(inside["most"], inside["uploads"])
+            if inside["uploads"] >= telegram_module.MAX_UPLOADS:
+                two_inside.set()
+        release.wait(10)
+        with lock:
+            inside["uploads"] -= 1
+        return {"message_id": 2}
+
+    client._post = post
+    results: list = []
+    uploads = [threading.Thread(target=lambda: results.append(client.call_multipart(
+        "sendPhoto", {"chat_id": "1"}, {"photo": ("a.png", b"\x89PNG")}))) for _ in range(4)]
+    for thread in uploads:
+        thread.start()
+    try:
+        assert two_inside.wait(10)
+        assert client.call("sendMessage", {"chat_id": 1, "text": "hi"}) == {"message_id": 1}
+        with lock:
+            assert inside["uploads"] == telegram_module.MAX_UPLOADS
+    finally:
+        release.set()
+        for thread in uploads:
+            thread.join(10)
+    assert len(results) == 4 and inside["most"] == telegram_module.MAX_UPLOADS == 2
+    client.close()
