@@ -6,9 +6,11 @@ SQLite file. Every wait is bounded.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,33 @@ def test_the_front_stopped_before_it_runs_builds_nothing(config, bot):
     assert not os.path.exists(config.database)
     with pytest.raises(RuntimeError, match="not built"):
         app.store.backlog()
+
+
+def test_retention_runs_at_start_and_again_every_prune_period(config, bot, monkeypatch):
+    """A Pi that restarts daily must still prune: the first round of the loop prunes, and
+    then every PRUNE_EVERY (an hour; shortened here) while the daemon runs."""
+    from chatdaemon import app as app_module
+    monkeypatch.setattr(app_module, "PRUNE_EVERY", 0.2)
+    api = RecordingAPI(Path(config.database))
+    daemon = build_daemon(config, bot, api)
+    rounds: list[float] = []
+    three = threading.Event()
+    prune = daemon._prune
+
+    def counted_prune():
+        rounds.append(time.monotonic())
+        prune()
+        if len(rounds) >= 3:
+            three.set()
+
+    daemon._prune = counted_prune
+    runner = threading.Thread(target=daemon.run, name="test-daemon", daemon=True)
+    began = time.monotonic()
+    runner.start()
+    try:
+        assert three.wait(WAIT), rounds
+    finally:
+        daemon.stop()
+        runner.join(WAIT)
+    assert rounds[0] - began < 1.0                                    # at start, not after an hour
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(rounds))   # then once a period
