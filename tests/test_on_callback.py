@@ -7,11 +7,20 @@ what a failing one leaves alone).
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+import sqlite3
 import textwrap
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from conftest import HANDLERS, wait_until
 
 from chatdaemon import callbacks
+from chatdaemon.chathandler import DEFAULT_ERROR_TEXT
 from chatdaemon.definitions import Compiler, OnCallback
 from chatdaemon.errors import ConfigError
 from chatdaemon.templates import Templates
@@ -214,3 +223,82 @@ def test_each_chat_moves_only_its_own_conversation(tmp_path, upstream):
         assert bot.replies(2) == []
         assert (bot.state(1), bot.state(2)) == ("done", "waiting")
         assert "result" not in bot.vars(2)
+
+
+# -- end to end: the longjob example as a daemon process ------------------------------------------
+
+WORKING = "⏳ Working on the sales report; I'll write when it's ready."
+FALLBACK = "Send /report (or /report TOPIC) to start a report."
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post_result(port: int, url: str, data: dict) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", urlsplit(url).path, body=json.dumps(data).encode(),
+                     headers={"Content-Type": "application/json"})
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        conn.close()
+
+
+def hook_server_up(port: int) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", "/healthz")
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
+
+
+def start_longjob(start_daemon, upstream, port: int, db: Path):
+    daemon = start_daemon(HANDLERS / "longjob", db=db, config={"hooks": {"port": port}},
+                          env={"LONGJOB_URL": f"http://127.0.0.1:{upstream.server_port}/jobs"})
+    assert wait_until(lambda: hook_server_up(port), timeout=20, interval=0.05), daemon.log()
+    return daemon
+
+
+def pending(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone()[0]
+
+
+def test_a_late_result_moves_the_chat_on_and_a_restart_keeps_it(telegram, start_daemon,
+                                                                 tmp_path, upstream):
+    port, db = free_port(), tmp_path / "longjob.sqlite3"
+    daemon = start_longjob(start_daemon, upstream, port, db)
+    urls = []
+    for chat in (42, 43):   # one after the other: the upstream's n-th job is the n-th chat's
+        telegram.push_message(chat, "/report sales")
+        assert telegram.wait_for(lambda chat=chat: telegram.sent_to(chat) == [WORKING],
+                                 timeout=15), telegram.sent
+        with upstream.lock:
+            urls.append(upstream.bodies[-1]["callback"])
+    good, bad = urls
+
+    assert post_result(port, good, {"summary": "3 sales"}) == 202   # chat 42's job
+    assert post_result(port, bad, {"no_summary": True}) == 202      # chat 43's: its render fails
+    assert telegram.wait_for(lambda: len(telegram.sent_to(42)) == 2
+                             and len(telegram.sent_to(43)) == 2, timeout=15), telegram.sent
+    assert telegram.sent_to(42)[1] == "✅ Your report is ready: 3 sales"
+    assert telegram.sent_to(43)[1] == DEFAULT_ERROR_TEXT
+
+    # the saved summary and the new state are on disk: they outlive a kill -9
+    assert wait_until(lambda: pending(db) == 0, timeout=15), daemon.log()
+    daemon.kill()
+    start_longjob(start_daemon, upstream, port, db)
+    for chat in (42, 43):
+        telegram.push_message(chat, "/last")
+    assert telegram.wait_for(lambda: len(telegram.sent_to(42)) == 3
+                             and len(telegram.sent_to(43)) == 3, timeout=15), telegram.sent
+    assert telegram.sent_to(42)[2] == "The last report: 3 sales"
+    assert telegram.sent_to(43)[2] == FALLBACK   # the failed result moved nothing
