@@ -45,6 +45,8 @@ MAX_RECIPIENTS = 1000      # chats one hook POST may name
 CHAT_ID_LIMIT = 2 ** 63    # a chat id is a signed 64-bit integer
 CALLBACK_NAMES = frozenset({"conversation"})   # what a handler's request sees besides the rest
 CALLBACK_FIELDS = frozenset({"callback_url"})
+# on_callback as a mapping with one of these is more than a response: it saves and moves on
+ON_CALLBACK_KEYS = {"response", "save", "target_state"}
 
 
 @dataclass
@@ -201,6 +203,17 @@ class Hook:
 
 
 @dataclass
+class OnCallback:
+    """What a handler does with the result POSTed to its conversation.callback_url: answer
+    it, and like a handler's own keys, save variables and enter a state (all or nothing)."""
+
+    response: Response
+    save: dict[str, Template] = field(default_factory=dict)
+    target_state: str | None = None
+    where: str = "?"
+
+
+@dataclass
 class Handler:
     name: str
     where: str
@@ -215,7 +228,7 @@ class Handler:
     save: dict[str, Template] = field(default_factory=dict)
     schedule: ScheduleAction | None = None
     handoff: bool = False     # after its response the chat goes to a human (the operators)
-    on_callback: Response | None = None   # the answer when its conversation.callback_url is POSTed
+    on_callback: OnCallback | None = None   # when its conversation.callback_url is POSTed
 
     def accepts(self, state: str | None) -> bool:
         return self.source_states is None or state in self.source_states
@@ -320,7 +333,8 @@ class Compiler:
         its mistake is not reported a second time as "nothing enters state X"."""
         if not isinstance(item, dict):
             return
-        for state in (item.get("target_state"), *_as_list(item.get("source_states"))):
+        for state in (item.get("target_state"), *_as_list(item.get("source_states")),
+                      _callback_target(item.get("on_callback"))):
             if isinstance(state, str):
                 self._lost_states.add(state)
 
@@ -354,7 +368,7 @@ class Compiler:
                 save=part.run(self._save, item, failed={}),
                 schedule=part.run(self._optional, item, "schedule", self._schedule_action),
                 handoff=item.get("handoff") is True,
-                on_callback=part.run(self._optional, item, "on_callback", self.response),
+                on_callback=part.run(self._optional, item, "on_callback", self._on_callback),
             )
         finally:
             self._regex = None
@@ -376,6 +390,22 @@ class Compiler:
             self.result.warnings.append(
                 f"{handler.on_callback.where}: handler {handler.name}: on_callback is never used: "
                 "no template of its request names conversation.callback_url")
+
+    def _on_callback(self, data: Any, where: str) -> OnCallback:
+        """on_callback: a response (text or a response mapping), or a mapping of `response`,
+        `save` and `target_state`, which behave as the handler's own keys do."""
+        if not _is_callback_form(data):
+            return OnCallback(self.response(data, where), where=where)
+        part = Problems()
+        part.run(check_keys, data, ON_CALLBACK_KEYS, "an on_callback", where)
+        if "response" not in data:
+            part.add(ConfigError("on_callback with save or target_state needs a response "
+                                 "to answer the result with", where))
+        response = part.run(self._optional, data, "response", self.response)
+        save = part.run(self._save, data, failed={})
+        target_state = part.run(self._state_name, data, "target_state")
+        part.raise_any()
+        return OnCallback(response, save, target_state, where)
 
     def _handler_name(self, item: dict, where: str) -> str:
         name = item.get("name")
@@ -813,7 +843,8 @@ class Compiler:
     def _check_states(self) -> None:
         handlers = self.result.handlers
         tree_states = self.result.tree.states() if self.result.tree else set()
-        targets = {h.target_state for h in handlers if h.target_state} | tree_states \
+        # a state an on_callback moves to is entered like a handler's target_state
+        targets = {state for h in handlers for state, _ in _entered(h)} | tree_states \
             | self._lost_states
         for handler in handlers:
             for state in handler.source_states or ():
@@ -824,11 +855,11 @@ class Compiler:
         catch_all = any(h.source_states is None for h in handlers)
         sources = {s for h in handlers for s in (h.source_states or ())}
         for handler in handlers:
-            target = handler.target_state
-            if target and target not in sources and not catch_all:
-                self.result.warnings.append(
-                    f"{handler.where}: state {target!r} (entered by {handler.name}) has no handler; "
-                    "only the fallback answers there")
+            for target, by in _entered(handler):
+                if target not in sources and not catch_all:
+                    self.result.warnings.append(
+                        f"{handler.where}: state {target!r} (entered by {by}) has no handler; "
+                        "only the fallback answers there")
         self._warn_unreachable()
 
     def _warn_unreachable(self) -> None:
@@ -844,9 +875,11 @@ class Compiler:
         while grew:
             grew = False
             for handler in handlers:
-                if handler.target_state not in reached and (
+                # its on_callback runs only after the handler did: reached when it is
+                targets = {handler.target_state} | {state for state, _ in _entered(handler)}
+                if not targets <= reached and (
                         handler.source_states is None or reached.intersection(handler.source_states)):
-                    reached.add(handler.target_state)
+                    reached |= targets
                     grew = True
         for handler in handlers:
             stuck = [s for s in handler.source_states or () if s not in reached]
@@ -854,6 +887,25 @@ class Compiler:
                 self.result.warnings.append(
                     f"{handler.where}: handler {handler.name} never runs: no chain of handlers "
                     f"leads from a new conversation to {', '.join(map(repr, stuck))}")
+
+
+def _entered(handler: Handler) -> list[tuple[str, str]]:
+    """The states a handler moves a conversation to, each with what moves it there."""
+    entered = [(handler.target_state, handler.name)] if handler.target_state else []
+    callback = handler.on_callback
+    if callback is not None and callback.target_state:
+        entered.append((callback.target_state, f"the on_callback of {handler.name}"))
+    return entered
+
+
+def _is_callback_form(data: Any) -> bool:
+    """Whether an on_callback is the mapping of response/save/target_state, not a response."""
+    return isinstance(data, dict) and not ON_CALLBACK_KEYS.isdisjoint(data)
+
+
+def _callback_target(data: Any) -> Any:
+    """The target_state an on_callback names, whatever else is wrong with it; None: none."""
+    return data.get("target_state") if _is_callback_form(data) else None
 
 
 def parse_duration(value: Any, where: str) -> float:

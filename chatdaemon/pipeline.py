@@ -328,21 +328,30 @@ class PipelineHandler(ChatHandler):
 
     def on_callback(self, result: dict) -> None:
         """A result posted to a callback URL: the on_callback of the handler that made it
-        answers, its templates seeing the posted JSON as `callback.data`."""
+        answers, and saves and moves on if it says so, its templates seeing the posted JSON
+        as `callback.data`."""
         name = result.get("handler")
         handler = next((h for h in self.pipeline.definitions.handlers if h.name == name), None)
         if handler is None or handler.on_callback is None:
             log.warning("chat %s: a callback result for handler %r, which has no on_callback "
                         "(any more); dropped", self.chat_id, name)
             return
+        action = handler.on_callback
         context = self._context({"chat": {"id": self.chat_id}}, {}, None, None)
         context["callback"] = frozen({"data": result.get("data")})
         try:
-            reply = self._render(handler.on_callback, context)
+            reply = self._render(action.response, context)
+            saved = {key: template.render(context) for key, template in action.save.items()}
         except TemplateError as exc:
             raise UpdateFailed(f"handler {handler.name} ({handler.where}) on_callback failed: "
                                f"{exc}", answered=False) from None
+        # everything rendered before anything changes; the answer, the saved vars and the
+        # new state then commit in this update's one transaction (or none of them does)
         self._send(reply)
+        self.vars.update(saved)
+        if action.target_state is not None:
+            self.state = action.target_state
+            self._conversation.state_context[action.target_state] = _kept_callback(context)
 
     def _transition(self, handler: Handler, context: dict, saved: dict) -> None:
         self.vars.update(saved)
@@ -644,6 +653,12 @@ def _kept_context(context: dict) -> dict:
         if len(repr(data)) <= MAX_CONTEXT_TEXT:
             kept["response"] = {"status": response.get("status"), "data": _thawed(data)}
     return kept
+
+
+def _kept_callback(context: dict) -> dict:
+    """What state_context remembers of a late result that moved the conversation on."""
+    data = context["callback"].get("data")
+    return {"callback": {"data": _thawed(data)}} if len(repr(data)) <= MAX_CONTEXT_TEXT else {}
 
 
 def _thawed(value: Any) -> Any:
