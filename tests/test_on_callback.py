@@ -7,7 +7,6 @@ what a failing one leaves alone).
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import sqlite3
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import HANDLERS, wait_until
+from test_e2e_callbacks import healthy, post
 
 from chatdaemon import callbacks
 from chatdaemon.chathandler import DEFAULT_ERROR_TEXT
@@ -238,32 +238,14 @@ def free_port() -> int:
 
 
 def post_result(port: int, url: str, data: dict) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("POST", urlsplit(url).path, body=json.dumps(data).encode(),
-                     headers={"Content-Type": "application/json"})
-        answer = conn.getresponse()
-        answer.read()
-        return answer.status
-    finally:
-        conn.close()
+    return post(port, urlsplit(url).path, json.dumps(data).encode())[0]
 
-
-def hook_server_up(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/healthz")
-        ok = conn.getresponse().status == 200
-        conn.close()
-        return ok
-    except OSError:
-        return False
 
 
 def start_longjob(start_daemon, upstream, port: int, db: Path):
     daemon = start_daemon(HANDLERS / "longjob", db=db, config={"hooks": {"port": port}},
                           env={"LONGJOB_URL": f"http://127.0.0.1:{upstream.server_port}/jobs"})
-    assert wait_until(lambda: hook_server_up(port), timeout=20, interval=0.05), daemon.log()
+    assert wait_until(lambda: healthy(port), timeout=20, interval=0.05), daemon.log()
     return daemon
 
 
