@@ -9,10 +9,10 @@ import threading
 import pytest
 from conftest import wait_until
 from test_delegator import WAIT
-from test_delegator import Bot as DelegatorBot
 from test_delegator import FakeSender as DelegatorSender
 from test_telegram import TOKEN, Server
 from test_transaction import FakeSender, FakeSlot, PythonBot
+from test_transaction import PythonBot as DelegatorBot
 
 from chatdaemon import ChatHandler, inbox
 from chatdaemon.delegator import Delegator

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from test_transaction import PythonBot as Bot
 
 from chatdaemon import ChatHandler
 from chatdaemon.delegator import Delegator
@@ -46,16 +47,6 @@ class FakeSender:
     def wait_for(self, predicate, timeout=WAIT) -> bool:
         with self.lock:
             return self.changed.wait_for(lambda: predicate(self.sent), timeout)
-
-
-class Bot:
-    error_text = "Sorry, that failed."
-
-    def __init__(self, handler_class):
-        self.handler_class = handler_class
-
-    def create_handler(self, context, conversation, sender):
-        return self.handler_class(context, conversation, sender)
 
 
 class Counter(ChatHandler):
