@@ -9,6 +9,13 @@ All access goes through one connection guarded by one lock. SQLite admits one wr
 time anyway; serialising in Python instead of in SQLite's busy handler keeps commits from
 sleeping in back-off under load, and keeps the connection out of two threads at once.
 
+Updates finish in group commits: each `finish` joins a queue, and the thread that takes the
+lock commits every finish queued by then in one transaction, in the order they came. Under
+load one BEGIN/COMMIT (and one write of the pages they share) serves several chats; a lone
+update commits alone, as before. Each finish is still all or nothing on its own: when one of
+a group fails (its guard refuses, a write fails), the group rolls back and each of them is
+committed alone, so only the failing one is refused.
+
 Two durability levels share that connection:
 - the inbox batch commits with synchronous=FULL, because its return gates the
   acknowledgement of those updates to Telegram;
@@ -28,6 +35,7 @@ anything in it changes.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -257,6 +265,17 @@ def create_private_file(path: str) -> None:
     os.close(fd)
 
 
+class _Finish:
+    """One update's finish waiting in the group-commit queue (see Store.finish)."""
+
+    __slots__ = ("write", "done", "error")
+
+    def __init__(self, write: Callable[[sqlite3.Connection], None]) -> None:
+        self.write = write
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class Store:
     """The database: inbox rows and conversations, each change one transaction."""
 
@@ -269,6 +288,7 @@ class Store:
         """
         self.path = path
         self._lock = threading.Lock()
+        self._finishing: collections.deque[_Finish] = collections.deque()   # see finish
         self._closed = False
         self._file_lock: FileLock | None = None
         if path != ":memory:":
@@ -363,21 +383,27 @@ class Store:
     def _transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock; `durable` fsyncs its commit (synchronous=FULL)."""
         with self._lock:
-            db = self._db
-            if durable:
-                db.execute("PRAGMA synchronous=FULL")
+            with self._locked_transaction(durable) as db:
+                yield db
+
+    @contextlib.contextmanager
+    def _locked_transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """`_transaction` for a caller that holds the lock already."""
+        db = self._db
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                    db.execute("COMMIT")
-                except BaseException:
-                    self._roll_back(db)
-                    raise  # the cause (disk full, I/O error), never a failed ROLLBACK's
-            finally:
-                if durable:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("PRAGMA synchronous=NORMAL")
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                self._roll_back(db)
+                raise  # the cause (disk full, I/O error), never a failed ROLLBACK's
+        finally:
+            if durable:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA synchronous=NORMAL")
 
     def _roll_back(self, db: sqlite3.Connection) -> None:
         """Undo what is left of a failed transaction. SQLite may have rolled it back itself
@@ -539,7 +565,8 @@ class Store:
         stands, when the caller has one (its JSON is written as it is).
         """
         now = time.time()
-        with self._transaction() as db:
+
+        def write_all(db: sqlite3.Connection) -> None:
             if guard is not None:
                 guard()
             if conversation is not None:
@@ -551,8 +578,59 @@ class Store:
             if update_id is not None:
                 inbox.mark_done(db, update_id, now)
                 schedules.rearm_after_tick(db, update_id, now)
+
+        self._commit_in_group(_Finish(write_all))
         if conversation is not None:
             conversations.mark_saved(conversation)
+
+    def _commit_in_group(self, finish: _Finish) -> None:
+        """Commit `finish`, with whatever other finishes are queued when this thread gets the
+        lock; raise what refused or failed its own commit.
+
+        Invariant: a finish leaves the queue only under the lock, and is marked done (with
+        its error, if any) before the lock is released; a thread that finds its own finish
+        still queued once it holds the lock commits the queue itself.
+        """
+        self._finishing.append(finish)
+        with self._lock:
+            if not finish.done:
+                self._commit_queued(finish)
+        if finish.error is not None:
+            raise finish.error
+
+    def _commit_queued(self, own: _Finish) -> None:
+        """Under the lock: every queued finish, in one transaction, in the order queued."""
+        group: list[_Finish] = []
+        while self._finishing:
+            group.append(self._finishing.popleft())
+        try:
+            self._commit_group(group)
+        except BaseException as exc:   # not a failed commit (those are each finish's error)
+            own.done, own.error = True, exc
+            # the others were not committed: back to the queue, for their own threads to take
+            self._finishing.extendleft(reversed([f for f in group if not f.done]))
+            raise
+
+    def _commit_group(self, group: list[_Finish]) -> None:
+        try:
+            with self._locked_transaction() as db:
+                for finish in group:
+                    finish.write(db)
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].done, group[0].error = True, exc
+                return
+            # one of them failed, or the commit did: each alone, so only what fails is refused
+            for finish in group:
+                try:
+                    with self._locked_transaction() as db:
+                        finish.write(db)
+                except Exception as error:
+                    finish.error = error
+                finish.done = True
+            return
+        for finish in group:
+            finish.done = True
 
     def copy_chat(self, old_chat_id: int, new_chat_id: int) -> None:
         """A group became a supergroup: the new chat starts from the group's conversation.
