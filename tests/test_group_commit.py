@@ -222,3 +222,66 @@ def test_the_lock_is_free_after_a_group(fresh_db, count):
                                for i, c in enumerate(conversations)])
     assert fresh_db._lock.acquire(timeout=WAIT)
     fresh_db._lock.release()
+
+
+def test_rows_written_together_are_the_rows_written_alone(tmp_path):
+    """Big and negative chat ids, a null state, quotes and emoji in vars, the update time: a
+    group writes exactly what lone commits write."""
+    chats = [-1001234567890123, 7, 2 ** 52 + 1]
+    values = [(None, {"q": "\"'\\", "e": "😀"}), ("s", {}), ("ñ", {"n": [1, 2.5, None]})]
+
+    def stored(path) -> list[tuple]:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT chat_id, state, vars, state_context, typeof(updated)"
+                              " FROM conversations ORDER BY chat_id").fetchall()
+        finally:
+            db.close()
+
+    results = []
+    for together in (False, True):
+        path = str(tmp_path / f"{together}.sqlite3")
+        store = Store(path)
+        store.add_updates([to_row(message(i + 1, chat)) for i, chat in enumerate(chats)])
+        conversations = [store.load_conversation(chat) for chat in chats]
+        for conversation, (state, vars_) in zip(conversations, values, strict=True):
+            conversation.state, conversation.vars = state, vars_
+        calls = [lambda i=i, c=c: store.finish(i + 1, c) for i, c in enumerate(conversations)]
+        if together:
+            assert finish_together(store, calls) == {}
+        else:
+            for call in calls:
+                call()
+        assert store.backlog() == 0
+        assert [(c.state, c.vars) for c in map(store.load_conversation, chats)] == values
+        store.close()
+        results.append(stored(path))
+    assert results[0] == results[1]
+    assert {row[4] for row in results[1]} == {"real"}
+
+
+def test_a_finish_in_a_group_sees_what_the_ones_before_it_wrote(fresh_db):
+    chats = chats_with_updates(fresh_db, 3)
+    conversations = [fresh_db.load_conversation(chat) for chat in chats]
+    for conversation in conversations:
+        conversation.state = "answered"
+    seen: list[object] = []
+
+    def look(db: sqlite3.Connection) -> None:   # the middle finish reads the others' rows
+        seen.extend(row[0] for row in db.execute(
+            "SELECT chat_id FROM conversations WHERE state = 'answered' ORDER BY chat_id"))
+
+    calls = [lambda i=i, c=c: fresh_db.finish(i + 1, c, writes=[look] if i == 1 else [])
+             for i, c in enumerate(conversations)]
+    with fresh_db._lock:
+        threads = []
+        for index, call in enumerate(calls):   # each queued before the next starts
+            thread = threading.Thread(target=call)
+            thread.start()
+            threads.append(thread)
+            wait_until(lambda n=index + 1: len(fresh_db._finishing) == n)
+    for thread in threads:
+        thread.join(WAIT)
+    # the first was written before the middle one ran, the last after it
+    assert seen == [chats[0], chats[1]]
+    assert fresh_db.backlog() == 0
