@@ -246,7 +246,7 @@ def test_rows_written_together_are_the_rows_written_alone(tmp_path):
         conversations = [store.load_conversation(chat) for chat in chats]
         for conversation, (state, vars_) in zip(conversations, values, strict=True):
             conversation.state, conversation.vars = state, vars_
-        calls = [lambda i=i, c=c: store.finish(i + 1, c) for i, c in enumerate(conversations)]
+        calls = [lambda i=i, c=c, s=store: s.finish(i + 1, c) for i, c in enumerate(conversations)]
         if together:
             assert finish_together(store, calls) == {}
         else:
