@@ -285,3 +285,34 @@ def test_a_finish_in_a_group_sees_what_the_ones_before_it_wrote(fresh_db):
     # the first was written before the middle one ran, the last after it
     assert seen == [chats[0], chats[1]]
     assert fresh_db.backlog() == 0
+
+
+def test_readers_and_finishers_at_once_leave_nothing_queued(fresh_db):
+    """Reads take the lock between commits; every finish is still committed, none left queued."""
+    chats = chats_with_updates(fresh_db, 48)
+    conversations = {chat: fresh_db.load_conversation(chat) for chat in chats}
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            fresh_db.pending(chats[0], 5)
+            fresh_db.load_conversation(chats[1])
+
+    def serve(update_id: int, chat: int) -> None:
+        conversations[chat].vars = {"n": update_id}
+        fresh_db.finish(update_id, conversations[chat])
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    finishers = [threading.Thread(target=serve, args=(i + 1, chat)) for i, chat in enumerate(chats)]
+    for thread in finishers:
+        thread.start()
+    for thread in finishers:
+        thread.join(WAIT)
+    stop.set()
+    for reader in readers:
+        reader.join(WAIT)
+    assert not any(thread.is_alive() for thread in finishers + readers)
+    assert fresh_db.backlog() == 0 and not fresh_db._finishing
+    assert all(fresh_db.load_conversation(chat).vars == {"n": i + 1} for i, chat in enumerate(chats))
