@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
-from .leanhttp import LeanConnection, LeanHTTPSConnection
+from .leanhttp import Connection, LeanConnection, LeanHTTPSConnection
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class TelegramClient:
         self._context = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._pool: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(pool_size)
+        self._pool: queue.LifoQueue[Connection] = queue.LifoQueue(pool_size)
         self._slots = threading.BoundedSemaphore(pool_size)  # connections in use or kept idle
         self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
 
@@ -173,8 +173,7 @@ class TelegramClient:
                   reuse: bool) -> tuple[int, bytes]:
         conn, reused = self._connection(reuse)
         try:
-            if conn.sock.gettimeout() != read:   # each setting is a system call (ioctl)
-                conn.sock.settimeout(read)
+            conn.set_io_timeout(read)
             conn.request("POST", self._target(method), _pieces(body), {
                 "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
                 "User-Agent": USER_AGENT})
@@ -202,16 +201,22 @@ class TelegramClient:
             return f"http://{self._host}:{self._port}{self._prefix}{method}"
         return self._prefix + method
 
-    def _connection(self, reuse: bool) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, reuse: bool) -> tuple[Connection, bool]:
         if reuse:
             try:
                 return self._pool.get_nowait(), True
             except queue.Empty:
                 pass
         host, port = self._proxy or (self._host, self._port)
+        # Plain HTTP (a local Bot API server, a proxy without a tunnel): a blocking socket with
+        # the kernel's timeouts, one GIL release per recv or send instead of two (poll, then
+        # the call). TLS (Telegram itself, or through a proxy's CONNECT tunnel) keeps the
+        # socket's own timeout: CPython's ssl module retries SSL_read on WANT_READ forever on
+        # a blocking socket, so SO_RCVTIMEO would never end a hung long poll.
+        conn: Connection
         if self._scheme == "https":
-            conn: http.client.HTTPConnection = LeanHTTPSConnection(
-                host, port, timeout=self.connect_timeout, context=self._context)
+            conn = LeanHTTPSConnection(host, port, timeout=self.connect_timeout,
+                                       context=self._context)
             if self._proxy:
                 conn.set_tunnel(self._host, self._port)
         else:
@@ -224,7 +229,7 @@ class TelegramClient:
             raise _NotSent(_reason(exc)) from None
         return conn, False
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, conn: Connection) -> None:
         try:
             self._pool.put_nowait(conn)
         except queue.Full:
