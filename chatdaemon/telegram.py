@@ -105,8 +105,13 @@ class TelegramClient:
         self._context = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._pool: queue.LifoQueue[Connection] = queue.LifoQueue(pool_size)
-        self._slots = threading.BoundedSemaphore(pool_size)  # connections in use or kept idle
+        # A call holds one of pool_size permits while it uses a connection, and takes an idle
+        # one before it opens another. Both are C-level (SimpleQueue, list): a semaphore and a
+        # LifoQueue are Python code on a Condition, several lock hand-offs per call.
+        self._permits: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(pool_size):
+            self._permits.put(None)
+        self._idle: list[Connection] = []   # a stack: the warmest connection is used first
         self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
 
     def __repr__(self) -> str:
@@ -157,16 +162,19 @@ class TelegramClient:
     def _post(self, method: str, body: tuple[bytes, ...], content_type: str, read: float) -> Any:
         if not _METHOD_NAME.fullmatch(method):
             raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
-        # the invariant: at most pool_size connections are open; a call beyond waits for one
-        # (no longer than a call may take) and otherwise fails as not sent
-        if not self._slots.acquire(timeout=self.connect_timeout + self.read_timeout):
-            raise NetworkError(method, "no free connection in time", maybe_delivered=False)
+        # the invariant: at most pool_size connections are open; a call beyond waits for a
+        # permit (no longer than a call may take) and otherwise fails as not sent. A call
+        # opens a connection only when none is idle, so open ones never outnumber permits.
+        try:
+            self._permits.get(timeout=self.connect_timeout + self.read_timeout)
+        except queue.Empty:
+            raise NetworkError(method, "no free connection in time", maybe_delivered=False) from None
         try:
             status, data = self._exchange(method, body, content_type, read, reuse=True)
         except _NotSent as exc:
             raise NetworkError(method, str(exc), maybe_delivered=False, where=self.where) from None
         finally:
-            self._slots.release()
+            self._permits.put(None)
         return _result_of(method, status, data)
 
     def _exchange(self, method: str, body: tuple[bytes, ...], content_type: str, read: float,
@@ -204,8 +212,8 @@ class TelegramClient:
     def _connection(self, reuse: bool) -> tuple[Connection, bool]:
         if reuse:
             try:
-                return self._pool.get_nowait(), True
-            except queue.Empty:
+                return self._idle.pop(), True
+            except IndexError:
                 pass
         host, port = self._proxy or (self._host, self._port)
         # Plain HTTP (a local Bot API server, a proxy without a tunnel): a blocking socket with
@@ -230,16 +238,13 @@ class TelegramClient:
         return conn, False
 
     def _give_back(self, conn: Connection) -> None:
-        try:
-            self._pool.put_nowait(conn)
-        except queue.Full:
-            conn.close()
+        self._idle.append(conn)   # before the permit goes back: never more than pool_size
 
     def close(self) -> None:
         while True:
             try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
+                self._idle.pop().close()
+            except IndexError:
                 return
 
 
