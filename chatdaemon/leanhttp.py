@@ -238,7 +238,7 @@ class LeanConnection(http.client.HTTPConnection):
     def send(self, data: Any) -> None:
         try:
             super().send(data)
-        except BlockingIOError:   # EAGAIN: SO_SNDTIMEO ran out with nothing written
+        except BlockingIOError:   # EAGAIN: SO_SNDTIMEO ran out before the kernel took more
             raise TimeoutError(errno.EAGAIN, "timed out") from None
 
     def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
