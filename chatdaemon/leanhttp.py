@@ -129,13 +129,16 @@ class TimeoutReader(io.RawIOBase):
 
 
 class _ReaderMaker:
-    """What HTTPResponse.__init__ calls `makefile("rb")` on: gives it a TimeoutReader."""
+    """What HTTPResponse.__init__ calls `makefile("rb")` on: a socket's answer is read
+    through a TimeoutReader; anything else with a makefile (bytes kept for a replay) as is."""
 
     def __init__(self, sock: socket.socket):
         self._sock = sock
 
-    def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(TimeoutReader(self._sock))
+    def makefile(self, mode: str) -> BinaryIO:
+        if isinstance(self._sock, socket.socket):
+            return io.BufferedReader(TimeoutReader(self._sock))
+        return self._sock.makefile(mode)
 
 
 class LeanResponse(http.client.HTTPResponse):
