@@ -147,6 +147,7 @@ class LeanResponse(http.client.HTTPResponse):
 
     def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
                  url: str | None = None):
+        # http.client only calls makefile("rb") on what it is given as its socket
         super().__init__(_ReaderMaker(sock), debuglevel, method, url)  # type: ignore[arg-type]
 
     def begin(self) -> None:
