@@ -9,12 +9,26 @@ own limits (line length, header count), and keeps the rest of its response handl
 http.client also writes a request's head and its body with two sends: with TCP_NODELAY
 two segments, two system calls here and two reads at the server. `LeanConnection` sends
 a request whose body is bytes in one.
+
+A socket with a timeout (`settimeout`) does each recv and send as poll() and then the call:
+two releases of the GIL, and with many threads each release is a wait to get it back.
+`LeanConnection` (plain TCP) connects within its timeout, then puts its socket in blocking
+mode and has the kernel enforce the read/write timeout (SO_RCVTIMEO, SO_SNDTIMEO): one system
+call, one release. A recv or send the kernel times out fails with EAGAIN, which
+`TimeoutReader` and `LeanConnection.send` turn back into TimeoutError.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
-from typing import BinaryIO
+import io
+import socket
+import struct
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 MAX_LINE = 65536      # http.client's _MAXLINE: a longer header line is refused
 MAX_HEADERS = 100     # http.client's _MAXHEADERS
@@ -72,8 +86,69 @@ def send_with_head(conn: http.client.HTTPConnection, body: object, chunked: bool
     return True
 
 
+def timeval_format(sock: socket.socket) -> str:
+    """The struct format of the kernel's timeval for SO_RCVTIMEO on `sock`: two C longs, or
+    two 64-bit integers where a 32-bit system moved to a 64-bit time_t (its SO_RCVTIMEO is then
+    the kernel's _NEW option). The kernel answers with as many bytes as its struct has."""
+    size = len(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+    return "ll" if size == struct.calcsize("ll") else "qq"
+
+
+def timeval(seconds: float, layout: str) -> bytes:
+    """`seconds` as a kernel timeval; never all zero, which the kernel reads as no timeout."""
+    micros = max(1, round(seconds * 1_000_000))
+    return struct.pack(layout, micros // 1_000_000, micros % 1_000_000)
+
+
+class TimeoutReader(io.RawIOBase):
+    """A socket's raw reader (socket.makefile's), but a recv that fails with EAGAIN raises
+    TimeoutError.
+
+    On a blocking socket EAGAIN means its SO_RCVTIMEO ran out. The standard reader answers
+    None for it, which a buffered reader and http.client take for the end of the stream: a
+    timeout would read as a connection the server closed (RemoteDisconnected), and the
+    client would send the request again on a fresh connection.
+    """
+
+    def __init__(self, sock: socket.socket):
+        super().__init__()
+        self._raw = sock.makefile("rb", buffering=0)  # the socket stays open while it is
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        count = self._raw.readinto(buffer)
+        if count is None:
+            raise TimeoutError(errno.EAGAIN, "timed out")
+        return count
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _ReaderMaker:
+    """What HTTPResponse.__init__ calls `makefile("rb")` on: a socket's answer is read
+    through a TimeoutReader; anything else with a makefile (bytes kept for a replay) as is."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def makefile(self, mode: str) -> BinaryIO:
+        if isinstance(self._sock, socket.socket):
+            return io.BufferedReader(TimeoutReader(self._sock))
+        return self._sock.makefile(mode)
+
+
 class LeanResponse(http.client.HTTPResponse):
-    """http.client.HTTPResponse with `begin` reading headers through `read_headers`."""
+    """http.client.HTTPResponse with `begin` reading headers through `read_headers`, and the
+    body and headers through a TimeoutReader: a timed-out read stays a timeout."""
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: str | None = None,
+                 url: str | None = None):
+        # http.client only calls makefile("rb") on what it is given as its socket
+        super().__init__(_ReaderMaker(sock), debuglevel, method, url)  # type: ignore[arg-type]
 
     def begin(self) -> None:
         if self.headers is not None:
@@ -129,9 +204,46 @@ def _closes(version: int, first: dict[str, str]) -> bool:
 
 
 class LeanConnection(http.client.HTTPConnection):
-    """An HTTP connection that writes each request once and reads answers with LeanResponse."""
+    """An HTTP connection that writes each request once and reads answers with LeanResponse.
+
+    Plain TCP only: it connects within `timeout`, then its socket is blocking and the read
+    and write timeout (`set_io_timeout`) is the kernel's SO_RCVTIMEO and SO_SNDTIMEO.
+    """
 
     response_class = LeanResponse
+    io_timeout: float | None = None   # the read/write timeout wanted, in force once connected
+    _layout = "ll"                    # the kernel's timeval, learnt on connect
+
+    def connect(self) -> None:
+        super().connect()   # within self.timeout, the connect timeout
+        self.sock.settimeout(None)
+        self._layout = timeval_format(self.sock)
+        wanted = self.io_timeout if self.io_timeout is not None else self.timeout
+        # the invariant: the socket is blocking only with a kernel timeout, the one set or
+        # else the connect timeout (none only where http.client's default would have none)
+        self._apply_io_timeout(wanted if isinstance(wanted, int | float) else None)
+
+    def set_io_timeout(self, seconds: float) -> None:
+        """Each recv and each send waits at most `seconds`; set only when it changes (each
+        setting is two system calls)."""
+        if seconds != self.io_timeout:
+            if self.sock is None:
+                self.io_timeout = seconds   # connect sets it
+            else:
+                self._apply_io_timeout(seconds)
+
+    def _apply_io_timeout(self, seconds: float | None) -> None:
+        value = timeval(seconds, self._layout) if seconds is not None \
+            else struct.pack(self._layout, 0, 0)   # all zero: no timeout, as http.client's default
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        self.io_timeout = seconds
+
+    def send(self, data: Any) -> None:
+        try:
+            super().send(data)
+        except BlockingIOError:   # EAGAIN: SO_SNDTIMEO ran out before the kernel took more
+            raise TimeoutError(errno.EAGAIN, "timed out") from None
 
     def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
         if not send_with_head(self, message_body, encode_chunked):
@@ -139,10 +251,22 @@ class LeanConnection(http.client.HTTPConnection):
 
 
 class LeanHTTPSConnection(http.client.HTTPSConnection):
-    """LeanConnection over TLS."""
+    """LeanConnection over TLS, with the socket's own timeout (`settimeout`) kept.
+
+    Never a blocking socket with SO_RCVTIMEO here: CPython's ssl module retries SSL_read on
+    WANT_READ forever on a blocking socket, so a read would never time out.
+    """
 
     response_class = LeanResponse
+
+    def set_io_timeout(self, seconds: float) -> None:
+        """Each recv and each send waits at most `seconds`; set only when it changes."""
+        if self.sock.gettimeout() != seconds:   # each setting is a system call (ioctl)
+            self.sock.settimeout(seconds)
 
     def _send_output(self, message_body: object = None, encode_chunked: bool = False) -> None:
         if not send_with_head(self, message_body, encode_chunked):
             super()._send_output(message_body, encode_chunked)  # type: ignore[misc]  # unstubbed
+
+
+Connection = LeanConnection | LeanHTTPSConnection

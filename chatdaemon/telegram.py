@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .errors import BadAnswer, NetworkError, RetryAfter, TelegramError
-from .leanhttp import LeanConnection, LeanHTTPSConnection
+from .leanhttp import Connection, LeanConnection, LeanHTTPSConnection
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,13 @@ class TelegramClient:
         self._context = ssl.create_default_context() if parts.scheme == "https" else None
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._pool: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(pool_size)
-        self._slots = threading.BoundedSemaphore(pool_size)  # connections in use or kept idle
+        # A call holds one of pool_size permits while it uses a connection, and takes an idle
+        # one before it opens another. Both are C-level (SimpleQueue, list): a semaphore and a
+        # LifoQueue are Python code on a Condition, several lock hand-offs per call.
+        self._permits: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(pool_size):
+            self._permits.put(None)
+        self._idle: list[Connection] = []   # a stack: the warmest connection is used first
         self._upload_slots = threading.BoundedSemaphore(MAX_UPLOADS)
 
     def __repr__(self) -> str:
@@ -157,24 +162,26 @@ class TelegramClient:
     def _post(self, method: str, body: tuple[bytes, ...], content_type: str, read: float) -> Any:
         if not _METHOD_NAME.fullmatch(method):
             raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
-        # the invariant: at most pool_size connections are open; a call beyond waits for one
-        # (no longer than a call may take) and otherwise fails as not sent
-        if not self._slots.acquire(timeout=self.connect_timeout + self.read_timeout):
-            raise NetworkError(method, "no free connection in time", maybe_delivered=False)
+        # the invariant: at most pool_size connections are open; a call beyond waits for a
+        # permit (no longer than a call may take) and otherwise fails as not sent. A call
+        # opens a connection only when none is idle, so open ones never outnumber permits.
+        try:
+            self._permits.get(timeout=self.connect_timeout + self.read_timeout)
+        except queue.Empty:
+            raise NetworkError(method, "no free connection in time", maybe_delivered=False) from None
         try:
             status, data = self._exchange(method, body, content_type, read, reuse=True)
         except _NotSent as exc:
             raise NetworkError(method, str(exc), maybe_delivered=False, where=self.where) from None
         finally:
-            self._slots.release()
+            self._permits.put(None)
         return _result_of(method, status, data)
 
     def _exchange(self, method: str, body: tuple[bytes, ...], content_type: str, read: float,
                   reuse: bool) -> tuple[int, bytes]:
         conn, reused = self._connection(reuse)
         try:
-            if conn.sock.gettimeout() != read:   # each setting is a system call (ioctl)
-                conn.sock.settimeout(read)
+            conn.set_io_timeout(read)
             conn.request("POST", self._target(method), _pieces(body), {
                 "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
                 "User-Agent": USER_AGENT})
@@ -202,16 +209,22 @@ class TelegramClient:
             return f"http://{self._host}:{self._port}{self._prefix}{method}"
         return self._prefix + method
 
-    def _connection(self, reuse: bool) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, reuse: bool) -> tuple[Connection, bool]:
         if reuse:
             try:
-                return self._pool.get_nowait(), True
-            except queue.Empty:
+                return self._idle.pop(), True
+            except IndexError:
                 pass
         host, port = self._proxy or (self._host, self._port)
+        # Plain HTTP (a local Bot API server, a proxy without a tunnel): a blocking socket with
+        # the kernel's timeouts, one GIL release per recv or send instead of two (poll, then
+        # the call). TLS (Telegram itself, or through a proxy's CONNECT tunnel) keeps the
+        # socket's own timeout: CPython's ssl module retries SSL_read on WANT_READ forever on
+        # a blocking socket, so SO_RCVTIMEO would never end a hung long poll.
+        conn: Connection
         if self._scheme == "https":
-            conn: http.client.HTTPConnection = LeanHTTPSConnection(
-                host, port, timeout=self.connect_timeout, context=self._context)
+            conn = LeanHTTPSConnection(host, port, timeout=self.connect_timeout,
+                                       context=self._context)
             if self._proxy:
                 conn.set_tunnel(self._host, self._port)
         else:
@@ -224,17 +237,14 @@ class TelegramClient:
             raise _NotSent(_reason(exc)) from None
         return conn, False
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
-        try:
-            self._pool.put_nowait(conn)
-        except queue.Full:
-            conn.close()
+    def _give_back(self, conn: Connection) -> None:
+        self._idle.append(conn)   # before the permit goes back: never more than pool_size
 
     def close(self) -> None:
         while True:
             try:
-                self._pool.get_nowait().close()
-            except queue.Empty:
+                self._idle.pop().close()
+            except IndexError:
                 return
 
 

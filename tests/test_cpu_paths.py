@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 
 import pytest
@@ -142,14 +143,17 @@ def test_a_stored_payload_is_read_without_guessing_its_encoding(monkeypatch):
 
 
 def test_the_read_timeout_is_set_only_when_it_changes(server, client, monkeypatch):
-    settings: list[float | None] = []
-    settimeout = socket.socket.settimeout
+    settings: list[float] = []   # SO_RCVTIMEO set on the plain HTTP socket, in seconds
+    setsockopt = socket.socket.setsockopt
 
-    def counting(sock, value):
-        settings.append(value)
-        settimeout(sock, value)
+    def counting(sock, level, option, value, *rest):
+        if (level, option) == (socket.SOL_SOCKET, socket.SO_RCVTIMEO):
+            layout = "ll" if len(value) == struct.calcsize("ll") else "qq"
+            whole, micros = struct.unpack(layout, value)
+            settings.append(whole + micros / 1_000_000)
+        setsockopt(sock, level, option, value, *rest)
 
-    monkeypatch.setattr(socket.socket, "settimeout", counting)
+    monkeypatch.setattr(socket.socket, "setsockopt", counting)
     client.call("getMe")
     assert settings[-1] == 3             # the connection's first call sets its read timeout
     settings.clear()

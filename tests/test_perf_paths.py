@@ -210,7 +210,7 @@ def test_the_client_reads_answers_through_the_lean_response(telegram):
         with pytest.raises(RetryAfter) as caught:
             client.call("getMe")
         assert caught.value.retry_after == 3
-        conn = client._pool.get_nowait()
+        conn = client._idle.pop()
         conn.close()
         assert conn.response_class is LeanResponse   # kept alive, and lean
     finally:
