@@ -24,18 +24,26 @@ network that is down (every connection closed unanswered, open long polls includ
 
 Every call is recorded in `calls`; accepted sends in `sent` (and per chat). All state is
 guarded by one Condition, which also wakes the `wait_for*` helpers.
+
+`FakeTelegram(tls=True)` serves the same double over TLS (`url` starts with https://) with a
+self-signed certificate made by openssl for the run; `cert_file` is its PEM, for a client to
+trust (a daemon: SSL_CERT_FILE=cert_file). Without openssl, start() raises TLSUnavailable.
 """
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
+import ipaddress
 import itertools
 import json
 import random
 import re
 import socket
+import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -44,6 +52,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 DEFAULT_TOKEN = "123456:TEST-token_abc"
@@ -73,6 +82,14 @@ class _Drop(Exception):
 
 class _BadRequest(Exception):
     """Answer 400 with "Bad Request: <description>"."""
+
+
+class TLSUnavailable(RuntimeError):
+    """The double cannot serve TLS here: `reason` says why (no openssl, or it failed)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the test double cannot serve TLS: {reason}")
+        self.reason = reason
 
 
 class _Server(ThreadingHTTPServer):
@@ -113,7 +130,7 @@ class FakeTelegram:
     """The Bot API on a loopback port; see the module docstring for the contract."""
 
     def __init__(self, token: str = DEFAULT_TOKEN, *, host: str = "127.0.0.1",
-                 first_update_id: int = 1000) -> None:
+                 first_update_id: int = 1000, tls: bool = False) -> None:
         bot_id, colon, _ = token.partition(":")
         if not (bot_id.isdigit() and colon):
             raise ValueError("a bot token starts with the bot's numeric id and a colon")
@@ -154,6 +171,9 @@ class FakeTelegram:
         self.files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, content)
         self.downloads: list[str] = []                  # file paths fetched, in order
         self.uploads: list[dict] = []   # every multipart file received: method, field, bytes
+        self.tls = tls                  # serve https:// with a certificate made for the run
+        self.cert_file: str | None = None   # that certificate (PEM), for clients to trust
+        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "stopped"
@@ -166,7 +186,10 @@ class FakeTelegram:
         if self._server is not None:
             raise RuntimeError("the test double is already running")
         self._stopped = False
+        context = self._tls_context() if self.tls else None   # before binding: it may fail
         self._server = _Server((self.host, 0), _Handler)
+        if context is not None:
+            self._server.socket = self._wrap_listener(self._server.socket, context)
         self._server.fake = self
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
@@ -210,7 +233,7 @@ class FakeTelegram:
     @property
     def url(self) -> str:
         """The API base URL: requests go to `{url}/bot{token}/{method}`."""
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # -- updates the test pushes -------------------------------------------------------------
 
@@ -663,8 +686,57 @@ class FakeTelegram:
         with self.cond:
             return [dict(upload) for upload in self.uploads if upload["method"] == method]
 
+    # -- TLS: https:// with a certificate made for the run ---------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """A server context with this double's certificate (made on the first start, kept for
+        restarts so clients that trust it go on trusting it)."""
+        if self.cert_file is None:
+            self.cert_file = self._make_certificate()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, str(Path(self.cert_file).with_name("key.pem")))
+        return context
+
+    def _make_certificate(self) -> str:
+        """A self-signed EC certificate for the double's host (CN and an IP or DNS
+        subjectAltName), written to a temporary directory; the path of its PEM file."""
+        directory = tempfile.TemporaryDirectory(prefix="fake-telegram-tls-")
+        cert, key = Path(directory.name, "cert.pem"), Path(directory.name, "key.pem")
+        kind = "IP" if _is_ip(self.host) else "DNS"
+        command = ["openssl", "req", "-x509", "-newkey", "ec",
+                   "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                   "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={self.host}",
+                   "-addext", f"subjectAltName={kind}:{self.host}"]
+        try:
+            subprocess.run(command, capture_output=True, check=True, timeout=60)
+        except FileNotFoundError:
+            directory.cleanup()
+            raise TLSUnavailable("openssl is not installed (it makes the certificate)") from None
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            directory.cleanup()
+            detail = getattr(exc, "stderr", b"") or b""
+            raise TLSUnavailable(f"openssl could not make a certificate: "
+                                 f"{detail.decode(errors='replace').strip()[-300:]}") from None
+        self._cert_dir = directory   # removed when the double is garbage-collected or at exit
+        return str(cert)
+
+    @staticmethod
+    def _wrap_listener(sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """The listening socket as TLS. Each accepted connection's handshake runs in its own
+        handler thread on the first read (not in accept), so a client that never finishes
+        one cannot stall the server; a failed handshake is an OSError, a client's fault."""
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+
 
 # -- helpers ---------------------------------------------------------------------------------
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
 
 def _user(user_id: int, first_name: str) -> dict:
     return {"id": user_id, "is_bot": False, "first_name": first_name}
