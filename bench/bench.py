@@ -1,11 +1,20 @@
 """Benchmark: the daemon as a process against the Bot API test double, numbers printed.
 
-    python bench/bench.py [--only NAME ...] [--repeat N] [--against DIR]
+    python bench/bench.py [--only NAME ...] [--repeat N] [--against DIR] [--tls | --both]
 
 --against DIR runs each workload on another checkout (an older build) and on this one in
 turn, --repeat times each, and prints both medians: before/after figures from runs that
 shared the machine's load. CHATDAEMON_BENCH_TREE=DIR runs the daemon (and dbsize's store)
 from another checkout alone; the workloads, the test double and the counters stay this file's.
+
+--tls runs the workloads that can (throughput, cpu_single, connections; these by default) with
+the daemon talking HTTPS to the test double, as it talks to api.telegram.org: TLS on a socket
+with Python's own timeouts, where plain HTTP has blocking sockets with kernel timeouts. The
+double serves a certificate made by openssl for the run, and the daemon verifies it as usual,
+trusting it through SSL_CERT_FILE. Lines are labelled TLS; without openssl they say "skipped"
+and why. --both alternates plain and TLS runs (plain, TLS, plain, TLS, …), prints both medians
+and the TLS/plain ratio of the CPU per message. --against DIR with --tls compares the two
+trees over TLS.
 
 Workloads (rate limits off, as for a local Bot API server; durability on):
   throughput  20,000 messages over 1,000 chats, all injected at once → messages/s, and the
@@ -60,7 +69,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 # the checkout whose daemon runs (python -m chatdaemon from there)
 TREE = Path(os.environ.get("CHATDAEMON_BENCH_TREE", str(ROOT))).resolve()
 
-from fake_telegram import FakeTelegram  # noqa: E402
+from fake_telegram import FakeTelegram, TLSUnavailable  # noqa: E402
 from procstat import Peaks, status_fields, wait_until, wakeups_per_second  # noqa: E402
 
 TOKEN = "123456:BENCH-token_abcdefghijklmnopqrstuvwxyz"
@@ -71,10 +80,12 @@ class Run:
     """One daemon process with a fresh database against a fresh test double."""
 
     def __init__(self, handlers: str, config: str = "", poll_timeout: int = 5, hook_port: int = 0,
-                 env: dict | None = None, scratch: str | None = None) -> None:
+                 env: dict | None = None, scratch: str | None = None, tls: bool = False) -> None:
         self.scratch = tempfile.TemporaryDirectory(prefix="chatdaemon-bench-", dir=scratch)
         self.handlers = handlers if os.path.isabs(handlers) else str(ROOT / "handlers" / handlers)
-        self.telegram = FakeTelegram(TOKEN).start()
+        self.telegram = FakeTelegram(TOKEN, tls=tls).start()
+        if tls:   # the daemon verifies the double's certificate as it would Telegram's
+            env = {**(env or {}), "SSL_CERT_FILE": str(self.telegram.cert_file)}
         config_path = Path(self.scratch.name) / "config.yaml"
         config_path.write_text(f"polling: {{timeout: {poll_timeout}}}\nhooks: {{port: {hook_port}}}\n"
                                + config)
@@ -121,8 +132,8 @@ class Run:
         self.scratch.cleanup()
 
 
-def throughput(messages: int = 20000, chats: int = 1000) -> dict:
-    run = Run("counter")
+def throughput(messages: int = 20000, chats: int = 1000, tls: bool = False) -> dict:
+    run = Run("counter", tls=tls)
     try:
         batch = [(1_000_000 + i % chats, "m") for i in range(messages)]
         cpu = cpu_seconds(run.process.pid)
@@ -138,9 +149,9 @@ def throughput(messages: int = 20000, chats: int = 1000) -> dict:
         run.close()
 
 
-def cpu_single(messages: int = 500, chats: int = 10) -> dict:
+def cpu_single(messages: int = 500, chats: int = 10, tls: bool = False) -> dict:
     """Messages arriving singly: each one waits for the reply to the one before."""
-    run = Run("counter")
+    run = Run("counter", tls=tls)
     try:
         cpu = cpu_seconds(run.process.pid)
         for i in range(messages):
@@ -375,9 +386,9 @@ def busy_threads(env: dict | None = None, chats: int = 64, per_chat: int = 200) 
         run.close()
 
 
-def connections(messages: int = 20000, chats: int = 1000) -> dict:
+def connections(messages: int = 20000, chats: int = 1000, tls: bool = False) -> dict:
     """The throughput load, with the daemon's connections to the Bot API counted meanwhile."""
-    run = Run("counter")
+    run = Run("counter", tls=tls)
     try:
         with Peaks(run.process.pid, port=run.telegram.port, interval=0.01) as peaks:
             began = time.monotonic()
@@ -605,20 +616,66 @@ WORKLOADS = {"throughput": throughput, "cpu_single": cpu_single, "latency": late
              "writes": writes, "ticks": ticks, "dbsize": dbsize}
 
 
+TLS_WORKLOADS = ("throughput", "cpu_single", "connections")   # those that take tls=True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS),
+                        help="the workloads to run (default: all; with --tls or --both, those "
+                             "that can run over TLS)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--against", metavar="DIR",
                         help="another checkout: each run of it alternates with one of this tree "
                              "(A B A B …), and both medians are printed")
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--tls", action="store_true",
+                           help="the daemon talks HTTPS to the test double, verifying a "
+                                "certificate made for the run")
+    transport.add_argument("--both", action="store_true",
+                           help="plain and TLS runs in turn: both medians and TLS/plain ratios")
     args = parser.parse_args()
-    for name in args.only:
-        if args.against:
-            compare(name, args.repeat, args.against)
-            continue
-        print(f"{name:11s} {shown(merged([WORKLOADS[name]() for _ in range(args.repeat)]))}",
-              flush=True)
+    if args.both and args.against:
+        parser.error("--both compares plain HTTP with TLS on this tree; with --against use --tls")
+    tls = args.tls or args.both
+    names = args.only if args.only is not None else list(TLS_WORKLOADS if tls else WORKLOADS)
+    problem = tls_problem() if tls else None
+    for name in names:
+        if tls and (problem or name not in TLS_WORKLOADS):
+            reason = problem or "this workload runs over plain HTTP only"
+            print(f"{name:11s} TLS skipped: {reason}", flush=True)
+        elif args.against:
+            compare(name, args.repeat, args.against, tls)
+        elif args.both:
+            plain_and_tls(name, args.repeat)
+        else:
+            results = [WORKLOADS[name](tls=True) if tls else WORKLOADS[name]()
+                       for _ in range(args.repeat)]
+            print(f"{name:11s} {'TLS ' if tls else ''}{shown(merged(results))}", flush=True)
+
+
+def tls_problem() -> str | None:
+    """Why the test double cannot serve TLS on this machine (no openssl, …), or None."""
+    try:
+        FakeTelegram(TOKEN, tls=True).start().stop()
+    except TLSUnavailable as exc:
+        return exc.reason
+    return None
+
+
+def plain_and_tls(name: str, repeat: int) -> None:
+    """`name` over plain HTTP and over TLS in turn, `repeat` times each: the machine's load
+    weighs on both alike. Prints both medians and each figure's TLS/plain ratio of them."""
+    plain_runs, tls_runs = [], []
+    for _ in range(repeat):
+        plain_runs.append(WORKLOADS[name]())
+        tls_runs.append(WORKLOADS[name](tls=True))
+    plain, tls = merged(plain_runs), merged(tls_runs)
+    ratios = {key: tls[key] / plain[key] for key in plain
+              if isinstance(plain[key], float) and plain[key]}
+    print(f"{name:11s} plain     {shown(plain)}", flush=True)
+    print(f"{name:11s} TLS       {shown(tls)}", flush=True)
+    print(f"{name:11s} TLS/plain {shown(ratios)}", flush=True)
 
 
 def merged(results: list[dict]) -> dict:
@@ -635,19 +692,28 @@ def shown(figures: dict) -> str:
                      else f"{k}={v}" for k, v in figures.items())
 
 
-def compare(name: str, repeat: int, other: str) -> None:
+def compare(name: str, repeat: int, other: str, tls: bool = False) -> None:
     """`name` run `repeat` times on each tree, interleaved; the machine's load then weighs on
-    both alike. Each run is a process of this file with CHATDAEMON_BENCH_TREE set."""
+    both alike. Each run is a process of this file with CHATDAEMON_BENCH_TREE set (and --tls:
+    both trees' daemons talk HTTPS)."""
     trees = {"before": str(Path(other).resolve()), "after": str(TREE)}
     results: dict[str, list[dict]] = {label: [] for label in trees}
+    command = [sys.executable, __file__, "--only", name] + (["--tls"] if tls else [])
     for _ in range(repeat):
         for label, tree in trees.items():
             out = subprocess.run(
-                [sys.executable, __file__, "--only", name], capture_output=True, text=True,
+                command, capture_output=True, text=True,
                 check=True, env={**os.environ, "CHATDAEMON_BENCH_TREE": tree}).stdout
-            results[label].append(parsed(out.split(None, 1)[1]))
+            results[label].append(parsed(figures_text(out)))
     for label, tree in trees.items():
-        print(f"{name:11s} {label:6s} {shown(merged(results[label]))}  ({tree})", flush=True)
+        print(f"{name:11s} {'TLS ' if tls else ''}{label:6s} {shown(merged(results[label]))}  "
+              f"({tree})", flush=True)
+
+
+def figures_text(line: str) -> str:
+    """The k=v part of a printed line, after its labels (the name, and TLS if there)."""
+    first = line.index("=")
+    return line[line.rfind(" ", 0, first) + 1:]
 
 
 def parsed(line: str) -> dict:
