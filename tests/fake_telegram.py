@@ -39,6 +39,7 @@ import itertools
 import json
 import random
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -48,6 +49,7 @@ import threading
 import time
 import traceback
 import urllib.parse
+import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -173,7 +175,6 @@ class FakeTelegram:
         self.uploads: list[dict] = []   # every multipart file received: method, field, bytes
         self.tls = tls                  # serve https:// with a certificate made for the run
         self.cert_file: str | None = None   # that certificate (PEM), for clients to trust
-        self._cert_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "stopped"
@@ -700,8 +701,8 @@ class FakeTelegram:
     def _make_certificate(self) -> str:
         """A self-signed EC certificate for the double's host (CN and an IP or DNS
         subjectAltName), written to a temporary directory; the path of its PEM file."""
-        directory = tempfile.TemporaryDirectory(prefix="fake-telegram-tls-")
-        cert, key = Path(directory.name, "cert.pem"), Path(directory.name, "key.pem")
+        directory = tempfile.mkdtemp(prefix="fake-telegram-tls-")
+        cert, key = Path(directory, "cert.pem"), Path(directory, "key.pem")
         kind = "IP" if _is_ip(self.host) else "DNS"
         command = ["openssl", "req", "-x509", "-newkey", "ec",
                    "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
@@ -710,14 +711,15 @@ class FakeTelegram:
         try:
             subprocess.run(command, capture_output=True, check=True, timeout=60)
         except FileNotFoundError:
-            directory.cleanup()
+            shutil.rmtree(directory, ignore_errors=True)
             raise TLSUnavailable("openssl is not installed (it makes the certificate)") from None
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            directory.cleanup()
+            shutil.rmtree(directory, ignore_errors=True)
             detail = getattr(exc, "stderr", b"") or b""
             raise TLSUnavailable(f"openssl could not make a certificate: "
                                  f"{detail.decode(errors='replace').strip()[-300:]}") from None
-        self._cert_dir = directory   # removed when the double is garbage-collected or at exit
+        # removed once the double is garbage-collected, or at exit
+        weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
         return str(cert)
 
     @staticmethod
