@@ -17,6 +17,7 @@ import pytest
 from chatdaemon.errors import BadAnswer, NetworkError
 from chatdaemon.handoffs import queue_rows
 from chatdaemon.inbox import LOCAL_BASE, to_row
+from chatdaemon.privacy import forget_chat
 from chatdaemon.store import Store
 from chatdaemon.telegram import MAX_ANSWER_BYTES, TelegramClient
 
@@ -363,3 +364,22 @@ def test_a_finish_refused_in_a_group_does_not_carry_another_finishs_error(fresh_
     for error in errors.values():
         assert error.__context__ is None
     assert done_ids(fresh_db) == []
+
+
+def test_forget_in_a_group_never_lets_another_rows_id_take_a_notice_in_flight(fresh_db):
+    """An operator's delegate is sending a handoff notice about a person (the newest local
+    row) when the person's /forget commits in the same group as an update queuing a hook row
+    for a third chat. Deleting the notice would free its id for that hook row, and the
+    operator's finish, marking its notice done by id, would then mark the hook row done
+    unhandled: the hook would never be answered."""
+    person, operator, third = 501, 9001, 777
+    fresh_db.add_updates([to_row(message(1, person)), to_row(message(2, 600))])
+    [notice] = fresh_db.add_local([(operator, "handoff_notice", {"about": person, "text": "hi"})])
+    errors = finish_together(fresh_db, [
+        lambda: fresh_db.finish(1, None, writes=[forget_chat(person, handling=True)]),
+        lambda: fresh_db.finish(2, None, writes=[queue_rows([(third, "hook", {"n": 1})])]),
+        lambda: fresh_db.finish(notice, None),   # the operator's delegate, done sending it
+    ])
+    assert errors == {}
+    assert [row.kind for row in fresh_db.pending(third)] == ["hook"]
+    assert fresh_db.pending(operator) == []
