@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from chatdaemon.errors import BadAnswer, NetworkError
+from chatdaemon.errors import Abandoned, BadAnswer, NetworkError
 from chatdaemon.handoffs import queue_rows
 from chatdaemon.inbox import LOCAL_BASE, to_row
 from chatdaemon.privacy import forget_chat
@@ -383,3 +383,61 @@ def test_forget_in_a_group_never_lets_another_rows_id_take_a_notice_in_flight(fr
     assert errors == {}
     assert [row.kind for row in fresh_db.pending(third)] == ["hook"]
     assert fresh_db.pending(operator) == []
+
+
+def test_a_delegate_given_up_while_its_finish_is_queued_commits_nothing(fresh_db):
+    """abandon_overdue flips the slot while the finish waits behind the lock: its guard, run
+    in the group under the lock, refuses it; the others in the group commit."""
+    fresh_db.add_updates([to_row(message(n, 100 + n)) for n in (1, 2, 3)])
+    abandoned = threading.Event()
+
+    def guard() -> None:
+        if abandoned.is_set():
+            raise Abandoned(102)
+
+    def finish(update_id: int) -> Callable[[], None]:
+        return lambda: fresh_db.finish(update_id, None, guard=guard if update_id == 2 else None)
+
+    errors: dict[int, BaseException] = {}
+
+    def run(index: int, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Abandoned as exc:
+            errors[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, finish(i + 1))) for i in range(3)]
+    with fresh_db._lock:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(fresh_db._finishing) == 3)
+        abandoned.set()   # given up while queued
+    for thread in threads:
+        thread.join(WAIT)
+    assert list(errors) == [1]
+    assert done_ids(fresh_db) == [1, 3]
+    assert [row.update_id for row in fresh_db.pending(102)] == [2]
+
+
+def test_a_finish_failing_again_alone_is_committed_once_by_its_retry(fresh_db):
+    """The disk stays full for one finish through its group and its lone commit: its thread
+    gets the error and retries the commit (as _retry_commit does); it commits once."""
+    fresh_db.add_updates([to_row(message(n, 100 + n)) for n in (1, 2)])
+    full = sqlite3.OperationalError("database or disk is full")
+    calls: list[int] = []
+
+    def full_twice(db: sqlite3.Connection) -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise full
+
+    writes = {n: [queue_rows([(900 + n, "hook", {"n": n})])] for n in (1, 2)}
+    writes[2].append(full_twice)
+    errors = finish_together(fresh_db, [
+        lambda: fresh_db.finish(1, None, writes=writes[1]),
+        lambda: fresh_db.finish(2, None, writes=writes[2])])
+    assert list(errors) == [1] and errors[1] is full
+    assert done_ids(fresh_db) == [1]
+    fresh_db.finish(2, None, writes=writes[2])   # the retry
+    assert done_ids(fresh_db) == [1, 2]
+    assert sorted(local_rows(fresh_db)) == [(901, 0), (902, 0)]
