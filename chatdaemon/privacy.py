@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from typing import Any
 
 from . import callbacks, conversations, inbox
@@ -59,9 +60,12 @@ def forget_chat(chat_id: int, handling: bool = False):
         callbacks.forget(db, chat_id)
         callbacks.forget(db, None, chat_id)
         db.execute("DELETE FROM operator_messages WHERE chat_id = ?", (chat_id,))
-        # messages queued for operators about this person go too
-        db.execute("DELETE FROM inbox WHERE done = 0 AND kind = 'handoff_notice'"
-                   f" AND {inbox.LOCAL_FIELD} = ?", ("$.handoff_notice.about", chat_id))
+        # messages queued for operators about this person go too: done and blank, never
+        # deleted (a deleted row's id goes to the next local row, and the operator's
+        # delegate sending this one would then mark that row done by its id)
+        db.execute("UPDATE inbox SET done = 1, handled = ?, payload = '{}' WHERE done = 0"
+                   f" AND kind = 'handoff_notice' AND {inbox.LOCAL_FIELD} = ?",
+                   (time.time(), "$.handoff_notice.about", chat_id))
         db.execute("UPDATE inbox SET payload = '{}' WHERE chat_id = ? AND done = 1", (chat_id,))
         # the next ticks of the schedules deleted above, and results posted to its callback
         # URLs, wait in the inbox: they go with them

@@ -620,16 +620,19 @@ class Store:
             if len(group) == 1:
                 group[0].done, group[0].error = True, exc
                 return
-            # one of them failed, or the commit did: each alone, so only what fails is refused
+        else:
             for finish in group:
-                try:
-                    with self._locked_transaction() as db:
-                        finish.write(db)
-                except Exception as error:
-                    finish.error = error
                 finish.done = True
             return
+        # one of them failed, or the commit did: each alone, so only what fails is refused.
+        # Out of the except block: an error raised alone is its own, not chained (__context__)
+        # to what failed the group, which may be another chat's.
         for finish in group:
+            try:
+                with self._locked_transaction() as db:
+                    finish.write(db)
+            except Exception as error:
+                finish.error = error
             finish.done = True
 
     def copy_chat(self, old_chat_id: int, new_chat_id: int) -> None:

@@ -186,13 +186,19 @@ class TelegramClient:
                 "Content-Type": content_type, "Content-Length": str(sum(map(len, body))),
                 "User-Agent": USER_AGENT})
             response = conn.getresponse()
-            data, too_big = _read_bounded(response)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
             conn.close()
             if reused:  # a keep-alive connection the server had closed: try a fresh one once
                 return self._exchange(method, body, content_type, read, reuse=False)
             raise NetworkError(method, _reason(exc), where=self.where) from None
         except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            raise NetworkError(method, _reason(exc), where=self.where) from None
+        try:
+            data, too_big = _read_bounded(response)
+        except (OSError, http.client.HTTPException) as exc:
+            # the invariant: a call the server began to answer is never sent again (it had
+            # the request: a send went out); a reset in the body fails as maybe delivered
             conn.close()
             raise NetworkError(method, _reason(exc), where=self.where) from None
         if too_big:
