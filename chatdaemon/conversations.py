@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -178,9 +179,10 @@ def forget_member(db: sqlite3.Connection, chat_id: int | None, member: int) -> N
     pattern = f"%{MEMBER_MARK}{member}"
     db.execute(f"DELETE FROM schedules WHERE {chats} AND name LIKE ?", (chat_id, pattern))
     # their next ticks wait in the inbox: they go with them
-    db.execute(f"UPDATE inbox SET done = 1, payload = '{{}}' WHERE {chats} AND done = 0"
-               f" AND kind = 'schedule' AND {inbox.LOCAL_FIELD} LIKE ?",
-               (chat_id, "$.schedule.name", pattern))
+    # (done with a handled time, so retention prunes them by age like any handled row)
+    db.execute(f"UPDATE inbox SET done = 1, handled = ?, payload = '{{}}' WHERE {chats}"
+               f" AND done = 0 AND kind = 'schedule' AND {inbox.LOCAL_FIELD} LIKE ?",
+               (time.time(), chat_id, "$.schedule.name", pattern))
 
 
 def stop_member_schedule(db: sqlite3.Connection, chat_id: int, name: str, member: int) -> int:

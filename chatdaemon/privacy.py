@@ -69,8 +69,9 @@ def forget_chat(chat_id: int, handling: bool = False):
         db.execute("UPDATE inbox SET payload = '{}' WHERE chat_id = ? AND done = 1", (chat_id,))
         # the next ticks of the schedules deleted above, and results posted to its callback
         # URLs, wait in the inbox: they go with them
-        db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
-                   " AND kind IN ('schedule', ?)", (chat_id, callbacks.KIND))
+        db.execute("UPDATE inbox SET done = 1, handled = ?, payload = '{}' WHERE chat_id = ?"
+                   " AND done = 0 AND kind IN ('schedule', ?)",
+                   (time.time(), chat_id, callbacks.KIND))
         if handling:
             db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                        " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
@@ -83,9 +84,9 @@ def forget_member(chat_id: int, member: int):
     def write(db: sqlite3.Connection) -> None:
         conversations.forget_member(db, chat_id, member)
         callbacks.forget(db, chat_id, member)
-        db.execute("UPDATE inbox SET done = 1, payload = '{}' WHERE chat_id = ? AND done = 0"
-                   f" AND kind = ? AND {inbox.LOCAL_FIELD} = ?",
-                   (chat_id, callbacks.KIND, "$.callback.member", member))
+        db.execute("UPDATE inbox SET done = 1, handled = ?, payload = '{}' WHERE chat_id = ?"
+                   f" AND done = 0 AND kind = ? AND {inbox.LOCAL_FIELD} = ?",
+                   (time.time(), chat_id, callbacks.KIND, "$.callback.member", member))
         db.execute("UPDATE inbox SET payload = '{}' WHERE update_id = (SELECT MIN(update_id)"
                    " FROM inbox WHERE chat_id = ? AND done = 0)", (chat_id,))
     return write
