@@ -23,7 +23,7 @@ from typing import Any
 from . import callbacks
 from .bots import Bot
 from .config import Config
-from .delegator import STACK_SIZE, Delegator
+from .delegator import STACK_SIZE, Delegator, shield_from_signals
 from .errors import (
     BadAnswer,
     ChatdaemonError,
@@ -164,6 +164,7 @@ class Daemon:
                  self._healthz_url())
 
     def _poll(self) -> None:
+        shield_from_signals()
         try:
             self.poller.run()
         except ShuttingDown:

@@ -23,6 +23,7 @@ per-update deadline marks, written by each delegate's own thread, excepted: see 
 from __future__ import annotations
 
 import logging
+import signal
 import sqlite3
 import threading
 import time
@@ -41,6 +42,15 @@ log = logging.getLogger(__name__)
 STACK_SIZE = 512 * 1024  # 256 KiB let a deep template recursion crash the process
 MAX_FAILURE_PAUSE = 30.0  # a delegate whose store calls fail retries its chat at most this often
 READ_BATCH = 20          # a chat's pending rows read at once
+# The signals the daemon acts on (signals.py: stop, reload). Worker threads block them, so the
+# kernel hands them to the main thread and never interrupts a worker's blocking call: a recv
+# with a kernel timeout (leanhttp.py) restarts that timeout when a signal interrupts it.
+WORKER_BLOCKED_SIGNALS = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
+
+
+def shield_from_signals() -> None:
+    """Block WORKER_BLOCKED_SIGNALS in the calling thread (a worker's first step)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_BLOCKED_SIGNALS)
 
 
 @dataclass(frozen=True)
@@ -365,6 +375,7 @@ class Delegate(threading.Thread):
         self.cond.notify()
 
     def run(self) -> None:
+        shield_from_signals()
         chat_id: int | None = self.chat_id
         failures = 0
         try:
