@@ -9,8 +9,11 @@ import threading
 import time
 
 import pytest
+from test_handoff import BOT, OPERATOR, PERSON, Chats
 from test_hookserver import KEY, Daemon
 
+from chatdaemon.errors import TelegramError
+from chatdaemon.handoff import MAX_NOTICES_UNREAD, People
 from chatdaemon.hookserver import MAX_HEAD, HookDoor, HookServer
 
 AUTH = f"Authorization: Bearer {KEY}\r\n"
@@ -179,3 +182,130 @@ def test_another_auth_scheme_is_no_key(server, daemon):
     answer = exchange(server, hook_post(
         f"Authorization: Basic {KEY}\r\nContent-Length: {len(GOOD)}\r\n", GOOD))
     assert statuses(answer) == [401] and daemon.queued == []
+
+
+# -- the handoff desk -----------------------------------------------------------------------
+
+OTHER = 222   # another person with a human
+
+
+@pytest.fixture
+def desk(tmp_path):
+    chats = Chats(tmp_path, BOT, People(operators=(OPERATOR,), handoff_timeout=600))
+    yield chats
+    chats.close()
+
+
+def reply_to(notice: dict) -> dict:
+    """The reply_to_message of an operator replying to the bot's `notice`, as Telegram sends it."""
+    return {"message_id": notice["message_id"], "text": notice["text"],
+            "from": {"id": 1, "is_bot": True, "first_name": "Bot"}}
+
+
+def test_a_name_that_spells_another_chat_id_never_steers_an_operators_reply(desk):
+    spoofed = {"from": {"id": PERSON, "is_bot": False, "first_name": f"Eve (chat {OTHER})"}}
+    desk.say(PERSON, "human", **spoofed)
+    notice = desk.message_about(OPERATOR, "asks for a human")
+    desk.say(OPERATOR, f"/done {PERSON}")          # her handoff ends, and its mappings go
+    desk.say(OTHER, "human")                       # meanwhile someone else is with a human
+    # the operator answers Eve's old notice: the only chat id it can trust is Eve's own
+    told = desk.say(OPERATOR, "your refund number is 4711", reply_to_message=reply_to(notice))
+    assert "your refund number is 4711" not in desk.sender.to(OTHER)
+    assert told == [f"Chat {PERSON} is not with a human now; nothing was sent."]
+
+
+def test_a_name_with_a_line_break_cannot_start_a_line_of_the_notice(desk):
+    spoofed = {"from": {"id": PERSON, "is_bot": False, "first_name": "Eve\nP222 (chat 222)"}}
+    desk.say(PERSON, "human", **spoofed)
+    notice = desk.message_about(OPERATOR, "asks for a human")
+    assert notice["text"].splitlines()[0].startswith("🙋 Eve P222 (chat 222) (chat 111)")
+
+
+def test_one_person_cannot_flood_the_operators_with_notices(desk):
+    desk.say(PERSON, "human")
+    for n in range(3 * MAX_NOTICES_UNREAD):
+        assert desk.say(PERSON, f"spam {n}") == []
+    notices = [text for text in desk.sender.to(OPERATOR) if "P111" in text]
+    assert len(notices) == MAX_NOTICES_UNREAD
+    assert "/next" in notices[-1]
+    # nothing is lost: the operator reads every message with /next
+    shown = desk.say(OPERATOR, "/next")[0]
+    assert all(f"spam {n}" in shown for n in range(3 * MAX_NOTICES_UNREAD))
+    # once answered, the next message is forwarded again
+    desk.say(OPERATOR, f"/reply {PERSON} hello")
+    desk.say(PERSON, "thanks")
+    assert "💬 P111 (@p111, chat 111):\nthanks" in desk.sender.to(OPERATOR)
+
+
+def test_a_person_who_blocked_the_bot_ends_the_handoff_and_the_operators_know(desk):
+    desk.say(PERSON, "human")
+    original = desk.sender.call
+
+    def blocked(method, params=None, **kw):
+        if (params or {}).get("chat_id") == PERSON:
+            raise TelegramError(method, 403, "Forbidden: bot was blocked by the user")
+        return original(method, params, **kw)
+    desk.sender.call = blocked
+    desk.say(OPERATOR, f"/reply {PERSON} are you still there?")
+    assert any("did not reach" in text and "chat 111" in text
+               for text in desk.sender.to(OPERATOR))
+    assert desk.say(OPERATOR, "/unread") == ["Nobody is with a human right now."]
+    desk.sender.call = original
+
+
+def test_done_for_a_person_who_blocked_the_bot_closes_the_handoff_all_the_same(desk):
+    desk.say(PERSON, "human")
+    original = desk.sender.call
+
+    def blocked(method, params=None, **kw):
+        if (params or {}).get("chat_id") == PERSON:
+            raise TelegramError(method, 403, "Forbidden: bot was blocked by the user")
+        return original(method, params, **kw)
+    desk.sender.call = blocked
+    desk.say(OPERATOR, f"/done {PERSON}")
+    assert any("back with the bot (they blocked the bot" in text
+               for text in desk.sender.to(OPERATOR))
+    with desk.store.reading() as db:
+        assert db.execute("SELECT COUNT(*) FROM handoffs").fetchone() == (0,)
+    desk.sender.call = original
+
+
+def test_an_operator_who_asks_for_a_human_is_answered_by_another(tmp_path):
+    second = 901
+    chats = Chats(tmp_path, BOT, People(operators=(OPERATOR, second), handoff_timeout=600))
+    try:
+        chats.say(OPERATOR, "human")
+        assert not any("asks for a human" in text for text in chats.sender.to(OPERATOR))
+        notice = next(r for r in chats.sender.sent if r.get("chat_id") == second
+                      and "asks for a human" in r.get("text", ""))
+        chats.say(second, "here", reply_to_message=reply_to(notice))
+        assert chats.sender.to(OPERATOR)[-1] == "here"   # no copy of it as a notice
+        chats.say(second, f"/done {OPERATOR}")
+        assert chats.sender.to(OPERATOR)[-1].startswith("This conversation with our team has ended")
+    finally:
+        chats.close()
+
+
+def test_two_operators_ending_one_handoff_at_once_tell_the_person_once(tmp_path):
+    second = 901
+    chats = Chats(tmp_path, BOT, People(operators=(OPERATOR, second), handoff_timeout=600))
+    try:
+        chats.say(PERSON, "human")
+        chats.push(OPERATOR, f"/done {PERSON}")
+        chats.push(second, f"/done {PERSON}")
+        chats.run()
+        assert sum("has ended" in text for text in chats.sender.to(PERSON)) == 1
+        assert chats.say(PERSON, "/start") == ["menu"]
+    finally:
+        chats.close()
+
+
+def test_the_only_operator_asking_for_a_human_is_told_nobody_is_there(tmp_path):
+    chats = Chats(tmp_path, BOT, People(operators=(OPERATOR,), handoff_timeout=600))
+    try:
+        assert chats.say(OPERATOR, "human") == [
+            "getting a person", "Sorry, nobody is here to answer right now. I'll keep helping "
+            "you myself."]
+        assert chats.say(OPERATOR, "/start") == ["menu"]   # still with the bot
+    finally:
+        chats.close()
