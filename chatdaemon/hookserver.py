@@ -569,10 +569,16 @@ def _chunk_size(line: bytes) -> int | None:
 
 
 def _key_matches(given: str | None, key: str) -> bool:
-    """Constant-time comparison as bytes: a non-ASCII key is simply wrong, never an error."""
+    """Constant-time comparison as bytes: a non-ASCII key is simply wrong, never an error.
+
+    Whitespace around either is no part of the key: a header's value arrives stripped, so a
+    key written with a trailing space or line break (a quoted YAML value, a file read into
+    a variable) could otherwise never be presented.
+    """
     if given is None:
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode("utf-8"))
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                               key.strip().encode("utf-8"))
 
 
 def health(door: HookDoor) -> tuple[bool, dict]:

@@ -178,6 +178,20 @@ def test_the_bearer_scheme_is_case_insensitive(server, daemon, scheme):
     assert statuses(answer) == [202] and len(daemon.queued) == 1
 
 
+@pytest.mark.parametrize("headers", [f"Authorization: Bearer {KEY}\r\n", f"X-Chatdaemon-Key: {KEY}\r\n"])
+def test_a_key_written_with_a_trailing_line_break_still_opens_its_hook(server, daemon, headers):
+    daemon.hooks["alert"].key = KEY + "\n"
+    answer = exchange(server, hook_post(
+        f"{headers}Connection: close\r\nContent-Length: {len(GOOD)}\r\n", GOOD))
+    assert statuses(answer) == [202] and len(daemon.queued) == 1
+
+
+def test_a_key_of_whitespace_alone_is_no_key(server, daemon):
+    daemon.hooks["alert"].key = KEY
+    answer = exchange(server, hook_post("Authorization: Bearer  \r\nContent-Length: 2\r\n", b"{}"))
+    assert statuses(answer) == [401] and daemon.queued == []
+
+
 def test_another_auth_scheme_is_no_key(server, daemon):
     answer = exchange(server, hook_post(
         f"Authorization: Basic {KEY}\r\nContent-Length: {len(GOOD)}\r\n", GOOD))
