@@ -323,3 +323,13 @@ def test_the_only_operator_asking_for_a_human_is_told_nobody_is_there(tmp_path):
         assert chats.say(OPERATOR, "/start") == ["menu"]   # still with the bot
     finally:
         chats.close()
+
+
+def test_an_operator_answering_a_person_who_used_forget_reaches_nobody(desk):
+    desk.say(PERSON, "human")
+    notice = desk.message_about(OPERATOR, "asks for a human")
+    assert desk.say(PERSON, "/forget")[0].startswith("Done: I deleted")
+    told = desk.say(OPERATOR, "hello?", reply_to_message=reply_to(notice))
+    assert told == [f"Chat {PERSON} is not with a human now; nothing was sent."]
+    assert "hello?" not in desk.sender.to(PERSON)
+    assert desk.say(OPERATOR, "/unread") == ["Nobody is with a human right now."]
