@@ -12,9 +12,12 @@ import pytest
 from test_handoff import BOT, OPERATOR, PERSON, Chats
 from test_hookserver import KEY, Daemon
 
+from chatdaemon import callbacks
 from chatdaemon.errors import TelegramError
 from chatdaemon.handoff import MAX_NOTICES_UNREAD, People
 from chatdaemon.hookserver import MAX_HEAD, HookDoor, HookServer
+from chatdaemon.privacy import forget_chat
+from chatdaemon.store import Store
 
 AUTH = f"Authorization: Bearer {KEY}\r\n"
 GOOD = b'{"msg": "hi"}'
@@ -333,3 +336,57 @@ def test_an_operator_answering_a_person_who_used_forget_reaches_nobody(desk):
     assert told == [f"Chat {PERSON} is not with a human now; nothing was sent."]
     assert "hello?" not in desk.sender.to(PERSON)
     assert desk.say(OPERATOR, "/unread") == ["Nobody is with a human right now."]
+
+
+
+# -- callback results and /forget --------------------------------------------------------------
+
+class ForgottenBeforeNextWrite:
+    """A store whose chat is forgotten (committed by another thread, as the chat's delegate
+    does for /forget) just before the next write transaction of the code under test begins:
+    the moment another writer can take the database between a read and a write."""
+
+    def __init__(self, store: Store, chat_id: int):
+        self.store = store
+        self.chat_id = chat_id
+
+    def _forget(self) -> None:
+        with self.store.writing() as db:
+            forget_chat(self.chat_id)(db)
+
+    def reading(self):
+        return self.store.reading()
+
+    def writing(self, durable: bool = False):
+        self._forget()
+        return self.store.writing(durable)
+
+    def add_local(self, items):
+        self._forget()
+        return self.store.add_local(items)
+
+
+def test_a_result_racing_a_forget_is_never_queued_after_it(tmp_path):
+    store = Store(str(tmp_path / "chats.sqlite3"))
+    try:
+        token = callbacks.create(store, PERSON, "report")
+        racing = ForgottenBeforeNextWrite(store, PERSON)
+        assert callbacks.deliver(racing, token, {"summary": "secret"}) is None
+        with store.reading() as db:
+            assert db.execute("SELECT COUNT(*) FROM inbox WHERE done = 0").fetchone() == (0,)
+        assert callbacks.find(store, token) is None
+    finally:
+        store.close()
+
+
+def test_a_result_is_queued_once_for_a_live_token(tmp_path):
+    store = Store(str(tmp_path / "chats.sqlite3"))
+    try:
+        token = callbacks.create(store, PERSON, "report")
+        found = callbacks.deliver(store, token, {"summary": "3 sales"})
+        assert found is not None and found.chat_id == PERSON
+        [row] = store.pending(PERSON)
+        assert row.kind == "callback"
+        assert row.payload == {"callback": {"handler": "report", "data": {"summary": "3 sales"}}}
+    finally:
+        store.close()
