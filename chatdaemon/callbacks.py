@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import inbox
+
 if TYPE_CHECKING:
     from .store import Store
 
@@ -117,21 +119,32 @@ def find(store: Store, token: str, now: float | None = None) -> Callback | None:
         return None
     now = time.time() if now is None else now
     with store.reading() as db:
-        row = db.execute("SELECT chat_id, handler, created, expires FROM callback_tokens"
-                         " WHERE digest = ? AND expires > ?", (digest(token), now)).fetchone()
+        return _live(db, token, now)
+
+
+def _live(db: sqlite3.Connection, token: str, now: float) -> Callback | None:
+    row = db.execute("SELECT chat_id, handler, created, expires FROM callback_tokens"
+                     " WHERE digest = ? AND expires > ?", (digest(token), now)).fetchone()
     return _callback(row) if row else None
 
 
 def deliver(store: Store, token: str, data: Any, now: float | None = None) -> Callback | None:
     """Queue `data` as a callback row in the token's chat, durably; None (nothing queued)
     when the token is unknown or expired."""
-    found = find(store, token, now)
-    if found is None:
+    if not looks_like_token(token):
         return None
-    payload = {"handler": found.handler, "data": data}
-    if found.member is not None:
-        payload["member"] = found.member   # whose conversation it meets (transaction.member_of)
-    store.add_local([(found.chat_id, KIND, payload)])
+    now = time.time() if now is None else now
+    # the token is looked up in the commit that queues its result: forgetting the chat
+    # (which deletes its tokens and marks its waiting results done) commits before or after
+    # this, never between a lookup and the insert, so no result outlives a /forget
+    with store.writing(durable=True) as db:
+        found = _live(db, token, now)
+        if found is None:
+            return None
+        payload = {"handler": found.handler, "data": data}
+        if found.member is not None:
+            payload["member"] = found.member   # whose conversation it meets (transaction.member_of)
+        inbox.insert_local(db, [(found.chat_id, KIND, payload)], time.time())
     return found
 
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from . import handoffs
 from .chathandler import ChatSender
+from .errors import TelegramError
 from .handoffs import Person
 from .privacy import forget_chat, forget_member
 
@@ -36,6 +37,8 @@ _NAMED_CHAT = re.compile(r"\bchat (-?\d{1,19})\)")   # "Ann (@ann, chat 111)"
 TIMER = "chatdaemon.handoff"   # the schedule that checks a handoff's timeout
 MIN_TICK = 1.0                 # the timer's tick: a quarter of the timeout, at least this
 DEFAULT_TIMEOUT = 600.0
+MAX_NOTICES_UNREAD = 5         # a person's unread messages that each reach the operators
+BLOCKED = 403                  # Telegram's answer once the person blocked the bot
 RELAYED = {"photo": "sendPhoto", "document": "sendDocument"}   # what an operator may send on
 
 NOTICE_START = ("🙋 {who} asks for a human:\n{text}\n\n"
@@ -43,6 +46,10 @@ NOTICE_START = ("🙋 {who} asks for a human:\n{text}\n\n"
 NOTICE_MESSAGE = "💬 {who}:\n{text}"
 NOTICE_ANSWERED = "↪ {operator} answered {who}:\n{text}"
 NOTICE_BACK = "{who} is back with the bot ({reason})."
+NOTICE_MORE = "\n\n(Their next messages wait unannounced until someone answers: /next shows them.)"
+NOTICE_UNREACHED = ("{who} has blocked the bot: the answer did not reach them, and the handoff "
+                    "is closed.")
+REASON_BLOCKED = "they blocked the bot, so they were not told"
 TOLD_NOBODY = "Sorry, nobody is here to answer right now. I'll keep helping you myself."
 TOLD_TIMEOUT = ("Sorry, nobody could answer in time. You're back with me; "
                 "you can ask for a human again later.")
@@ -161,8 +168,9 @@ class Desk:
 
     def _start(self, payload: dict, note: str | None) -> None:
         """The bot handed this chat to a human (its own answer is out already)."""
-        if not self.people.operators:
-            log.info("chat %s asked for a human, but no operators are configured", self.chat_id)
+        if not self._operators_for(self.chat_id):
+            log.info("chat %s asked for a human, but no other operators are configured",
+                     self.chat_id)
             self.sender.sendMessage(TOLD_NOBODY)
             return
         name, username = who_is(payload)
@@ -173,12 +181,23 @@ class Desk:
 
     def _forward(self, person: Person, text: str, notice: str) -> None:
         """Keep a person's message (unread) and queue it for every operator."""
+        # one person cannot flood the operators' chats (each notice waits its turn behind
+        # the others, 1 a second, ahead of the operator's own commands): past
+        # MAX_NOTICES_UNREAD unread messages they are kept, and shown by /next, unannounced
+        unread = handoffs.unread_count(self.store, self.chat_id)
         self.context.stage(handoffs.keep_message(self.chat_id, text))
-        self._tell_operators(person, notice.format(who=person.describe(), text=text))
+        if unread < MAX_NOTICES_UNREAD:
+            more = NOTICE_MORE if unread == MAX_NOTICES_UNREAD - 1 else ""
+            self._tell_operators(person, notice.format(who=person.describe(), text=text) + more)
         self._arm_timer()
 
+    def _operators_for(self, chat_id: int, but: int | None = None) -> list[int]:
+        """The operators to tell about a person: never the person's own chat (an operator
+        with a human is told nothing about themselves), nor `but`."""
+        return [chat for chat in self.people.operators if chat not in (chat_id, but)]
+
     def _tell_operators(self, person: Person, text: str, but: int | None = None) -> None:
-        operators = [chat for chat in self.people.operators if chat != but]
+        operators = self._operators_for(person.chat_id, but)
         rows = [(chat, "handoff_notice", {"about": person.chat_id, "text": text})
                 for chat in operators]
         if rows:
@@ -202,10 +221,28 @@ class Desk:
         self._back_to_bot(person, TOLD_TIMEOUT, "nobody answered in time")
 
     def _back_to_bot(self, person: Person, told: str, reason: str, by: int | None = None) -> None:
+        self._close()
+        if not self._reaches_person(lambda: self.sender.sendMessage(told)):
+            reason, by = REASON_BLOCKED, None
+        self._tell_operators(person, NOTICE_BACK.format(who=person.describe(), reason=reason), but=by)
+
+    def _close(self) -> None:
         self.context.stage(handoffs.close_handoff(self.chat_id))
         self.conversation.schedules.pop(TIMER, None)
-        self.sender.sendMessage(told)
-        self._tell_operators(person, NOTICE_BACK.format(who=person.describe(), reason=reason), but=by)
+
+    def _reaches_person(self, send: Any) -> bool:
+        """Send to the person; False when Telegram says they blocked the bot. That answer is
+        final, so the desk handles it here: rolled back, the handoff would stay open with
+        nobody to answer (and its timer would retry the farewell for ever)."""
+        try:
+            send()
+        except TelegramError as exc:
+            if exc.status != BLOCKED:
+                raise
+            log.info("chat %s: Telegram refused a send to the person (%s); handoff closed",
+                     self.chat_id, exc.detail)
+            return False
+        return True
 
     def _from_operator(self, kind: str, payload: dict) -> None:
         """An operator's answer, or their /done, queued for this person."""
@@ -221,9 +258,15 @@ class Desk:
         media = next((name for name in RELAYED if isinstance(payload.get(name), str)), None)
         if media is not None:  # an operator's photo or document, by its file_id
             caption = text if isinstance(text, str) and text.strip() else None
-            self.sender.call(RELAYED[media], **{media: payload[media], "caption": caption})
+            reached = self._reaches_person(lambda: self.sender.call(
+                RELAYED[media], **{media: payload[media], "caption": caption}))
         elif isinstance(text, str) and text.strip():
-            self.sender.sendMessage(text)
+            reached = self._reaches_person(lambda: self.sender.sendMessage(text))
+        else:
+            return
+        if not reached:
+            self._close()
+            self._tell_operators(person, NOTICE_UNREACHED.format(who=person.describe()))
 
     # -- an operator -----------------------------------------------------------------------
 
@@ -278,8 +321,11 @@ class Desk:
         if about is not None:
             return about
         sender = _typed(replied, "from", dict, {})
-        named = _NAMED_CHAT.search(_typed(replied, "text", str, ""))
-        return int(named.group(1)) if named and sender.get("is_bot") is True else None
+        # the person's own chat id ends the description on the message's first line; a
+        # name (which a person chooses, "Eve (chat 222)") comes before it, never after
+        first_line = _typed(replied, "text", str, "").split("\n", 1)[0]
+        named = _NAMED_CHAT.findall(first_line)
+        return int(named[-1]) if named and sender.get("is_bot") is True else None
 
     def _answer(self, target: int, text: str, msg: dict, media: dict | None = None) -> None:
         person = handoffs.person_with_human(self.store, target)
@@ -406,8 +452,14 @@ def who_is(payload: dict) -> tuple[str, str | None]:
                         if part) or source.get("title")
         if name:
             username = source.get("username") or user.get("username")
-            return str(name)[:64], str(username)[:64] if username else None
+            return _one_line(name), _one_line(username) if username else None
     return "someone", None
+
+
+def _one_line(value: Any) -> str:
+    """A name as operators see it: one line (a line break could fake one of the daemon's own),
+    at most 64 characters."""
+    return " ".join(str(value).split())[:64]
 
 
 _T = TypeVar("_T")

@@ -80,6 +80,13 @@ def unread_messages(store: Store, chat_id: int) -> list[tuple[int, str]]:
                           " ORDER BY id", (chat_id,)).fetchall()
 
 
+def unread_count(store: Store, chat_id: int) -> int:
+    with store.reading() as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM handoff_messages WHERE chat_id = ?"
+                              " AND unread = 1", (chat_id,)).fetchone()
+    return count
+
+
 def oldest_unread(store: Store, chat_id: int) -> float | None:
     with store.reading() as db:
         (oldest,) = db.execute("SELECT MIN(received) FROM handoff_messages WHERE chat_id = ?"

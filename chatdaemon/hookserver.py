@@ -25,6 +25,7 @@ the app nor the pipeline.
 from __future__ import annotations
 
 import hmac
+import http.client
 import io
 import json
 import logging
@@ -47,6 +48,7 @@ REQUEST_TIMEOUT = 10.0          # seconds for a whole request: request line, hea
 LINGER_SECONDS = 1.0            # after the answer, how long unread input is drained before close
 LINGER_BYTES = MAX_BODY
 MAX_LINE = 8 * 1024
+MAX_HEAD = 16 * 1024            # a request's header lines together (http.server alone allows 6 MiB)
 MAX_TRAILERS = 32
 MAX_DEPTH = 32                  # nesting of a POSTed JSON body's arrays and objects
 CALLBACK_PATH = "/callbacks/"
@@ -269,6 +271,23 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
+class _RequestReader(io.BufferedReader):
+    """Buffered request input that can cap the bytes its lines take (while headers are read)."""
+
+    head_left: int | None = None   # header bytes still allowed; None: no cap (a body is read)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if self.head_left is None:
+            return super().readline(size)
+        wanted = self.head_left + 1 if size is None or size < 0 else min(size, self.head_left + 1)
+        line = super().readline(wanted)
+        self.head_left -= len(line)
+        if self.head_left < 0:
+            # http.server answers 431 to this, and closes the connection
+            raise http.client.LineTooLong(f"header section over {MAX_HEAD} bytes")
+        return line
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: HookServer
     protocol_version = "HTTP/1.1"
@@ -279,7 +298,17 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.deadline = time.monotonic() + self.server.request_timeout
         self.rfile.close()
-        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, lambda: self.deadline))
+        self.rfile = _RequestReader(_DeadlineReader(self.connection, lambda: self.deadline))
+
+    def parse_request(self) -> bool:
+        # the cap on the head holds here: at most MAX_HEAD bytes of header lines are kept in
+        # memory per request, whatever http.server's own per-line and line-count limits allow
+        assert isinstance(self.rfile, _RequestReader)
+        self.rfile.head_left = MAX_HEAD
+        try:
+            return super().parse_request()
+        finally:
+            self.rfile.head_left = None
 
     def handle_one_request(self) -> None:
         # each request, and the idle wait before it, must end within request_timeout: reads
@@ -291,6 +320,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # paths can carry a ?key=: never log them
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self._declares_body():
+            # never read: on a kept-alive connection it would be taken for the next request
+            self.close_connection = True
         path = urllib.parse.urlsplit(self.path).path
         if path == "/healthz":
             healthy, body = health(self.server.door)
@@ -367,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _json_of(self, body: bytes) -> Any:
         """The body as JSON ({} when empty), or REFUSED after answering 400 why it is not."""
         try:
-            data = json.loads(body) if body.strip() else {}
+            data = json.loads(body, parse_constant=_refuse_constant) if body.strip() else {}
         except ValueError as exc:
             self._json(400, {"ok": False, "error": f"the body is not JSON: {exc}"})
             return REFUSED_BODY
@@ -376,30 +408,44 @@ class _Handler(BaseHTTPRequestHandler):
         if data is _TOO_DEEP or _depth(data) > MAX_DEPTH:
             self._json(400, {"ok": False, "error": f"the body nests deeper than {MAX_DEPTH} levels"})
             return REFUSED_BODY
+        # what is accepted can be stored as JSON text and sent to Telegram as UTF-8: a lone
+        # surrogate (\ud800) could be neither, and would fail only after the 202
+        if _has_lone_surrogate(data):
+            self._json(400, {"ok": False, "error": "the body is not JSON: a string holds a lone "
+                             "surrogate (\\ud800-\\udfff), which is no Unicode text"})
+            return REFUSED_BODY
         return data
 
     def _given_key(self, query: str) -> str | None:
-        auth = self.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            return auth[len("Bearer "):].strip()
+        scheme, _, credentials = self.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer":   # an auth scheme's name is case-insensitive (RFC 9110)
+            return credentials.strip()
         if self.headers.get("X-Chatdaemon-Key"):
             return self.headers["X-Chatdaemon-Key"].strip()
         values = urllib.parse.parse_qs(query).get("key")
         return values[0] if values else None
 
+    def _declares_body(self) -> bool:
+        lengths = self.headers.get_all("Content-Length") or []
+        return bool(self.headers.get_all("Transfer-Encoding")) or \
+            any(value.strip() not in ("", "0") for value in lengths)
+
     def _body(self) -> bytes | None:
-        """The request body, or None after answering why it cannot be read."""
-        coding = self.headers.get("Transfer-Encoding")
-        if coding is not None:
-            if coding.strip().lower() != "chunked" or self.headers.get("Content-Length"):
+        """The request body, or None after answering why it cannot be read.
+
+        Framing must be unambiguous: one Transfer-Encoding that is `chunked` and no
+        Content-Length, or Content-Lengths that agree and are plain digits. Anything a proxy
+        in front could read with other bounds is refused, never guessed at.
+        """
+        codings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if codings:
+            if len(codings) > 1 or codings[0].strip().lower() != "chunked" or lengths:
                 self._refuse_body(411, "send the body with a Content-Length or chunked")
                 return None
             return self._chunked_body()
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
+        length = _content_length(lengths)
+        if length is None:
             self._refuse_body(400, "bad Content-Length")
             return None
         if length > MAX_BODY:
@@ -474,6 +520,44 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _content_length(values: list[str]) -> int | None:
+    """The length the Content-Length headers give (0 without one), or None when one is not
+    plain ASCII digits (int() would take "+5", "1_0" and other scripts' digits) or two
+    disagree."""
+    if not values:
+        return 0
+    texts = {value.strip() for value in values}
+    if len(texts) > 1:
+        return None
+    (text,) = texts
+    if not text or len(text) > 18 or not all(c in "0123456789" for c in text):
+        return None
+    return int(text)
+
+
+def _refuse_constant(name: str) -> Any:
+    """json.loads' hook for NaN, Infinity and -Infinity, which JSON does not have."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string anywhere in parsed JSON (keys too) cannot be encoded as UTF-8."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def _chunk_size(line: bytes) -> int | None:
     """A chunk-size line's value, or None when it is not one."""
     if not line.endswith(b"\n"):
@@ -485,10 +569,16 @@ def _chunk_size(line: bytes) -> int | None:
 
 
 def _key_matches(given: str | None, key: str) -> bool:
-    """Constant-time comparison as bytes: a non-ASCII key is simply wrong, never an error."""
+    """Constant-time comparison as bytes: a non-ASCII key is simply wrong, never an error.
+
+    Whitespace around either is no part of the key: a header's value arrives stripped, so a
+    key written with a trailing space or line break (a quoted YAML value, a file read into
+    a variable) could otherwise never be presented.
+    """
     if given is None:
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), key.encode("utf-8"))
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                               key.strip().encode("utf-8"))
 
 
 def health(door: HookDoor) -> tuple[bool, dict]:
