@@ -17,9 +17,11 @@ imported here for the callers that know them as httpcall's.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import json
+import re
 import socket
 import threading
 import urllib.parse
@@ -37,6 +39,8 @@ __all__ = ["RequestFailed", "Session", "Trusted", "deadline_adapter", "new_sessi
            "render_url", "url_value"]
 
 MAX_BODY = 1024 * 1024
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.IGNORECASE)
+MAX_DEPTH = 100   # nesting levels of a JSON answer (a template reads a few; the copies recurse)
 USER_AGENT = "chatdaemon"
 
 
@@ -188,6 +192,12 @@ def perform(request: Request, context: dict, session: Session) -> dict:
         except requests.exceptions.Timeout:
             raise RequestFailed(f"no answer within {request.timeout:g} s",
                                 _no_answer("timeout")) from None
+        except UnicodeEncodeError as exc:
+            # a header is Latin-1 and a URL-encoded value UTF-8: a user's text holding an
+            # emoji (for a header) or a lone surrogate cannot go out; this request fails,
+            # the handler's on_error answers
+            raise RequestFailed(f"a request value cannot be encoded ({exc.encoding})",
+                                _no_answer("invalid")) from None
         except (requests.exceptions.RequestException, OSError) as exc:
             if watch.expired:
                 raise RequestFailed(f"no complete answer within {request.timeout:g} s",
@@ -355,10 +365,47 @@ def _read_capped(answer: requests.Response, watch: Watch) -> bytes:
 
 
 def _decode(body: bytes, content_type: str) -> Any:
-    text = body.decode("utf-8", errors="replace")
+    """The answer as JSON data when it reads as JSON, else as text in its declared charset
+    (UTF-8 when it declares none, or one Python does not know)."""
+    text = body.decode(_codec(content_type), errors="replace")
     if "json" in content_type or text[:1] in ("{", "["):
         try:
-            return json.loads(text)
+            data = json.loads(text)
+        except RecursionError:
+            data = None   # deeper than the parser goes: refused below like any too deep
+            depth = MAX_DEPTH + 1
         except ValueError:
-            pass
+            return text
+        else:
+            depth = _depth(data)
+        # the invariant: templates and the conversation only ever get JSON this shallow
+        # (copying it read-only, keeping it in state_context recurse once per level)
+        if depth > MAX_DEPTH:
+            raise RequestFailed(f"the JSON answer is nested more than {MAX_DEPTH} levels deep",
+                                _no_answer("too deep"))
+        return data
     return text
+
+
+def _codec(content_type: str) -> str:
+    found = _CHARSET.search(content_type)
+    if found:
+        try:
+            return codecs.lookup(found.group(1)).name
+        except LookupError:
+            pass
+    return "utf-8"
+
+
+def _depth(data: Any) -> int:
+    """How many levels of lists and objects `data` nests, counted without recursing."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            stack.extend((item, level + 1)
+                         for item in (value.values() if isinstance(value, dict) else value))
+    return deepest

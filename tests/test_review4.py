@@ -1,16 +1,37 @@
 """What a bot author's mistakes, a hostile user and a bad upstream do to the YAML pipeline:
-aliases that expand a file past any size."""
+aliases that expand a file past any size, answers nested too deep, text a request cannot
+carry, an answer in another charset."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+from test_pipeline import Chat, bot
 
 from chatdaemon import yamlfile
-from chatdaemon.errors import ConfigError
+from chatdaemon.errors import ConfigError, UpdateFailed
+from chatdaemon.httpcall import MAX_DEPTH, deadline_adapter
 
 WAIT = 10.0   # seconds any step here may take at most
+
+
+def asking(**request: object) -> dict:
+    """A handler that asks the upstream and answers with what it said, or with its error."""
+    return {"name": "ask", "pattern": ".*",
+            "request": {"url": "http://upstream.example/q", **request},
+            "response": "got {{ response.data }}", "on_error": "error: {{ response.error }}"}
+
+
+def say_failing(chat: Chat, text: str) -> str:
+    """What the chat answers to `text` when the update fails, answered by on_error."""
+    with pytest.raises(UpdateFailed) as failed:
+        chat.say(text)
+    assert failed.value.answered
+    return chat.sender.texts()[-1]
 
 
 # -- YAML aliases ----------------------------------------------------------------------------
@@ -48,3 +69,68 @@ def test_an_alias_inside_itself_stays_a_clear_error(tmp_path):
     with pytest.raises(ConfigError) as refused:
         yamlfile.load(str(path))
     assert "recursive" in str(refused.value)
+
+
+# -- upstream answers --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 600, 100_000])
+def test_a_json_answer_nested_too_deep_answers_with_on_error(depth):
+    chat = Chat(bot([asking()]))
+    chat.adapter.answers.append((200, b"[" * depth + b"]" * depth, "application/json"))
+    assert say_failing(chat, "hi") == "error: too deep"
+
+
+def test_a_json_answer_nested_within_the_bound_reaches_the_template():
+    chat = Chat(bot([asking()]))
+    depth = MAX_DEPTH
+    chat.adapter.answers.append((200, b"[" * depth + b"]" * depth, "application/json"))
+    assert chat.say("hi") == "got " + "(" * (depth - 1) + "()" + ",)" * (depth - 1)
+
+
+@pytest.mark.parametrize("key", ["params", "data"])
+def test_a_lone_surrogate_in_a_query_or_form_value_answers_with_on_error(key):
+    request = {key: {"q": "{{ message.text }}"}, "method": "POST" if key == "data" else "GET"}
+    chat = Chat(bot([asking(**request)]))
+    chat.adapter.answer(200, {})
+    assert say_failing(chat, "a\ud800b") == "error: invalid"
+    assert chat.adapter.sent == []
+
+
+def test_an_answer_in_a_declared_charset_is_decoded_in_it():
+    chat = Chat(bot([asking()]))
+    chat.adapter.answers.append((200, "café ½".encode("latin-1"), "text/plain; charset=ISO-8859-1"))
+    chat.adapter.answers.append((200, "café".encode(), "text/plain"))
+    chat.adapter.answers.append((200, "café".encode(), "text/plain; charset=no-such-codec"))
+    assert [chat.say("hi") for _ in range(3)] == ["got café ½", "got café", "got café"]
+
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        body = b'{"ok": 1}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/q"
+    server.shutdown()
+    server.server_close()
+    thread.join(WAIT)
+
+
+def test_user_text_a_header_cannot_carry_answers_with_on_error(upstream):
+    pipeline = bot([asking(url=upstream, headers={"X-Query": "{{ message.text }}"})])
+    chat = Chat(pipeline)
+    pipeline.session.get().mount("http://", deadline_adapter()())   # loopback, not the fake
+    assert chat.say("plain") == "got {'ok': 1}"
+    assert say_failing(chat, "привет") == "error: invalid"
