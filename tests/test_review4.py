@@ -1,6 +1,6 @@
 """What a bot author's mistakes, a hostile user and a bad upstream do to the YAML pipeline:
 aliases that expand a file past any size, answers nested too deep, text a request cannot
-carry, an answer in another charset."""
+carry, an answer in another charset, template methods that build text unforeseeably."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from test_pipeline import Chat, bot
 from chatdaemon import yamlfile
 from chatdaemon.errors import ConfigError, UpdateFailed
 from chatdaemon.httpcall import MAX_DEPTH, deadline_adapter
+from chatdaemon.sandbox import MAX_SIZE
+from chatdaemon.templates import TemplateError, Templates
 
 WAIT = 10.0   # seconds any step here may take at most
 
@@ -134,3 +136,20 @@ def test_user_text_a_header_cannot_carry_answers_with_on_error(upstream):
     pipeline.session.get().mount("http://", deadline_adapter()())   # loopback, not the fake
     assert chat.say("plain") == "got {'ok': 1}"
     assert say_failing(chat, "привет") == "error: invalid"
+
+
+# -- templates -------------------------------------------------------------------------------
+
+def test_text_built_by_a_builtin_method_counts_against_the_render_bounds():
+    templates = Templates()
+    one = templates.compile("{{ now().strftime('%c' * 30000) | length }}", "bot.yaml:1")
+    with pytest.raises(TemplateError) as refused:
+        one.render({})
+    assert refused.value.bound == "size" and str(MAX_SIZE) in str(refused.value)
+    many = templates.compile("{% set f = '%c' * 5000 %}{% set kept = [] %}"
+                             "{% for i in range(1000) %}{% if kept.append(now().strftime(f)) %}"
+                             "{% endif %}{% endfor %}{{ kept | length }}", "bot.yaml:1")
+    with pytest.raises(TemplateError) as refused:
+        many.render({})
+    assert refused.value.bound == "memory"
+    assert templates.compile("{{ now().strftime('%Y') | length }}", "bot.yaml:1").render({}) == "4"
