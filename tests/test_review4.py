@@ -1,6 +1,7 @@
 """What a bot author's mistakes, a hostile user and a bad upstream do to the YAML pipeline:
 aliases that expand a file past any size, answers nested too deep, text a request cannot
-carry, an answer in another charset, template methods that build text unforeseeably."""
+carry, an answer in another charset, template methods that build text unforeseeably,
+commands addressed to a bot by name."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from test_pipeline import Chat, bot
 from chatdaemon import yamlfile
 from chatdaemon.errors import ConfigError, UpdateFailed
 from chatdaemon.httpcall import MAX_DEPTH, deadline_adapter
+from chatdaemon.pipeline import own_command
 from chatdaemon.sandbox import MAX_SIZE
 from chatdaemon.templates import TemplateError, Templates
 
@@ -153,3 +155,34 @@ def test_text_built_by_a_builtin_method_counts_against_the_render_bounds():
         many.render({})
     assert refused.value.bound == "memory"
     assert templates.compile("{{ now().strftime('%Y') | length }}", "bot.yaml:1").render({}) == "4"
+
+
+# -- commands addressed by name ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "read"), [
+    ("/start@Test_Bot", "/start"),            # Telegram's usernames are case-insensitive
+    ("/price@test_bot 3 apples", "/price 3 apples"),
+    ("/start@other_bot", None),                # another bot's: not this one's to answer
+    ("/start", "/start"),
+    ("/start@test_botx", None),
+    ("/start@test_bot.", "/start@test_bot."),  # not a command followed by text: left as it is
+    ("mail me@test_bot", "mail me@test_bot"),
+    ("", ""),
+])
+def test_a_command_addressed_by_name_is_read_as_the_command(text, read):
+    assert own_command(text, "test_bot") == read
+
+
+def test_without_a_known_username_any_addressed_command_is_the_bots():
+    assert own_command("/start@whoever", None) == "/start"
+
+
+def test_a_command_addressed_to_this_bot_reaches_its_handler_and_another_bots_is_silence():
+    pipeline = bot([{"name": "start", "pattern": "^/start$", "response": "welcome"}])
+    pipeline.username = "test_bot"
+    chat = Chat(pipeline)
+    assert chat.say("/start@test_bot") == "welcome"
+    assert chat.say("/start@other_bot") is None
+    assert chat.say("/help@other_bot") is None        # not even the fallback
+    assert chat.say("/help@test_bot") == "fallback"
+    assert [method for method, _ in chat.sender.calls] == ["sendMessage"] * 2
