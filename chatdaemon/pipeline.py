@@ -635,9 +635,11 @@ def as_numbered_list(reply: dict) -> dict:
                        and all(len(label) <= MAX_LABEL for _, _, label in choices)):
         return reply
     escape = _ESCAPES.get(reply.get("parse_mode") or "", str)
-    lines = [f"{number}. {escape(label)}" + (f" – {escape(value)}" if kind == "url" else "")
+    # every added character is escaped too: MarkdownV2 refuses a bare "." as in "1."
+    lines = [escape(f"{number}. {label}") + (escape(f" – {value}") if kind == "url" else "")
              for number, (kind, value, label) in enumerate(choices, start=1)]
-    listed = dict(reply, text=reply["text"] + "\n\n" + "\n".join(lines) + "\n\nAnswer with a number.")
+    listed = dict(reply, text=reply["text"] + "\n\n" + "\n".join(lines) + "\n\n"
+                  + escape("Answer with a number."))
     if "keyboard" in reply["reply_markup"]:
         listed["reply_markup"] = {"remove_keyboard": True}
     else:

@@ -14,6 +14,7 @@ import pytest
 from test_pipeline import Chat, bot
 
 from chatdaemon import yamlfile
+from chatdaemon.definitions import Compiler
 from chatdaemon.errors import ConfigError, UpdateFailed
 from chatdaemon.httpcall import MAX_DEPTH, deadline_adapter
 from chatdaemon.pipeline import own_command
@@ -186,3 +187,51 @@ def test_a_command_addressed_to_this_bot_reaches_its_handler_and_another_bots_is
     assert chat.say("/help@other_bot") is None        # not even the fallback
     assert chat.say("/help@test_bot") == "fallback"
     assert [method for method, _ in chat.sender.calls] == ["sendMessage"] * 2
+
+
+# -- options listed as text ------------------------------------------------------------------
+
+def unescaped_markdown(text: str) -> list[str]:
+    """The MarkdownV2 reserved characters in `text` that no backslash escapes."""
+    bare, escaped = [], False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in "_*[]()~`>#+-=|{}.!":
+            bare.append(char)
+    return bare
+
+
+def test_options_listed_as_text_in_markdown_v2_escape_what_the_list_adds():
+    labels = [f"option {n}" for n in range(1, 15)]   # more than fit on buttons
+    chat = Chat(bot([{"name": "menu", "pattern": "^menu$",
+                      "response": {"text": "Pick one\\!", "parse_mode": "MarkdownV2",
+                                   "keyboard": [labels]}}]))
+    text = chat.say("menu")
+    assert text is not None and "14\\. option 14" in text
+    assert unescaped_markdown(text) == []   # Telegram answers 400 to any bare one
+
+
+def test_options_listed_as_text_in_html_stay_as_they_were():
+    labels = [f"a<{n}>" for n in range(1, 15)]
+    chat = Chat(bot([{"name": "menu", "pattern": "^menu$",
+                      "response": {"text": "<b>Pick</b>", "parse_mode": "HTML",
+                                   "keyboard": [labels]}}]))
+    assert chat.say("menu") == ("<b>Pick</b>\n\n" + "\n".join(f"{n}. a&lt;{n}&gt;" for n in range(1, 15))
+                                + "\n\nAnswer with a number.")
+
+
+@pytest.mark.parametrize("mode", ["MarkdownV2", "HTML", None])
+def test_a_trees_default_texts_fit_its_parse_mode(mode):
+    compiler = Compiler(Templates(), environ={})
+    compiler.add_tree({"say": "Pick", "answers": [{"answer": "a", "say": "A"}],
+                       **({"parse_mode": mode} if mode else {})}, "bot.yaml:1")
+    tree = compiler.result.tree
+    texts = [template.render({}) for template in (tree.not_understood, tree.goodbye, tree.again)]
+    if mode == "MarkdownV2":
+        assert [unescaped_markdown(text) for text in texts] == [[], [], []]
+        assert texts[1] == "OK\\. Send /start whenever you want to start again\\."
+    else:
+        assert texts[1] == "OK. Send /start whenever you want to start again."
