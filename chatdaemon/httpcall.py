@@ -205,7 +205,9 @@ def perform(request: Request, context: dict, session: Session) -> dict:
             raise RequestFailed(f"request failed: {type(exc).__name__}",
                                 _no_answer("connection")) from None
     if not 200 <= response["status"] < 300:
-        raise RequestFailed(f"answered {response['status']}", response)
+        # on_error sees `response.error` whatever failed ("status": it answered, with
+        # response.status and response.data), as for a timeout or a refused connection
+        raise RequestFailed(f"answered {response['status']}", {**response, "error": "status"})
     return response
 
 

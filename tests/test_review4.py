@@ -235,3 +235,10 @@ def test_a_trees_default_texts_fit_its_parse_mode(mode):
         assert texts[1] == "OK\\. Send /start whenever you want to start again\\."
     else:
         assert texts[1] == "OK. Send /start whenever you want to start again."
+
+
+@pytest.mark.parametrize("status", [302, 404, 500])
+def test_on_error_sees_response_error_for_an_answer_that_is_not_2xx_too(status):
+    chat = Chat(bot([dict(asking(), on_error="error: {{ response.error }} {{ response.status }}")]))
+    chat.adapter.answer(status, {"why": "no"})
+    assert say_failing(chat, "hi") == f"error: status {status}"
