@@ -242,3 +242,13 @@ def test_on_error_sees_response_error_for_an_answer_that_is_not_2xx_too(status):
     chat = Chat(bot([dict(asking(), on_error="error: {{ response.error }} {{ response.status }}")]))
     chat.adapter.answer(status, {"why": "no"})
     assert say_failing(chat, "hi") == f"error: status {status}"
+
+
+# -- keyboards rendered from a template ----------------------------------------------------------
+
+def test_a_keyboard_template_rendering_brackets_thousands_deep_answers_with_on_error():
+    chat = Chat(bot([{"name": "pick", "pattern": r"^pick (?P<rows>.+)$",
+                      "response": {"text": "choose", "keyboard": "{{ pattern.rows }}"},
+                      "on_error": "cannot show those"}]))
+    assert chat.say('pick [["a", "b"]]') == "choose"
+    assert say_failing(chat, "pick " + "[" * 4000) == "cannot show those"
