@@ -74,6 +74,31 @@ class _Placeholder:
     def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
         return self
 
+    # a URL may compute with user-derived values ({{ chat.id % 10 }}, {{ x | length }}): the
+    # stand-in takes part as a value whose result is the stand-in again, never a TypeError
+    def _same(self, *args: Any) -> _Placeholder:
+        return self
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _same
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _same
+
+    def _never(self, other: Any) -> bool:
+        return False
+
+    __lt__ = __le__ = __gt__ = __ge__ = _never
+
+    def __len__(self) -> int:
+        return len(self._word)
+
+    def __index__(self) -> int:
+        return 0
+
+    __int__ = __index__
+
+    def __float__(self) -> float:
+        return 0.0
+
 
 def render_url(template: Template, context: dict) -> str:
     """Render a request URL and refuse it if user values changed its scheme, host or port."""

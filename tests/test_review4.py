@@ -252,3 +252,28 @@ def test_a_keyboard_template_rendering_brackets_thousands_deep_answers_with_on_e
                       "on_error": "cannot show those"}]))
     assert chat.say('pick [["a", "b"]]') == "choose"
     assert say_failing(chat, "pick " + "[" * 4000) == "cannot show those"
+
+
+# -- request URLs computed from user-derived values ----------------------------------------------
+
+@pytest.mark.parametrize(("path", "sent"), [
+    ("shard/{{ chat.id % 10 }}", "shard/2"),
+    ("length/{{ message.text | length }}", "length/2"),
+    ("next/{{ message.message_id + 1 }}", "next/2"),
+    ("{{ '%05d' % message.message_id }}", "00001"),
+    ("{% if chat.id > 40 %}big{% else %}small{% endif %}", "big"),
+])
+def test_a_request_url_may_compute_with_user_derived_values(path, sent):
+    chat = Chat(bot([dict(asking(url="http://upstream.example/" + path), pattern=r"^\d+$")]))
+    chat.adapter.answer(200, {"ok": 1})
+    assert chat.say("12") == "got {'ok': 1}"
+    assert chat.adapter.sent[-1].url == "http://upstream.example/" + sent
+
+
+@pytest.mark.parametrize("host", ["{{ message.text | length }}.example",
+                                  "up{{ chat.id % 10 }}.example",
+                                  "{% if chat.id > 40 %}a{% else %}b{% endif %}.example"])
+def test_a_host_computed_from_user_derived_values_is_still_refused(host):
+    chat = Chat(bot([asking(url=f"http://{host}/q")]))
+    assert say_failing(chat, "12") == "error: refused"
+    assert chat.adapter.sent == []
