@@ -277,3 +277,13 @@ def test_a_host_computed_from_user_derived_values_is_still_refused(host):
     chat = Chat(bot([asking(url=f"http://{host}/q")]))
     assert say_failing(chat, "12") == "error: refused"
     assert chat.adapter.sent == []
+
+
+@pytest.mark.parametrize("source", ["{{ now().fromtimestamp(pattern.n | int) }}",
+                                    "{{ 'some text' | truncate(pattern.n | int) }}"])
+def test_a_template_failing_on_a_users_number_answers_with_on_error(source):
+    chat = Chat(bot([{"name": "when", "pattern": r"^(?P<n>-?\d+)$", "response": source,
+                      "on_error": "not a number I can use"}]))
+    assert chat.say("5") != "not a number I can use"
+    huge = "1" + "0" * 18 if "fromtimestamp" in source else "-1"
+    assert say_failing(chat, huge) == "not a number I can use"
