@@ -18,7 +18,7 @@ from .errors import ConfigError, ConfigErrors
 
 MAX_DEPTH = 64           # nesting levels of mappings and sequences; a bot needs far fewer
 MAX_BYTES = 4 * 1024 * 1024
-MAX_NODES = 100_000      # values a file holds once every alias (*name) is expanded
+MAX_ALIASED = 100_000    # values a file's aliases (*name) add when expanded
 
 
 class Mapping(dict):
@@ -189,12 +189,13 @@ def _load(path: str) -> tuple[Any, str]:
 
 
 def _check_expansion(loader: _Loader, root: yaml.Node) -> None:
-    """Refuse a document whose aliases expand past MAX_NODES values ("billion laughs").
+    """Refuse a document whose aliases add more than MAX_ALIASED values ("billion laughs").
 
-    An alias is one shared object once constructed, but whatever walks the definitions
-    (compiling every template of a request body, say) meets it once per reference: ten
-    lists of ten aliases, seven deep, are 10**7 templates. Counted per distinct node, so
-    this costs one pass over what the file wrote (its depth is capped at MAX_DEPTH).
+    An alias is one shared object once read, but whatever walks the definitions (compiling
+    every template of a request body, say) meets it once per reference: ten lists of ten
+    aliases, seven deep, are 10**7 templates. What the file writes out is bounded by
+    MAX_BYTES; what its aliases add is bounded here. Counted per distinct node, so this
+    costs one pass over what the file wrote (its depth is capped at MAX_DEPTH).
     """
     sizes: dict[int, int] = {}
 
@@ -206,17 +207,14 @@ def _check_expansion(loader: _Loader, root: yaml.Node) -> None:
                 children = node.value
             elif isinstance(node, yaml.MappingNode):
                 children = [child for pair in node.value for child in pair]
-            total = 1
-            for child in children:
-                total += expanded(child)
-                if total > MAX_NODES:
-                    break
-            sizes[id(node)] = total
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
         return sizes[id(node)]
 
-    # the invariant: nothing built from this file walks more than MAX_NODES values
-    if expanded(root) > MAX_NODES:
-        raise ConfigError(f"its aliases (*name) expand to more than {MAX_NODES} values",
+    # the invariant: nothing built from this file walks more than MAX_ALIASED values
+    # beyond the ones it writes out
+    added = expanded(root) - len(sizes)
+    if added > MAX_ALIASED:
+        raise ConfigError(f"its aliases (*name) add {added} values, more than {MAX_ALIASED}",
                           _place(loader, root))
 
 
