@@ -209,6 +209,7 @@ class Daemon:
         bot.pipeline.callback_base = None if self.hook_server is None else \
             config.callback_base(bot.needs_hook_server)
         bot.pipeline.callback_expiry = config.callback_expiry
+        bot.pipeline.username = self.me.get("username")   # `/start@name` is for this bot
 
     def _counters(self) -> dict[str, int]:
         handled, sent = self.delegator.stats, self.sender.stats

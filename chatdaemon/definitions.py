@@ -159,6 +159,8 @@ def literal_of(text: str) -> Any:
     (as `{{ a_list }}` renders one); ValueError when it is neither. Nothing is evaluated."""
     try:
         return json.loads(text)
+    except RecursionError:   # brackets a few thousand deep (user text can render them)
+        raise ValueError(f"not a value: {text[:60]!r}") from None
     except ValueError:
         pass
     try:

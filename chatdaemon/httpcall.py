@@ -17,9 +17,11 @@ imported here for the callers that know them as httpcall's.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import functools
 import json
+import re
 import socket
 import threading
 import urllib.parse
@@ -37,6 +39,8 @@ __all__ = ["RequestFailed", "Session", "Trusted", "deadline_adapter", "new_sessi
            "render_url", "url_value"]
 
 MAX_BODY = 1024 * 1024
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.IGNORECASE)
+MAX_DEPTH = 100   # nesting levels of a JSON answer (a template reads a few; the copies recurse)
 USER_AGENT = "chatdaemon"
 
 
@@ -69,6 +73,31 @@ class _Placeholder:
 
     def __call__(self, *args: Any, **kwargs: Any) -> _Placeholder:
         return self
+
+    # a URL may compute with user-derived values ({{ chat.id % 10 }}, {{ x | length }}): the
+    # stand-in takes part as a value whose result is the stand-in again, never a TypeError
+    def _same(self, *args: Any) -> _Placeholder:
+        return self
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _same
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = __abs__ = _same
+
+    def _never(self, other: Any) -> bool:
+        return False
+
+    __lt__ = __le__ = __gt__ = __ge__ = _never
+
+    def __len__(self) -> int:
+        return len(self._word)
+
+    def __index__(self) -> int:
+        return 0
+
+    __int__ = __index__
+
+    def __float__(self) -> float:
+        return 0.0
 
 
 def render_url(template: Template, context: dict) -> str:
@@ -188,6 +217,12 @@ def perform(request: Request, context: dict, session: Session) -> dict:
         except requests.exceptions.Timeout:
             raise RequestFailed(f"no answer within {request.timeout:g} s",
                                 _no_answer("timeout")) from None
+        except UnicodeEncodeError as exc:
+            # a header is Latin-1 and a URL-encoded value UTF-8: a user's text holding an
+            # emoji (for a header) or a lone surrogate cannot go out; this request fails,
+            # the handler's on_error answers
+            raise RequestFailed(f"a request value cannot be encoded ({exc.encoding})",
+                                _no_answer("invalid")) from None
         except (requests.exceptions.RequestException, OSError) as exc:
             if watch.expired:
                 raise RequestFailed(f"no complete answer within {request.timeout:g} s",
@@ -195,7 +230,9 @@ def perform(request: Request, context: dict, session: Session) -> dict:
             raise RequestFailed(f"request failed: {type(exc).__name__}",
                                 _no_answer("connection")) from None
     if not 200 <= response["status"] < 300:
-        raise RequestFailed(f"answered {response['status']}", response)
+        # on_error sees `response.error` whatever failed ("status": it answered, with
+        # response.status and response.data), as for a timeout or a refused connection
+        raise RequestFailed(f"answered {response['status']}", {**response, "error": "status"})
     return response
 
 
@@ -355,10 +392,47 @@ def _read_capped(answer: requests.Response, watch: Watch) -> bytes:
 
 
 def _decode(body: bytes, content_type: str) -> Any:
-    text = body.decode("utf-8", errors="replace")
+    """The answer as JSON data when it reads as JSON, else as text in its declared charset
+    (UTF-8 when it declares none, or one Python does not know)."""
+    text = body.decode(_codec(content_type), errors="replace")
     if "json" in content_type or text[:1] in ("{", "["):
         try:
-            return json.loads(text)
+            data = json.loads(text)
+        except RecursionError:
+            data = None   # deeper than the parser goes: refused below like any too deep
+            depth = MAX_DEPTH + 1
         except ValueError:
-            pass
+            return text
+        else:
+            depth = _depth(data)
+        # the invariant: templates and the conversation only ever get JSON this shallow
+        # (copying it read-only, keeping it in state_context recurse once per level)
+        if depth > MAX_DEPTH:
+            raise RequestFailed(f"the JSON answer is nested more than {MAX_DEPTH} levels deep",
+                                _no_answer("too deep"))
+        return data
     return text
+
+
+def _codec(content_type: str) -> str:
+    found = _CHARSET.search(content_type)
+    if found:
+        try:
+            return codecs.lookup(found.group(1)).name
+        except LookupError:
+            pass
+    return "utf-8"
+
+
+def _depth(data: Any) -> int:
+    """How many levels of lists and objects `data` nests, counted without recursing."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_DEPTH:
+                break
+            stack.extend((item, level + 1)
+                         for item in (value.values() if isinstance(value, dict) else value))
+    return deepest

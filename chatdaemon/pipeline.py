@@ -18,6 +18,7 @@ import hashlib
 import html
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ MAX_BUTTONS = 100    # a keyboard rendered from a template has at most this many
 TOKEN_PREFIX = "~t:"  # callback_data standing for longer data kept in the database
 EXPIRED_BUTTON = "This button has expired."   # its token was pruned (or forgotten)
 MIN_SESSION_TICK = 5.0  # the session check ticks every quarter of the timeout, at least this
+_ADDRESSED = re.compile(r"(/\w+)@(\w+)")   # /command@bot_username, how groups address a bot
 
 
 class FrozenDict(dict):
@@ -85,6 +87,7 @@ class Pipeline:
     error_text: str
     callback_base: str | None = None   # where conversation.callback_url points; None: nowhere
     callback_expiry: float = callbacks.DEFAULT_EXPIRY
+    username: str | None = None   # the bot's own @username (getMe); None: every @name is its own
 
     def __post_init__(self) -> None:
         self.session = new_session()
@@ -163,7 +166,10 @@ class PipelineHandler(ChatHandler):
         self._conversation.schedules.pop(SESSION, None)
 
     def on_chat_message(self, msg: dict) -> None:
-        text = msg.get("text") or msg.get("caption") or ""
+        text = own_command(msg.get("text") or msg.get("caption") or "", self.pipeline.username)
+        if text is None:   # a deliberate silence: another bot's command, in a group
+            log.info("chat %s: a command for another bot; not answered", self.chat_id)
+            return
         choice = self._chosen(text)
         if choice is not None:
             kind, value = choice[0], choice[1]
@@ -468,6 +474,17 @@ class PipelineHandler(ChatHandler):
         raise UpdateFailed(cause, answered=False)
 
 
+def own_command(text: str, username: str | None) -> str | None:
+    """The text with a leading `/command@username` read as `/command`, so `^/start$` matches
+    what a group sends; None when the command names another bot (not this one's to answer)."""
+    found = _ADDRESSED.match(text)
+    if found is None or (found.end() < len(text) and not text[found.end()].isspace()):
+        return text
+    if username is not None and found.group(2).casefold() != username.casefold():
+        return None
+    return found.group(1) + text[found.end():]
+
+
 def render_reply(response: Response, context: dict, tokens: dict[str, str] | None = None,
                  chat_id: int = 0) -> dict:
     """sendMessage parameters for a response: text, parse mode and keyboard.
@@ -618,9 +635,11 @@ def as_numbered_list(reply: dict) -> dict:
                        and all(len(label) <= MAX_LABEL for _, _, label in choices)):
         return reply
     escape = _ESCAPES.get(reply.get("parse_mode") or "", str)
-    lines = [f"{number}. {escape(label)}" + (f" – {escape(value)}" if kind == "url" else "")
+    # every added character is escaped too: MarkdownV2 refuses a bare "." as in "1."
+    lines = [escape(f"{number}. {label}") + (escape(f" – {value}") if kind == "url" else "")
              for number, (kind, value, label) in enumerate(choices, start=1)]
-    listed = dict(reply, text=reply["text"] + "\n\n" + "\n".join(lines) + "\n\nAnswer with a number.")
+    listed = dict(reply, text=reply["text"] + "\n\n" + "\n".join(lines) + "\n\n"
+                  + escape("Answer with a number."))
     if "keyboard" in reply["reply_markup"]:
         listed["reply_markup"] = {"remove_keyboard": True}
     else:

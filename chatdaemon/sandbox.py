@@ -428,6 +428,10 @@ class BoundedEnvironment(SandboxedEnvironment):
         result = super().call(__context, __obj, *args, **kwargs)
         if isinstance(getattr(__obj, "__self__", None), (str, bytes)):
             size = max(size, size_of(result))  # a str method's answer is new: split, upper …
+        elif isinstance(__obj, types.BuiltinMethodType) and isinstance(result, (str, bytes)):
+            # other built-in methods build text too, unforeseeably: now().strftime('%c' * n)
+            # is twelve times its format; within MAX_SIZE, and charged like any built text
+            size = max(size, check_size(len(result), f"the text {__obj.__name__}() built"))
         budget.charge(size)
         if grows is not None:
             # list.extend, dict.update … on a value the template holds: bounded like the rest

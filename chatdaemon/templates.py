@@ -278,7 +278,10 @@ class Template:
                                 f"{exc.detail}", bound=exc.bound) from None
         except jinja2.TemplateError as exc:
             raise TemplateError(self.where, f"{type(exc).__name__}: {exc}") from None
-        except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+        except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError,
+                OSError, AssertionError) as exc:
+            # OSError: now().fromtimestamp(a huge number); AssertionError: how some of
+            # Jinja2's filters check their arguments (truncate(-1))
             raise TemplateError(self.where, f"{type(exc).__name__}: {exc}") from None
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from . import yamlfile
 from .errors import ConfigError
 from .patterns import Pattern, PatternError, compile_pattern
-from .templates import Template, Templates
+from .templates import Template, Templates, escape_markdown_v2
 from .yamlfile import check_keys
 
 TREE_KEYS = {"pattern", "say", "answers", "parse_mode", "not_understood", "goodbye", "target_state",
@@ -127,6 +127,12 @@ def _bare(text: str) -> str:
     return "".join(char for char in text if char.isalnum())
 
 
+def _default(text: str, mode: str) -> str:
+    """A default text in the tree's parse mode: MarkdownV2 refuses its bare "." (HTML and
+    plain text take it as it is: it has no <, > or &)."""
+    return escape_markdown_v2(text) if mode == "MarkdownV2" else text
+
+
 def compile_tree(data: Any, where: str, templates: Templates,
                  state_name: Any) -> Tree:
     """The `tree` key of a bot definition; ConfigError with file:line on any mistake."""
@@ -149,8 +155,8 @@ def compile_tree(data: Any, where: str, templates: Templates,
     if not isinstance(any_message, bool):
         raise ConfigError("tree: open_on_any_message must be true or false",
                           _at(data, "open_on_any_message", where))
-    not_understood = data.get("not_understood", DEFAULT_NOT_UNDERSTOOD)
-    goodbye = data.get("goodbye", DEFAULT_GOODBYE.format(pattern=shown))
+    not_understood = data.get("not_understood", _default(DEFAULT_NOT_UNDERSTOOD, mode))
+    goodbye = data.get("goodbye", _default(DEFAULT_GOODBYE.format(pattern=shown), mode))
     return Tree(
         pattern=pattern, root=root, where=where, fingerprint=_fingerprint(root),
         pattern_where=_at(data, "pattern", where),
@@ -158,7 +164,8 @@ def compile_tree(data: Any, where: str, templates: Templates,
         goodbye=templates.compile(goodbye, _at(data, "goodbye", where), mode),
         parse_mode=None if mode == "none" else mode,
         target_state=state_name(data, "target_state"),
-        again=templates.compile(data.get("again", DEFAULT_AGAIN), _at(data, "again", where), mode),
+        again=templates.compile(data.get("again", _default(DEFAULT_AGAIN, mode)),
+                                _at(data, "again", where), mode),
         any_message=any_message, command="/" + command.group(1) if command else "",
     )
 

@@ -18,6 +18,7 @@ from .errors import ConfigError, ConfigErrors
 
 MAX_DEPTH = 64           # nesting levels of mappings and sequences; a bot needs far fewer
 MAX_BYTES = 4 * 1024 * 1024
+MAX_ALIASED = 100_000    # values a file's aliases (*name) add when expanded
 
 
 class Mapping(dict):
@@ -168,6 +169,7 @@ def _load(path: str) -> tuple[Any, str]:
         node = loader.get_single_node()
         if node is None:
             return None, f"{path}:1"
+        _check_expansion(loader, node)
         return loader.construct_document(node), _place(loader, node)
     except yaml.MarkedYAMLError as exc:
         kind = "syntax error" if isinstance(exc, yaml.scanner.ScannerError | yaml.parser.ParserError) \
@@ -184,6 +186,36 @@ def _load(path: str) -> tuple[Any, str]:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _check_expansion(loader: _Loader, root: yaml.Node) -> None:
+    """Refuse a document whose aliases add more than MAX_ALIASED values ("billion laughs").
+
+    An alias is one shared object once read, but whatever walks the definitions (compiling
+    every template of a request body, say) meets it once per reference: ten lists of ten
+    aliases, seven deep, are 10**7 templates. What the file writes out is bounded by
+    MAX_BYTES; what its aliases add is bounded here. Counted per distinct node, so this
+    costs one pass over what the file wrote (its depth is capped at MAX_DEPTH).
+    """
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1   # a node met again while counting itself counts once
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [child for pair in node.value for child in pair]
+            sizes[id(node)] = 1 + sum(expanded(child) for child in children)
+        return sizes[id(node)]
+
+    # the invariant: nothing built from this file walks more than MAX_ALIASED values
+    # beyond the ones it writes out
+    added = expanded(root) - len(sizes)
+    if added > MAX_ALIASED:
+        raise ConfigError(f"its aliases (*name) add {added} values, more than {MAX_ALIASED}",
+                          _place(loader, root))
 
 
 def _read_text(path: str) -> str:
