@@ -42,6 +42,7 @@ TOO_DEEP = "the answer is nested too deeply to be a Bot API answer"
 # answer can take on a Pi (the whole body was read before: 100 MB peaked at 234 MB RSS).
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
 TOO_BIG = f"the answer is over {MAX_ANSWER_BYTES // (1024 * 1024)} MiB"
+TOKEN_IN_BODY = "refused before sending: the request carries the bot's own token"
 HEAD_BYTES = 4096   # the part of a refused answer kept for the caller (the first update's id)
 _METHOD_NAME = re.compile(r"[A-Za-z]{1,64}")
 TOKEN_PATTERN = re.compile(r"\d{3,}:[A-Za-z0-9_-]{10,}")
@@ -100,6 +101,7 @@ class TelegramClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._prefix = f"{parts.path}/bot{token}/"
+        self._token = token.encode()   # never sent in a body: see _post
         self.where = f"{self._scheme}://{self._host}:{self._port}"   # for logs: never the path
         self._proxy = _proxy_for(api_url)
         self._context = ssl.create_default_context() if parts.scheme == "https" else None
@@ -162,6 +164,11 @@ class TelegramClient:
     def _post(self, method: str, body: tuple[bytes, ...], content_type: str, read: float) -> Any:
         if not _METHOD_NAME.fullmatch(method):
             raise TelegramError(repr(method)[:70], 400, "not a Bot API method name")
+        # the invariant: the token leaves only in the request path, to Telegram. A message
+        # or a file carrying it (a template that found it, a token file a templated
+        # `document:` path reached) is refused before anything is sent
+        if self._token and any(self._token in part for part in body):
+            raise TelegramError(method, 400, TOKEN_IN_BODY)
         # the invariant: at most pool_size connections are open; a call beyond waits for a
         # permit (no longer than a call may take) and otherwise fails as not sent. A call
         # opens a connection only when none is idle, so open ones never outnumber permits.
