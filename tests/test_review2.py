@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from test_group_commit import finish_together, message, wait_until
 
 from chatdaemon.errors import Abandoned, BadAnswer, NetworkError
 from chatdaemon.handoffs import queue_rows
@@ -272,41 +273,6 @@ def test_signals_arriving_during_a_read_do_not_stretch_its_timeout(servers, clie
 
 
 # -- group commit: a failure in the middle of a group --------------------------------------------
-
-def message(update_id: int, chat_id: int) -> dict:
-    return {"update_id": update_id, "message": {"message_id": update_id, "date": 0,
-                                                "chat": {"id": chat_id, "type": "private"},
-                                                "text": "hi"}}
-
-
-def wait_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
-def finish_together(store: Store, finishes: list[Callable[[], None]]) -> dict[int, BaseException]:
-    """Run the finishes on threads while this thread holds the store's lock, so they all
-    queue and commit as one group; return each one's error by its index."""
-    errors: dict[int, BaseException] = {}
-
-    def run(index: int, call: Callable[[], None]) -> None:
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - the test reads it
-            errors[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(finishes)]
-    with store._lock:
-        for thread in threads:
-            thread.start()
-        wait_until(lambda: len(store._finishing) == len(finishes))
-    for thread in threads:
-        thread.join(WAIT)
-        assert not thread.is_alive()
-    return errors
-
 
 def failing_once(error: BaseException) -> Callable[[sqlite3.Connection], None]:
     calls: list[int] = []
