@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,7 +205,7 @@ def _retention(part: Any, where: str) -> Retention:
     size = part.get("max_database_mb", defaults.max_database_bytes / 2 ** 20)
     if size in (False, "off"):
         size = 0
-    if isinstance(size, bool) or not isinstance(size, int | float) or size < 0:
+    if isinstance(size, bool) or not isinstance(size, int | float) or not 0 <= size < math.inf:
         raise ConfigError(f"retention.max_database_mb must be a number of MB or off, not {size!r}",
                           part.key_where.get("max_database_mb"))
     return Retention(keep, int(size * 2 ** 20),
@@ -237,6 +238,11 @@ def _typed(mapping: dict, key: str, kind: type, section: str = "") -> Any:
     where = mapping.key_where.get(key) if isinstance(mapping, yamlfile.Mapping) else None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        # YAML's .nan and .inf: every comparison with NaN is false, so a check such as
+        # "must be positive" would pass it and the setting would silently mean nothing
+        name = f"{section}.{key}" if section else key
+        raise ConfigError(f"{name} must be a finite number, not {value!r}", where)
     if kind is tuple and isinstance(value, list):
         return tuple(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
