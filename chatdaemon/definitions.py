@@ -33,6 +33,7 @@ HOOK_KEYS = {"name", "key", "recipients", "response", "rate_limit"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 CONVERSATION_KEYS = ("per_chat", "per_user")   # `conversation:`: whose state a group keeps
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+SWITCH_KEYS = ("remove_keyboard", "one_time_keyboard", "disable_web_page_preview")
 RESPONSE_KEYS = {"text", "keyboard", "buttons", "parse_mode", "remove_keyboard",
                  "one_time_keyboard", "disable_web_page_preview", "photo", "document", "caption"}
 MEDIA_KEYS = ("photo", "document")   # a response sends at most one of these, with a caption
@@ -509,6 +510,10 @@ class Compiler:
             part.add(ConfigError("a response needs text (or a photo or document)", where))
         mode = part.run(self.templates.mode_of, data.get("parse_mode"),
                         _at(data, "parse_mode", where), failed="none")
+        for switch in SWITCH_KEYS:   # a quoted "no" would otherwise count as true
+            if not isinstance(data.get(switch, False), bool):
+                part.add(ConfigError(f"{switch} must be true or false, not "
+                                     f"{data[switch]!r}", _at(data, switch, where)))
         response = Response(
             text=part.run(self._template, data.get(text_key, "" if has_media else "-"),
                           _at(data, text_key, where), mode),

@@ -42,3 +42,28 @@ def test_finite_numbers_still_load(tmp_path):
                                                "delegates: {idle_timeout: 60}\n"
                                                "retention: {max_database_mb: 0.5}\n"))
     assert config.limits.per_second == 20.5 and config.idle_timeout == 60.0
+
+
+@pytest.mark.parametrize("switch", ["remove_keyboard", "one_time_keyboard",
+                                    "disable_web_page_preview"])
+def test_a_response_switch_written_as_a_string_is_refused_with_its_line(tmp_path, switch):
+    """YAML reads `no` as false but `"no"` as a string, which would count as true."""
+    from chatdaemon.bots import load_bot
+    from chatdaemon.errors import ConfigErrors
+    bot = tmp_path / "bot"
+    bot.mkdir()
+    (bot / "bot.yaml").write_text(
+        "handlers:\n"
+        "  - name: hide\n"
+        "    pattern: ^/hide$\n"
+        "    response:\n"
+        "      text: gone\n"
+        f"      {switch}: \"no\"\n")
+    with pytest.raises((ConfigError, ConfigErrors)) as refused:
+        load_bot(str(bot))
+    assert f"{switch} must be true or false" in str(refused.value)
+    assert "bot.yaml:6" in str(refused.value)
+    (bot / "bot.yaml").write_text(
+        "handlers:\n  - name: hide\n    pattern: ^/hide$\n    response:\n      text: gone\n"
+        f"      {switch}: no\n")
+    load_bot(str(bot))   # YAML's own false is fine
