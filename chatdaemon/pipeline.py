@@ -50,6 +50,17 @@ MIN_SESSION_TICK = 5.0  # the session check ticks every quarter of the timeout, 
 _ADDRESSED = re.compile(r"(/\w+)@(\w+)")   # /command@bot_username, how groups address a bot
 
 
+def with_text(msg: dict) -> dict:
+    """The message as handlers and templates read it: its `text` is its text, or else its
+    caption (a photo, a document), or else empty (a sticker, a location). Telegram's other
+    fields stay as they came."""
+    text = msg.get("text")
+    if isinstance(text, str) and text:
+        return msg
+    caption = msg.get("caption")
+    return {**msg, "text": caption if isinstance(caption, str) else ""}
+
+
 class FrozenDict(dict):
     """A dict a template can read but not change: every method that would change it raises."""
 
@@ -166,7 +177,8 @@ class PipelineHandler(ChatHandler):
         self._conversation.schedules.pop(SESSION, None)
 
     def on_chat_message(self, msg: dict) -> None:
-        text = own_command(msg.get("text") or msg.get("caption") or "", self.pipeline.username)
+        msg = with_text(msg)
+        text = own_command(msg["text"], self.pipeline.username)
         if text is None:   # a deliberate silence: another bot's command, in a group
             log.info("chat %s: a command for another bot; not answered", self.chat_id)
             return
