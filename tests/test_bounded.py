@@ -55,7 +55,9 @@ def test_a_pattern_that_backtracks_stops_at_the_bound_and_names_its_handler():
     with pytest.raises(PatternTimeout) as caught:
         pipeline.match(HOSTILE_TEXT, None)
     elapsed = time.monotonic() - started
-    assert MATCH_SECONDS * 0.9 <= elapsed < MATCH_SECONDS + 0.5
+    # the upper bound only shows the match was stopped: unbounded, it takes minutes. It is
+    # loose because a loaded machine can keep this thread off the CPU past the bound
+    assert MATCH_SECONDS * 0.9 <= elapsed < MATCH_SECONDS + 5
     assert caught.value.owner == "handler stuck"
     assert caught.value.text_length == len(HOSTILE_TEXT)
     assert "stuck" in str(caught.value) and "(a|aa)+" in str(caught.value)
@@ -422,7 +424,9 @@ def test_a_trickling_upstream_is_cut_off_at_the_total_deadline(upstream, path):
         perform(request_to(upstream.url + path, 2), {}, session)
     elapsed = time.monotonic() - started
     assert caught.value.response["error"] == "timeout"
-    assert 2 <= elapsed < 2.8, f"the request took {elapsed:.1f} s with timeout: 2"
+    # unbounded, the trickle takes 6 s (/slow-body) or 40 s (/slow-headers); the upper bound is
+    # loose because a loaded machine can keep this thread off the CPU past the deadline
+    assert 2 <= elapsed < 4.5, f"the request took {elapsed:.1f} s with timeout: 2"
     # every single read came within the read timeout: only the total deadline stops this
     assert upstream.pause < 2
 
