@@ -17,6 +17,7 @@ import yaml
 from fake_telegram import FakeTelegram
 
 from chatdaemon.store import Store
+from chatdaemon.telegram import TelegramClient
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = ROOT / "handlers"
@@ -176,3 +177,22 @@ def upstream():
     yield server
     server.shutdown()
     server.server_close()
+
+
+CLIENT_READ_TIMEOUT = 0.5   # the read timeout of the clients the `clients` fixture makes
+
+
+@pytest.fixture
+def clients():
+    """Makes Bot API clients (connect 2 s, read CLIENT_READ_TIMEOUT unless given), closed
+    after the test."""
+    made: list[TelegramClient] = []
+
+    def make(url: str, **kwargs) -> TelegramClient:
+        kwargs = {"connect_timeout": 2, "read_timeout": CLIENT_READ_TIMEOUT, **kwargs}
+        made.append(TelegramClient(TOKEN, url, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from conftest import CLIENT_READ_TIMEOUT
 from test_group_commit import finish_together, message, wait_until
 
 from chatdaemon.errors import Abandoned, BadAnswer, NetworkError
@@ -22,9 +23,8 @@ from chatdaemon.privacy import forget_chat
 from chatdaemon.store import Store
 from chatdaemon.telegram import MAX_ANSWER_BYTES, TelegramClient
 
-TOKEN = "123456:REVIEW-unit_abcdefghijklmnop"
 ANSWER = json.dumps({"ok": True, "result": {"message_id": 1}}).encode()
-READ_TIMEOUT = 0.5
+READ_TIMEOUT = CLIENT_READ_TIMEOUT   # the `clients` fixture's
 SLACK = 2.5    # what a loaded machine may add to a timeout before the call returns
 WAIT = 10.0    # seconds any wait in these tests may take at most
 
@@ -133,20 +133,6 @@ def servers():
     yield make
     for server in made:
         server.close()
-
-
-@pytest.fixture
-def clients():
-    made: list[TelegramClient] = []
-
-    def make(url: str, **kwargs) -> TelegramClient:
-        kwargs = {"connect_timeout": 2, "read_timeout": READ_TIMEOUT, **kwargs}
-        made.append(TelegramClient(TOKEN, url, **kwargs))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def failure_of(call: Callable[[], object]) -> tuple[NetworkError, float]:

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CLIENT_READ_TIMEOUT
 
 from chatdaemon.errors import NetworkError
 from chatdaemon.telegram import TelegramClient
 
-TOKEN = "123456:SOCKETS-unit_abcdefghijklmnop"
 ANSWER = json.dumps({"ok": True, "result": True}).encode()
-READ_TIMEOUT = 0.5
+READ_TIMEOUT = CLIENT_READ_TIMEOUT   # the `clients` fixture's
 SLACK = 2.5   # what a loaded machine may add to a timeout before the call returns
 
 
@@ -120,21 +120,6 @@ def servers():
     yield make
     for server in made:
         server.close()
-
-
-@pytest.fixture
-def clients():
-    """Makes TelegramClients, closed after the test."""
-    made: list[TelegramClient] = []
-
-    def make(url: str, **kwargs) -> TelegramClient:
-        kwargs = {"connect_timeout": 2, "read_timeout": READ_TIMEOUT, **kwargs}
-        made.append(TelegramClient(TOKEN, url, **kwargs))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def timed_failure(call, *args, **kwargs) -> tuple[NetworkError, float]:
