@@ -541,20 +541,12 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _has_lone_surrogate(value: Any) -> bool:
-    """Whether a string anywhere in parsed JSON (keys too) cannot be encoded as UTF-8."""
-    todo = [value]
-    while todo:
-        item = todo.pop()
-        if isinstance(item, dict):
-            todo.extend(item.keys())
-            todo.extend(item.values())
-        elif isinstance(item, list):
-            todo.extend(item)
-        elif isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
+    """Whether a string anywhere in parsed JSON (keys too) cannot be encoded as UTF-8: the
+    encoding it is stored and sent in, tried once on the whole (its depth is capped)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
     return False
 
 
