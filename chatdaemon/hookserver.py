@@ -314,10 +314,18 @@ class _Handler(BaseHTTPRequestHandler):
         # each request, and the idle wait before it, must end within request_timeout: reads
         # past the deadline raise TimeoutError, which http.server answers by closing
         self.deadline = time.monotonic() + self.server.request_timeout
+        self.expects_continue = False
         super().handle_one_request()
 
     def log_message(self, *args: Any) -> None:
         pass  # paths can carry a ?key=: never log them
+
+    def handle_expect_100(self) -> bool:
+        # http.server would say "100 Continue" as soon as the head is read; here it is said
+        # in _body, after the key or the callback token was checked: a caller who may not
+        # post is answered 401/404 without ever being asked for its body
+        self.expects_continue = True
+        return True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self._declares_body():
@@ -443,6 +451,7 @@ class _Handler(BaseHTTPRequestHandler):
             if len(codings) > 1 or codings[0].strip().lower() != "chunked" or lengths:
                 self._refuse_body(411, "send the body with a Content-Length or chunked")
                 return None
+            self._ask_for_body()
             return self._chunked_body()
         length = _content_length(lengths)
         if length is None:
@@ -451,11 +460,19 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             self._refuse_body(413, f"the body is larger than {MAX_BODY} bytes")
             return None
+        self._ask_for_body()
         body = self.rfile.read(length)
         if len(body) < length:
             self.close_connection = True  # the client closed mid-body: nobody to answer
             return None
         return body
+
+    def _ask_for_body(self) -> None:
+        """Say "100 Continue" to a client waiting for it: only now is its body wanted."""
+        if self.expects_continue:
+            self.expects_continue = False
+            self.send_response_only(100)
+            self.end_headers()
 
     def _chunked_body(self) -> bytes | None:
         """Decode Transfer-Encoding: chunked, at most MAX_BODY bytes, trailers skipped."""

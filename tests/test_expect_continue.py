@@ -1,0 +1,69 @@
+"""`Expect: 100-continue` at the hook server: the client is told to send its body only once
+the request may go on (its key opens the hook, its callback token is live)."""
+
+from __future__ import annotations
+
+import socket
+
+from test_review3 import AUTH, GOOD, daemon, exchange, hook_post, results, server, statuses
+
+from chatdaemon.hookserver import CALLBACK_PATH
+
+__all__ = ["daemon", "results", "server"]   # fixtures, used by name
+
+EXPECT = "Expect: 100-continue\r\n"
+
+
+def head_only(headers: str, path: str = "/hooks/alert") -> bytes:
+    """A request head that promises a body and waits to be told to send it."""
+    return hook_post(f"{headers}{EXPECT}Content-Length: {len(GOOD)}\r\n", path=path)
+
+
+def test_a_post_with_a_wrong_key_gets_401_without_being_asked_for_its_body(server):
+    answer = exchange(server, head_only("Authorization: Bearer wrong\r\n"), seconds=2.0)
+    assert statuses(answer) == [401]
+
+
+def test_a_post_to_an_unknown_callback_gets_404_without_being_asked_for_its_body(server):
+    answer = exchange(server, head_only("", path=CALLBACK_PATH + "x" * 24), seconds=2.0)
+    assert statuses(answer) == [404]
+
+
+def test_a_post_to_an_unknown_path_is_not_asked_for_its_body(server):
+    answer = exchange(server, head_only(AUTH, path="/nowhere"), seconds=2.0)
+    assert statuses(answer) == [404]
+
+
+def test_a_post_with_the_right_key_is_asked_for_its_body_then_accepted(server, daemon):
+
+    with socket.create_connection(server.server_address, timeout=4) as sock:
+        sock.sendall(head_only(AUTH))
+        interim = sock.recv(65536)
+        assert statuses(interim) == [100]
+        sock.sendall(GOOD)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert statuses(answer) == [202]
+    assert len(daemon.queued) == 1
+
+
+def test_a_live_callback_is_asked_for_its_body_then_accepted(server, results):
+
+    with socket.create_connection(server.server_address, timeout=4) as sock:
+        sock.sendall(head_only("", path=CALLBACK_PATH + "tok" * 8))
+        assert statuses(sock.recv(65536)) == [100]
+        sock.sendall(GOOD)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert statuses(answer) == [202]
+    assert results.delivered == [("tok" * 8, {"msg": "hi"})]
+
+
+def test_a_body_too_large_gets_413_without_being_asked_for(server, daemon):
+    head = hook_post(f"{AUTH}{EXPECT}Content-Length: {10**7}\r\n")
+    assert statuses(exchange(server, head, seconds=2.0)) == [413]
+    assert daemon.queued == []
