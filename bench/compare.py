@@ -7,7 +7,9 @@ use (default ~/.cache/chatdaemon-compare); each runs the same job in its own idi
 (bench/peers/*.py): every message in a chat is answered with how many that chat has sent.
 Every bot is a process pointed at its own fresh Bot API test double (tests/fake_telegram.py)
 on 127.0.0.1, long-polling with a 5 s timeout; chatdaemon runs handlers/counter with rate
-limits off, as for a local Bot API server. Three phases per bot, each on a fresh process:
+limits off, as for a local Bot API server. `bare-threads` (bench/peers/bare_threads.py) is
+no library: chatdaemon's model alone in the standard library, without its checks, to show how
+fast the model itself goes here. Three phases per bot, each on a fresh process:
 
   burst   5,000 messages over 250 chats (--w1: 20,000 over 1,000), pushed at once → messages/s,
           CPU seconds and ms per message, peak RSS, peak threads
@@ -52,6 +54,7 @@ PINS = {"python-telegram-bot": "22.5", "aiogram": "3.22.0", "pyTelegramBotAPI": 
 PEERS = {"python-telegram-bot": "ptb_counter.py", "aiogram": "aiogram_counter.py",
          "aiogram-seq": "aiogram_counter.py sequential", "pyTelegramBotAPI": "telebot_counter.py"}
 ORDER_KEEPING_PEER = "aiogram-seq"   # the fastest peer that keeps each chat's order
+BARE = "bare-threads"   # the model without chatdaemon: a reference, no library
 DEFAULT_VENV = Path.home() / ".cache" / "chatdaemon-compare"
 
 
@@ -70,6 +73,12 @@ def chatdaemon_command(api_url: str, state: Path) -> list[str]:
     return [sys.executable, "-m", "chatdaemon", "run", "--handlers", str(ROOT / "handlers" / "counter"),
             "--db", str(state / "counter.sqlite3"), "--api-url", api_url, "--rate-limits", "off",
             "--config", str(config), "--log-level", "WARNING"]
+
+
+def bare_threads_command(api_url: str, state: Path) -> list[str]:
+    """chatdaemon's model alone, in the standard library (bench/peers/bare_threads.py)."""
+    return [sys.executable, str(ROOT / "bench" / "peers" / "bare_threads.py"), api_url, TOKEN,
+            str(POLL_TIMEOUT), str(state)]
 
 
 def peer_command(python: Path, script: str) -> Callable[[str, Path], list[str]]:
@@ -307,8 +316,8 @@ def machine(python: Path | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
-    parser.add_argument("--only", nargs="*", choices=["chatdaemon", *PEERS],
-                        default=["chatdaemon", *PEERS])
+    parser.add_argument("--only", nargs="*", choices=["chatdaemon", *PEERS, BARE],
+                        default=["chatdaemon", *PEERS, BARE])
     parser.add_argument("--w1", action="store_true",
                         help="a burst of 20,000 messages over 1,000 chats instead of 5,000 over 250")
     args = parser.parse_args()
@@ -316,7 +325,8 @@ def main() -> None:
     phases: dict[str, Callable[[Contestant], dict]] = {
         "burst": lambda contestant: burst(contestant, messages, chats), "steady": steady, "kill": kill}
     python = ensure_venv(args.venv) if set(args.only) & set(PEERS) else None
-    contestants = {"chatdaemon": Contestant("chatdaemon", chatdaemon_command, ROOT)}
+    contestants = {"chatdaemon": Contestant("chatdaemon", chatdaemon_command, ROOT),
+                   BARE: Contestant(BARE, bare_threads_command, ROOT)}
     for name, script in PEERS.items():
         contestants[name] = Contestant(name, peer_command(python, script), ROOT / "bench" / "peers")
     results: dict[str, dict] = {}
@@ -335,6 +345,9 @@ def main() -> None:
     ours, theirs = (results.get(name, {}).get("msgs_per_s") for name in ("chatdaemon", ORDER_KEEPING_PEER))
     if ours and theirs:
         print(f"chatdaemon / {ORDER_KEEPING_PEER} msg/s in this run: {ours / theirs:.2f}")
+    bare = results.get(BARE, {}).get("msgs_per_s")
+    if bare and theirs:
+        print(f"{BARE} / {ORDER_KEEPING_PEER} msg/s in this run: {bare / theirs:.2f}")
     print(f"({time.monotonic() - began:.0f} s)")
 
 
