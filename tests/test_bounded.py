@@ -200,7 +200,8 @@ def test_a_template_attack_stops_at_its_bound(source, bound):
     started = time.monotonic()
     with pytest.raises(TemplateError) as caught:
         template.render(CONTEXT)
-    assert time.monotonic() - started < sandbox.RENDER_SECONDS + 0.5
+    # stopped, not finished: the bound names what stopped it; the margin is for a loaded machine
+    assert time.monotonic() - started < sandbox.RENDER_SECONDS + 2.5
     assert caught.value.bound == bound, str(caught.value)
     assert str(caught.value).startswith("bot.yaml:9: past the " + bound + " bound")
 
@@ -225,7 +226,8 @@ def test_nested_loops_stop_at_the_render_deadline():
         template.render(CONTEXT)
     elapsed = time.monotonic() - started
     assert caught.value.bound == "time"
-    assert sandbox.RENDER_SECONDS <= elapsed < sandbox.RENDER_SECONDS + 0.5
+    # unbounded, it runs about 6 s; the margin is for a thread kept off the CPU past its bound
+    assert sandbox.RENDER_SECONDS <= elapsed < sandbox.RENDER_SECONDS + 2.5
 
 
 def test_output_is_cut_while_it_is_generated():
