@@ -284,6 +284,13 @@ def _validate(config: Config, data: dict) -> None:
          "polling"),
         (config.handoff_timeout < 1, "handoff_timeout must be at least 1 second",
          "handoff_timeout"),
+        (config.stop_timeout < 0, "stop_timeout must be a number of seconds, 0 or more",
+         "stop_timeout"),
+        (config.conflict_grace is not None and config.conflict_grace < 0,
+         "polling.conflict_grace must be a number of seconds, 0 or more", "polling"),
+        # a port outside this range is no OSError at bind but an OverflowError (a traceback)
+        (config.hook_port is not None and not 0 <= config.hook_port <= 65535,
+         "hooks.port must be between 0 (off) and 65535", "hooks"),
         (config.log_level.upper() not in _LOG_LEVELS,
          f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}", "log_level"),
         (min(limits.per_second, limits.per_chat_per_second, limits.per_group_per_minute) <= 0
