@@ -471,7 +471,25 @@ def _log_in_child(text: str) -> None:
 
 
 def remove_new_database(path: str) -> bool:
-    """Remove a database a refused start created, if nothing was stored in it; say if it did."""
+    """Remove a database a refused start created, if nothing was stored in it; say if it did.
+
+    Only under the database's own lock: a start refused because another process holds the
+    file (two starts at once on a new path) must leave that process's database alone.
+    """
+    from .dbfile import FileLock
+    from .errors import DatabaseInUse, UnusableDatabase
+    lock = FileLock(path)
+    try:
+        lock.acquire()
+    except (DatabaseInUse, UnusableDatabase):
+        return False
+    try:
+        return _remove_if_empty(path)
+    finally:
+        lock.release()
+
+
+def _remove_if_empty(path: str) -> bool:
     try:
         uri = f"{Path(path).resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
@@ -482,7 +500,7 @@ def remove_new_database(path: str) -> bool:
         return False
     if stored:
         return False
-    lock = os.path.realpath(path) + ".lock"  # released already: the refused Store closed
+    lock = os.path.realpath(path) + ".lock"  # held by the caller: unlinked before its release
     for name in [path + suffix for suffix in ("", "-wal", "-shm", "-journal")] + [lock]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
