@@ -220,6 +220,8 @@ def _ago(iso: str | None) -> str:
     if iso is None:
         return "never"
     seconds = time.time() - datetime.datetime.fromisoformat(iso).timestamp()
+    if seconds < -60:   # stored before the clock was set back (or while it ran ahead)
+        return f"{iso} ({_duration(-seconds)} in the future: the clock was set back since)"
     return f"{iso} ({_duration(seconds)} ago)"
 
 
