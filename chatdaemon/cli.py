@@ -234,28 +234,45 @@ def people_of(config):
 
 
 def read_token(args: argparse.Namespace) -> str:
-    """The token from the first source that has one; never echoed anywhere."""
-    if args.token:
-        token = args.token
-    elif args.token_file:
-        token = _read_secret(args.token_file, "--token-file")
-    elif os.environ.get("CHATDAEMON_TOKEN"):
-        token = os.environ["CHATDAEMON_TOKEN"]
-    elif os.environ.get("CREDENTIALS_DIRECTORY"):
-        token = _read_secret(os.path.join(os.environ["CREDENTIALS_DIRECTORY"], "token"),
-                             "the systemd credential")
-    else:
+    """The token from the first source that has one; never echoed anywhere.
+
+    Two sources that give different tokens are refused (a service's credential and a
+    stale $CHATDAEMON_TOKEN, say): which one wins would otherwise depend on their order.
+    """
+    given = _token_sources(args)
+    # a handler's subprocesses inherit the environment: the token leaves it once read
+    os.environ.pop("CHATDAEMON_TOKEN", None)
+    if not given:
         raise ConfigError("no bot token: pass TOKEN, --token-file FILE, set $CHATDAEMON_TOKEN, "
                           "or use a systemd credential named `token` (try `chatdaemon chat` "
                           "to talk to the bot without one)")
-    # a handler's subprocesses inherit the environment: the token leaves it once read
-    os.environ.pop("CHATDAEMON_TOKEN", None)
     from .telegram import looks_like_token
-    token = token.strip()
+    (source, token), *others = given
+    differing = [name for name, other in others if other != token]
+    if differing:
+        raise ConfigError(f"two different bot tokens: from {source} and from "
+                          f"{' and '.join(differing)}; give the token one way only")
     if not looks_like_token(token):
-        raise ConfigError("that does not look like a bot token (expected digits, a colon, "
-                          "then letters, digits, - or _, as @BotFather gives it)")
+        raise ConfigError(f"the token from {source} does not look like a bot token (expected "
+                          "digits, a colon, then letters, digits, - or _, as @BotFather gives it)")
     return token
+
+
+def _token_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(source, stripped token) of each source that gives one, in order of precedence."""
+    given = []
+    if args.token:
+        given.append(("the TOKEN argument", args.token))
+    if args.token_file:
+        given.append(("--token-file", _read_secret(args.token_file, "--token-file")))
+    if os.environ.get("CHATDAEMON_TOKEN"):
+        given.append(("$CHATDAEMON_TOKEN", os.environ["CHATDAEMON_TOKEN"]))
+    credential = os.path.join(os.environ.get("CREDENTIALS_DIRECTORY", ""), "token")
+    # read when it is the only source (a clear error if it cannot be), else only if it exists
+    if os.environ.get("CREDENTIALS_DIRECTORY") and (not given or os.path.isfile(credential)):
+        given.append(("the systemd credential",
+                      _read_secret(credential, "the systemd credential")))
+    return [(source, token.strip()) for source, token in given]
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -467,7 +484,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = write_starter(args.directory, args.example, args.config)
     for path in written:
         print(f"wrote {path}")
-    config = written[-1]
+    import shlex
+    config = shlex.quote(str(written[-1]))   # a path with spaces is pasted back into a shell
     print(f"next: chatdaemon chat --config {config}    (talk to it, no token needed)\n"
           f"      chatdaemon check --config {config}   (what it will do)")
     return EXIT_OK
