@@ -1,0 +1,164 @@
+"""A Pi owner's mistakes with the CLI, the config, the database file and the status output."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+
+import pytest
+
+from chatdaemon import cli, errors, status
+from chatdaemon.config import load_config
+from chatdaemon.daemon import removing_new_database
+from chatdaemon.errors import ConfigError, DatabaseInUse
+from chatdaemon.store import Store
+
+TOKEN = "123456:abcdefghijklmnopqrstuvwxyz"
+OTHER = "654321:zyxwvutsrqponmlkjihgfedcba"
+
+
+# -- the config: values that pass `check` and then crash or mean nothing --------------------
+
+@pytest.mark.parametrize("text, key", [
+    ("hooks: {port: 70000}\n", "hooks.port"),
+    ("hooks: {port: -1}\n", "hooks.port"),
+    ("stop_timeout: -5\n", "stop_timeout"),
+    ("polling: {conflict_grace: -1}\n", "polling.conflict_grace"),
+])
+def test_an_impossible_number_in_the_config_is_named(tmp_path, text, key):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert key in str(info.value)
+    assert str(info.value.where).startswith(str(path))
+
+
+def test_check_refuses_a_hook_port_out_of_range(tmp_path, capsys):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("handlers: bot\nhooks: {port: 70000}\n")
+    assert cli.main(["check", "--config", str(path)]) == errors.EXIT_CONFIG
+    assert "hooks.port must be between 0 (off) and 65535" in capsys.readouterr().err
+
+
+def test_the_edges_of_the_ranges_are_accepted(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("hooks: {port: 65535}\nstop_timeout: 0\npolling: {conflict_grace: 0}\n")
+    config = load_config(str(path))
+    assert (config.hook_port, config.stop_timeout, config.conflict_grace) == (65535, 0.0, 0.0)
+
+
+# -- the database: a refused start never removes another process's new database -----------
+
+def test_a_start_refused_by_the_lock_leaves_the_holders_new_database(tmp_path):
+    path = str(tmp_path / "bot.sqlite3")
+    holder = Store(path, owner="123456")   # the first of two starts at once on a new path
+    try:
+        with pytest.raises(DatabaseInUse):
+            # the second start saw no file yet (existed=False), then lost the lock
+            with removing_new_database(path, existed=False):
+                Store(path, owner="123456")
+        assert os.path.exists(path) and os.path.exists(path + ".lock")
+        # the holder's database is still the file at the path, and its lock still stands
+        with holder.writing() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES ('probe', 'kept')")
+        with pytest.raises(DatabaseInUse):
+            Store(path, owner="123456")
+    finally:
+        holder.close()
+    reopened = Store(path, owner="123456")
+    try:
+        with reopened.writing() as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'probe'").fetchone() == ("kept",)
+    finally:
+        reopened.close()
+
+
+def test_a_refused_start_still_removes_the_empty_database_it_created(tmp_path):
+    path = str(tmp_path / "bot.sqlite3")
+    with pytest.raises(ConfigError):
+        with removing_new_database(path, existed=False):
+            Store(path, owner="123456").close()
+            raise ConfigError("the hook port is taken")
+    assert not os.path.exists(path)
+    assert not os.path.exists(path + ".lock")
+
+
+# -- the token: two sources that disagree ------------------------------------------------
+
+@pytest.fixture
+def no_token_sources(monkeypatch):
+    monkeypatch.delenv("CHATDAEMON_TOKEN", raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+
+
+def test_two_different_tokens_are_refused_naming_the_sources_not_the_tokens(
+        tmp_path, monkeypatch, no_token_sources):
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "token").write_text(TOKEN + "\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv("CHATDAEMON_TOKEN", OTHER)   # left in an EnvironmentFile, say
+    with pytest.raises(ConfigError) as info:
+        cli.read_token(cli.build_parser().parse_args(["run"]))
+    message = str(info.value)
+    assert "$CHATDAEMON_TOKEN" in message and "the systemd credential" in message
+    assert TOKEN.split(":")[1] not in message and OTHER.split(":")[1] not in message
+    assert "CHATDAEMON_TOKEN" not in os.environ
+
+
+def test_the_argument_and_a_different_environment_token_are_refused(monkeypatch, no_token_sources):
+    monkeypatch.setenv("CHATDAEMON_TOKEN", OTHER)
+    with pytest.raises(ConfigError) as info:
+        cli.read_token(cli.build_parser().parse_args(["run", TOKEN]))
+    assert "the TOKEN argument" in str(info.value)
+
+
+def test_the_same_token_twice_is_fine_whitespace_aside(tmp_path, monkeypatch, no_token_sources):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\n\n")
+    monkeypatch.setenv("CHATDAEMON_TOKEN", TOKEN)
+    args = cli.build_parser().parse_args(["run", "--token-file", str(token_file)])
+    assert cli.read_token(args) == TOKEN
+
+
+def test_a_credentials_directory_without_a_token_does_not_stop_another_source(
+        tmp_path, monkeypatch, no_token_sources):
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))   # holds other credentials
+    monkeypatch.setenv("CHATDAEMON_TOKEN", TOKEN)
+    assert cli.read_token(cli.build_parser().parse_args(["run"])) == TOKEN
+
+
+def test_a_malformed_token_names_where_it_came_from(tmp_path, no_token_sources):
+    token_file = tmp_path / "token"
+    token_file.write_text(f"CHATDAEMON_TOKEN={TOKEN}\n")   # an environment file given as the token
+    args = cli.build_parser().parse_args(["run", "--token-file", str(token_file)])
+    with pytest.raises(ConfigError) as info:
+        cli.read_token(args)
+    assert "the token from --token-file does not look like a bot token" in str(info.value)
+    assert TOKEN.split(":")[1] not in str(info.value)
+
+
+# -- init: the commands it prints can be pasted back -------------------------------------
+
+def test_init_prints_commands_that_survive_a_path_with_spaces(tmp_path, capsys):
+    directory = tmp_path / "my bots" / "wetter bot é"
+    assert cli.main(["init", str(directory)]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "chatdaemon chat --config" in line)
+    command = shlex.split(line.split("next:", 1)[1].split("(")[0])
+    assert command == ["chatdaemon", "chat", "--config", str(directory / "chatdaemon.yaml")]
+
+
+# -- status: a clock set back ------------------------------------------------------------
+
+def test_status_says_when_the_last_update_lies_in_the_future(tmp_path):
+    path = str(tmp_path / "bot.sqlite3")
+    Store(path, owner="123456").close()
+    read = status.read_status(status.open_read_only(path))
+    ahead = time.time() + 3 * 86400   # received while the clock ran three days ahead
+    read["last_update_received"] = status._when(ahead)
+    line = next(line for line in status.format_status(read).splitlines()
+                if line.startswith("last update received"))
+    assert "3 d in the future" in line and "ago" not in line
