@@ -29,7 +29,8 @@ Examples:
 
 EXIT_STATUSES = """\
 exit statuses: 0 stopped cleanly, 1 unexpected error, 2 usage,
-  75 another process polls with this token or uses this database, 76 a webhook is set,
+  75 another process polls with this token or uses this database, or the database is
+  busy or its disk full for now (a restart may succeed), 76 a webhook is set,
   78 bad token or config, or a database of another bot, another version or application
 """
 

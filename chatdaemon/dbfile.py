@@ -20,13 +20,15 @@ import sqlite3
 import stat
 from collections.abc import Sequence
 
-from .errors import DatabaseInUse, OtherBotsDatabase, UnusableDatabase
+from .errors import DatabaseInUse, DatabaseUnavailable, OtherBotsDatabase, UnusableDatabase
 
 # The owner recorded by `chatdaemon chat`, which has no token (errors.py names it so too).
 TERMINAL = "terminal"
 OWNER_KEY = "bot"
 
 _CREATED = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
+# SQLite's errors (their extended names start so) that end by themselves
+_PASSING = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_NOMEM")
 _DROPPED = re.compile(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(\w+)", re.I)
 
 
@@ -191,4 +193,8 @@ def unreadable(database: str, exc: sqlite3.DatabaseError) -> UnusableDatabase:
     name = getattr(exc, "sqlite_errorname", "")
     if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
         return UnusableDatabase(database, f"is damaged or not an SQLite database ({exc})")
+    # a cause that passes (a backup holding the write lock, a full disk) must not end in
+    # 78, which a service manager never restarts: the bot would stay down for good
+    if name.startswith(_PASSING):
+        return DatabaseUnavailable(database, f"cannot be opened for now: {exc}", name)
     return UnusableDatabase(database, f"cannot be opened: {exc}")

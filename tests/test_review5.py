@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import sqlite3
 import time
 
 import pytest
 
-from chatdaemon import cli, errors, status
+from chatdaemon import cli, dbfile, errors, status
 from chatdaemon.config import load_config
 from chatdaemon.daemon import removing_new_database
 from chatdaemon.errors import ConfigError, DatabaseInUse
@@ -162,3 +163,40 @@ def test_status_says_when_the_last_update_lies_in_the_future(tmp_path):
     line = next(line for line in status.format_status(read).splitlines()
                 if line.startswith("last update received"))
     assert "3 d in the future" in line and "ago" not in line
+
+
+# -- a database busy at start: a passing cause, not a config error ------------------------
+
+def test_a_database_another_writer_holds_is_unavailable_for_now_not_unusable(tmp_path):
+    path = str(tmp_path / "bot.sqlite3")
+    Store(path, owner="123456").close()
+    writer = sqlite3.connect(path, isolation_level=None)   # the sqlite3 shell, a backup tool
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        error = dbfile.unreadable(path, _busy_error(path))
+    finally:
+        writer.rollback()
+        writer.close()
+    assert isinstance(error, errors.DatabaseUnavailable)
+    assert error.code.startswith("SQLITE_BUSY")
+    assert error.exit_status == errors.EXIT_CONFLICT != errors.EXIT_CONFIG
+
+
+def _busy_error(path: str) -> sqlite3.DatabaseError:
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.DatabaseError as exc:
+        return exc
+    finally:
+        other.close()
+    raise AssertionError("the second writer was not refused")
+
+
+def test_a_damaged_file_is_still_a_config_error(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    path.write_bytes(b"SQLite format 3\0" + b"\xff" * 200)
+    with pytest.raises(errors.UnusableDatabase) as info:
+        Store(str(path), owner="123456")
+    assert not isinstance(info.value, errors.DatabaseUnavailable)
+    assert info.value.exit_status == errors.EXIT_CONFIG
