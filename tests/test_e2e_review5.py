@@ -28,3 +28,13 @@ def test_a_database_held_by_another_writer_at_start_exits_75_not_78(
     telegram.push_message(7, "/start")
     assert telegram.wait_for_sent(1, timeout=20)
     assert restarted.stop() == 0
+
+
+def test_a_hook_bind_address_this_machine_lacks_says_so(tmp_path, telegram, start_daemon):
+    # 192.0.2.1 is TEST-NET-1: no interface here has it
+    daemon = start_daemon(config={"hooks": {"bind": "192.0.2.1", "port": 8999}})
+    assert daemon.wait(20) == 78
+    log = daemon.log()
+    assert "cannot listen on 192.0.2.1:8999" in log
+    assert "check hooks.bind" in log and "another bot" not in log
+    assert not (tmp_path / "bot.sqlite3").exists()   # a refused start leaves no new database

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import sqlite3
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from chatdaemon import cli, dbfile, errors, status
+from chatdaemon import app, cli, dbfile, errors, status
 from chatdaemon.config import load_config
 from chatdaemon.daemon import removing_new_database
 from chatdaemon.errors import ConfigError, DatabaseInUse
@@ -200,3 +201,14 @@ def test_a_damaged_file_is_still_a_config_error(tmp_path):
         Store(str(path), owner="123456")
     assert not isinstance(info.value, errors.DatabaseUnavailable)
     assert info.value.exit_status == errors.EXIT_CONFIG
+
+
+# -- the hook server's port: the hint fits the error ----------------------------------------
+
+def test_a_port_below_1024_without_root_is_named_as_such():
+    assert "below 1024 need root" in app.listen_hint(errno.EACCES, 80)
+    assert "another bot" not in app.listen_hint(errno.EACCES, 80)
+
+
+def test_a_taken_port_still_points_at_another_bot():
+    assert "another bot on this machine" in app.listen_hint(errno.EADDRINUSE, 8787)
