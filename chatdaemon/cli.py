@@ -317,8 +317,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int:
     """--daemon: check in the foreground, detach, and exit with how the daemon's start went."""
     from .app import App, Events
-    from .daemon import LogFile, PidFile, StartReport, removing_new_database, run_detached
-    from .dbfile import owner_of_token
+    from .daemon import (
+        LogFile,
+        PidFile,
+        StartReport,
+        check_distinct_files,
+        removing_new_database,
+        run_detached,
+    )
+    from .dbfile import companions, owner_of_token
     from .logs import configure
     from .telegram import TelegramClient
     from .transfer import FileAPI  # handlers may upload and download files
@@ -329,11 +336,16 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
     pidfile.check_free()
     config = config.replace(database=os.path.abspath(config.database),
                             handlers=os.path.abspath(config.handlers))
+    log_file = LogFile(args.log_file or os.path.join(os.path.dirname(config.database),
+                                                     "chatdaemon.log"))
+    check_distinct_files(pidfile.path, log_file.path, {
+        "database": config.database,
+        "database's lock file": f"{os.path.realpath(config.database)}.lock",
+        **{f"database's {name[-3:]} file": name for name in companions(config.database)},
+        "config": args.config or ""})
     existed = os.path.exists(config.database)
     _check_database_now(config.database, existed, owner_of_token(token))
     _check_token_now(token, config.api_url)
-    log_file = LogFile(args.log_file or os.path.join(os.path.dirname(config.database),
-                                                     "chatdaemon.log"))
     args.handlers, args.db = config.handlers, config.database
     if args.config:
         args.config = os.path.abspath(args.config)

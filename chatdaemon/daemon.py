@@ -228,6 +228,30 @@ def open_regular(path: str, flags: int, what: str, mode: int = 0o600) -> int:
     return fd
 
 
+PIDFILE_MAX = 32   # bytes: a pid, a newline, some padding; a larger file is not a pidfile
+
+
+def _holds_a_pid_or_nothing(fd: int) -> bool:
+    """Whether the open file is empty or holds just a number (the only files a pidfile's
+    start may truncate: never the database, a config or any other file named by mistake)."""
+    if os.fstat(fd).st_size > PIDFILE_MAX:
+        return False
+    text = os.pread(fd, PIDFILE_MAX + 1, 0).decode("ascii", "replace").strip()
+    return not text or text.isdigit()
+
+
+def check_distinct_files(pidfile: str, log_file: str, kept: dict[str, str]) -> None:
+    """Refuse a pidfile or log file that is one of the files in `kept` (what → path: the
+    database, its companions, the config) or each other: truncated or appended to, the
+    file would be lost."""
+    seen = {os.path.realpath(path): what for what, path in kept.items() if path}
+    for what, path in (("pidfile", pidfile), ("log file", log_file)):
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ConfigError(f"refusing {what} {path}: it is the {seen[real]}")
+        seen[real] = what
+
+
 def _pid_in(fd: int) -> int | None:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() and int(text) > 1 else None
@@ -269,8 +293,14 @@ class PidFile:
         try:
             if _is_locked(fd):
                 raise AlreadyRunning(self.path, _pid_in(fd))
+            self._refuse_other_content(fd)
         finally:
             os.close(fd)
+
+    def _refuse_other_content(self, fd: int) -> None:
+        if not _holds_a_pid_or_nothing(fd):
+            raise ConfigError(f"refusing pidfile {self.path}: the file exists and holds more "
+                              "than a pid (another file given as --pidfile?)")
 
     def acquire(self) -> None:
         fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "pidfile", 0o644)
@@ -281,6 +311,11 @@ class PidFile:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise AlreadyRunning(self.path, holder) from None
+            raise
+        try:
+            self._refuse_other_content(fd)   # truncated below: only ever a pidfile
+        except ConfigError:
+            os.close(fd)
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+
+from conftest import HANDLERS, TOKEN, clean_environment
 
 from chatdaemon.store import Store
 
@@ -38,3 +42,18 @@ def test_a_hook_bind_address_this_machine_lacks_says_so(tmp_path, telegram, star
     assert "cannot listen on 192.0.2.1:8999" in log
     assert "check hooks.bind" in log and "another bot" not in log
     assert not (tmp_path / "bot.sqlite3").exists()   # a refused start leaves no new database
+
+
+def test_daemon_mode_with_the_database_as_pidfile_keeps_the_database(tmp_path, telegram):
+    db = tmp_path / "bot.sqlite3"
+    Store(str(db), owner="123456").close()
+    before = db.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "chatdaemon", "run", "--daemon", "--pidfile", str(db),
+         "--db", str(db), "--handlers", str(HANDLERS / "counter"), "--api-url", telegram.url],
+        env=clean_environment(CHATDAEMON_TOKEN=TOKEN), cwd=tmp_path, capture_output=True,
+        text=True, timeout=60)
+    assert result.returncode == 78, result.stderr
+    assert "refusing pidfile" in result.stderr
+    assert db.read_bytes() == before
+    assert telegram.calls == []   # refused before anything talks to Telegram

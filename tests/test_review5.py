@@ -12,7 +12,7 @@ import pytest
 
 from chatdaemon import app, cli, dbfile, errors, status
 from chatdaemon.config import load_config
-from chatdaemon.daemon import removing_new_database
+from chatdaemon.daemon import PidFile, check_distinct_files, removing_new_database
 from chatdaemon.errors import ConfigError, DatabaseInUse
 from chatdaemon.store import Store
 
@@ -212,3 +212,51 @@ def test_a_port_below_1024_without_root_is_named_as_such():
 
 def test_a_taken_port_still_points_at_another_bot():
     assert "another bot on this machine" in app.listen_hint(errno.EADDRINUSE, 8787)
+
+
+# -- --daemon: a pidfile or log file named by mistake ---------------------------------------
+
+def test_a_pidfile_that_holds_more_than_a_pid_is_never_truncated(tmp_path):
+    database = tmp_path / "bot.sqlite3"
+    Store(str(database), owner="123456").close()
+    before = database.read_bytes()
+    pidfile = PidFile(str(database))   # --pidfile given the database's path
+    with pytest.raises(ConfigError) as info:
+        pidfile.check_free()
+    assert "holds more than a pid" in str(info.value)
+    with pytest.raises(ConfigError):
+        pidfile.acquire()   # the detached side checks again before it truncates
+    assert database.read_bytes() == before
+
+
+def test_a_stale_pidfile_is_taken_over(tmp_path):
+    path = tmp_path / "bot.pid"
+    path.write_text("4242\n")   # left by a daemon killed with -9
+    pidfile = PidFile(str(path))
+    pidfile.check_free()
+    pidfile.acquire()
+    try:
+        assert path.read_text() == f"{os.getpid()}\n"
+    finally:
+        pidfile.release()
+
+
+@pytest.mark.parametrize("pid_name, log_name, named", [
+    ("bot.pid", "bot.sqlite3", "log file"),
+    ("bot.pid", "bot.sqlite3-wal", "log file"),
+    ("bot.sqlite3.lock", "bot.log", "pidfile"),
+    ("bot.pid", "chatdaemon.yaml", "log file"),
+    ("same", "same", "log file"),
+])
+def test_a_pidfile_or_log_file_may_not_be_a_file_the_bot_keeps(tmp_path, pid_name, log_name, named):
+    database, config = str(tmp_path / "bot.sqlite3"), str(tmp_path / "chatdaemon.yaml")
+    kept = {"database": database, "database's lock file": database + ".lock",
+            "database's wal file": database + "-wal", "config": config}
+    with pytest.raises(ConfigError) as info:
+        check_distinct_files(str(tmp_path / pid_name), str(tmp_path / log_name), kept)
+    assert str(info.value).startswith(f"refusing {named} ")
+
+
+def test_distinct_files_pass(tmp_path):
+    check_distinct_files(str(tmp_path / "bot.pid"), str(tmp_path / "bot.log"),
+                         {"database": str(tmp_path / "bot.sqlite3"), "config": ""})
