@@ -112,8 +112,15 @@ def _read_pid(fd: int) -> int | None:
 
 # -- only the owner reads it -------------------------------------------------------------
 
+SQLITE_HEADER = b"SQLite format 3\0"   # the first 16 bytes of every SQLite database
+
+
 def make_private(database: str, paths: Sequence[str]) -> None:
-    """Tighten each existing file in `paths` to 0600; refuse the database if one can't be."""
+    """Tighten each existing file in `paths` to 0600; refuse the database if one can't be.
+
+    A database path holding another kind of file (a YAML or a JPEG given as --db) keeps
+    its mode: SQLite refuses it next, and a refused start changes nothing in it.
+    """
     for path in paths:
         try:
             mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -121,7 +128,7 @@ def make_private(database: str, paths: Sequence[str]) -> None:
             continue
         except OSError as exc:
             raise UnusableDatabase(database, f"cannot inspect {path}: {exc.strerror}") from None
-        if mode & 0o077 == 0:
+        if mode & 0o077 == 0 or (path == database and not _empty_or_sqlite(path)):
             continue
         try:
             os.chmod(path, 0o600)
@@ -129,6 +136,15 @@ def make_private(database: str, paths: Sequence[str]) -> None:
             raise UnusableDatabase(
                 database, f"{path} is readable by others (mode {mode:04o}) and cannot be made "
                           f"private: {exc.strerror}") from None
+
+
+def _empty_or_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError:
+        return True   # unreadable here: chmod decides, and SQLite says why after
+    return not head or head == SQLITE_HEADER
 
 
 class PrivateUmask:

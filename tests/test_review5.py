@@ -6,6 +6,7 @@ import errno
 import os
 import shlex
 import sqlite3
+import stat
 import time
 
 import pytest
@@ -260,3 +261,26 @@ def test_a_pidfile_or_log_file_may_not_be_a_file_the_bot_keeps(tmp_path, pid_nam
 def test_distinct_files_pass(tmp_path):
     check_distinct_files(str(tmp_path / "bot.pid"), str(tmp_path / "bot.log"),
                          {"database": str(tmp_path / "bot.sqlite3"), "config": ""})
+
+
+# -- --db at the wrong file: a refused start changes nothing in it -------------------------
+
+@pytest.mark.parametrize("content", [b"handlers: bot\nhooks: {port: 8787}\n",
+                                     b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8])
+def test_a_file_that_is_no_database_keeps_its_mode_and_content(tmp_path, content):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_bytes(content)
+    path.chmod(0o644)   # a config the service's user must be able to read
+    with pytest.raises(errors.UnusableDatabase) as info:
+        Store(str(path), owner="123456")
+    assert "not an SQLite database" in str(info.value)
+    assert path.read_bytes() == content
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_a_database_left_readable_by_others_is_still_made_private(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    Store(str(path), owner="123456").close()
+    path.chmod(0o644)
+    Store(str(path), owner="123456").close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
