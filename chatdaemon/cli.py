@@ -242,7 +242,7 @@ def read_token(args: argparse.Namespace) -> str:
     """
     given = _token_sources(args)
     # a handler's subprocesses inherit the environment: the token leaves it once read
-    os.environ.pop("CHATDAEMON_TOKEN", None)
+    scrub_environment("CHATDAEMON_TOKEN")
     if not given:
         raise ConfigError("no bot token: pass TOKEN, --token-file FILE, set $CHATDAEMON_TOKEN, "
                           "or use a systemd credential named `token` (try `chatdaemon chat` "
@@ -257,6 +257,25 @@ def read_token(args: argparse.Namespace) -> str:
         raise ConfigError(f"the token from {source} does not look like a bot token (expected "
                           "digits, a colon, then letters, digits, - or _, as @BotFather gives it)")
     return token
+
+
+def scrub_environment(name: str) -> None:
+    """Remove `name` from the environment, and overwrite its value where the kernel keeps
+    showing it: /proc/PID/environ reads the environment the process started with, which
+    unsetenv leaves as it was (readable by the same user for the daemon's whole life)."""
+    if name not in os.environ:
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        address = libc.getenv(name.encode())
+        if address:   # the value's bytes in place (the start-up block, or setenv's copy)
+            ctypes.memset(address, ord("x"), len(ctypes.string_at(address)))
+    except (OSError, AttributeError):
+        pass   # not glibc-like: the environment variable is still removed below
+    os.environ.pop(name, None)
 
 
 def _token_sources(args: argparse.Namespace) -> list[tuple[str, str]]:

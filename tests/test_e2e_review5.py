@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import HANDLERS, TOKEN, clean_environment
+from conftest import HANDLERS, TOKEN, TOKEN_SECRET, clean_environment
 
 from chatdaemon.store import Store
 
@@ -57,3 +58,14 @@ def test_daemon_mode_with_the_database_as_pidfile_keeps_the_database(tmp_path, t
     assert "refusing pidfile" in result.stderr
     assert db.read_bytes() == before
     assert telegram.calls == []   # refused before anything talks to Telegram
+
+
+def test_a_token_from_the_environment_leaves_proc_environ(telegram, start_daemon):
+    daemon = start_daemon()   # the token in $CHATDAEMON_TOKEN
+    telegram.push_message(8, "/start")
+    assert telegram.wait_for_sent(1, timeout=20)   # read the token, polling, answered
+    environ = Path(f"/proc/{daemon.pid}/environ").read_bytes()
+    assert b"CHATDAEMON_TOKEN=" in environ   # the name stays, the value is blanked
+    assert TOKEN_SECRET.encode() not in environ
+    assert TOKEN.split(":")[0].encode() + b":" not in environ
+    assert daemon.stop() == 0
