@@ -278,11 +278,37 @@ def scrub_environment(name: str) -> None:
     os.environ.pop(name, None)
 
 
+ARG_START_FIELD = 48   # /proc/PID/stat: where the process's argument strings begin (proc(5))
+
+
+def scrub_argument(secret: str) -> None:
+    """Overwrite `secret` where `ps` and /proc/PID/cmdline read the command line (the
+    process's own argument memory, written through /proc/self/mem). Until this runs, and
+    on systems without /proc, the token shows there: prefer the other sources."""
+    needle = secret.encode()
+    try:
+        with open("/proc/self/stat", "rb") as stat_file:
+            # the fields after the ")" that ends the command name start at field 3
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        arg_start = int(fields[ARG_START_FIELD - 3])
+        with open("/proc/self/cmdline", "rb") as cmdline_file:
+            cmdline = cmdline_file.read()
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            found = cmdline.find(needle)
+            while needle and found >= 0:
+                memory.seek(arg_start + found)
+                memory.write(b"x" * len(needle))
+                found = cmdline.find(needle, found + len(needle))
+    except (OSError, ValueError, IndexError):
+        pass
+
+
 def _token_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(source, stripped token) of each source that gives one, in order of precedence."""
     given = []
     if args.token:
         given.append(("the TOKEN argument", args.token))
+        scrub_argument(args.token)
     if args.token_file:
         given.append(("--token-file", _read_secret(args.token_file, "--token-file")))
     if os.environ.get("CHATDAEMON_TOKEN"):

@@ -69,3 +69,14 @@ def test_a_token_from_the_environment_leaves_proc_environ(telegram, start_daemon
     assert TOKEN_SECRET.encode() not in environ
     assert TOKEN.split(":")[0].encode() + b":" not in environ
     assert daemon.stop() == 0
+
+
+def test_a_token_given_as_argument_leaves_the_command_line(telegram, start_daemon):
+    daemon = start_daemon(token=None, args=[TOKEN])
+    telegram.push_message(9, "/start")
+    assert telegram.wait_for_sent(1, timeout=20)   # the token was read and works
+    cmdline = Path(f"/proc/{daemon.pid}/cmdline").read_bytes().split(b"\0")
+    assert TOKEN_SECRET.encode() not in b" ".join(cmdline)
+    assert b"x" * len(TOKEN) in cmdline   # the argument is still there, blanked
+    assert b"run" in cmdline   # the rest of the command line is untouched
+    assert daemon.stop() == 0
