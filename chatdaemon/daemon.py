@@ -476,7 +476,8 @@ def run_detached(pidfile: PidFile, log_file: LogFile, working_directory: str,
         log_stream = os.fdopen(log_file.open(), "a", buffering=1)
         context = daemon.DaemonContext(
             umask=0o077, working_directory=working_directory, pidfile=pidfile,
-            stdout=log_stream, stderr=log_stream, detach_process=True, files_preserve=[write_end])
+            stdout=log_stream, stderr=log_stream, detach_process=True, files_preserve=[write_end],
+            signal_map=detached_signal_map())
         with context:
             detached = True
             main(report)
@@ -495,6 +496,15 @@ def run_detached(pidfile: PidFile, log_file: LogFile, working_directory: str,
             _log_in_child(traceback.format_exc())
     finally:
         os._exit(status)
+
+
+def detached_signal_map() -> dict[int, object]:
+    """python-daemon's signal map, but SIGTERM and SIGHUP keep the handlers they have (the
+    CLI's EarlySignals): its default makes SIGTERM raise SystemExit, so a `stop` between
+    detaching and the daemon taking its signals over ended it as an unexpected error."""
+    from daemon.daemon import make_default_signal_map
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    return {**make_default_signal_map(), **kept}
 
 
 def _log_in_child(text: str) -> None:

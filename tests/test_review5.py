@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import signal
 import sqlite3
 import stat
 import time
@@ -13,8 +14,14 @@ import pytest
 
 from chatdaemon import app, cli, dbfile, errors, status
 from chatdaemon.config import load_config
-from chatdaemon.daemon import PidFile, check_distinct_files, removing_new_database
+from chatdaemon.daemon import (
+    PidFile,
+    check_distinct_files,
+    detached_signal_map,
+    removing_new_database,
+)
 from chatdaemon.errors import ConfigError, DatabaseInUse
+from chatdaemon.signals import EarlySignals
 from chatdaemon.store import Store
 
 TOKEN = "123456:abcdefghijklmnopqrstuvwxyz"
@@ -284,3 +291,18 @@ def test_a_database_left_readable_by_others_is_still_made_private(tmp_path):
     path.chmod(0o644)
     Store(str(path), owner="123456").close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_detaching_keeps_the_early_signal_handlers():
+    early = EarlySignals()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP,
+                                                                 signal.SIGINT)}
+    early.install()
+    try:
+        mapping = detached_signal_map()
+        assert mapping[signal.SIGTERM] == early._remember   # remembered, not SystemExit
+        assert mapping[signal.SIGHUP] == early._remember
+        assert mapping[signal.SIGTSTP] is None               # python-daemon's others stay
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
