@@ -339,10 +339,16 @@ class Daemon:
             return
         if not self._hook_server_serves(bot):
             return
-        for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout"):
+        # what the poller, the hook server and the store were built with: a change waits
+        # for a restart, and says so (a silently ignored change reads as a broken setting)
+        for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout",
+                     "allowed_updates", "conflict_grace"):
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("reload: %s changed; that takes effect only after a restart", name)
                 config = config.replace(**{name: getattr(self.config, name)})
+        if config.log_level != self.config.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
+            log.warning("reload: log level now %s", config.log_level.upper())
         self._wire_callbacks(bot, config)
         self.config, self.bot = config, bot
         self.delegator.swap(bot, **delegate_limits(config))

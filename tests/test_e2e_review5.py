@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import HANDLERS, TOKEN, TOKEN_SECRET, clean_environment
+import yaml
+from conftest import HANDLERS, TOKEN, TOKEN_SECRET, clean_environment, wait_until
 
 from chatdaemon.store import Store
 
@@ -79,4 +81,27 @@ def test_a_token_given_as_argument_leaves_the_command_line(telegram, start_daemo
     assert TOKEN_SECRET.encode() not in b" ".join(cmdline)
     assert b"x" * len(TOKEN) in cmdline   # the argument is still there, blanked
     assert b"run" in cmdline   # the rest of the command line is untouched
+    assert daemon.stop() == 0
+
+
+def test_a_reload_applies_the_log_level_and_names_settings_that_wait_for_a_restart(
+        telegram, start_daemon, tmp_path):
+    daemon = start_daemon(config={"log_level": "INFO"})
+    telegram.push_message(10, "/start")
+    assert telegram.wait_for_sent(1, timeout=20)
+    config_file = tmp_path / "config-0.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["log_level"] = "DEBUG"
+    config["polling"]["allowed_updates"] = ["message"]
+    config["polling"]["conflict_grace"] = 99
+    config_file.write_text(yaml.safe_dump(config))
+    daemon.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "reloaded:" in daemon.log(), timeout=10), daemon.log()
+    log = daemon.log()
+    assert "reload: allowed_updates changed; that takes effect only after a restart" in log
+    assert "reload: conflict_grace changed; that takes effect only after a restart" in log
+    assert "reload: log level now DEBUG" in log
+    telegram.push_message(10, "again")
+    assert telegram.wait_for_sent(2, timeout=20)
+    assert wait_until(lambda: " DEBUG " in daemon.log(), timeout=10)   # the new level is live
     assert daemon.stop() == 0
