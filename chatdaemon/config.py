@@ -297,6 +297,12 @@ def _validate(config: Config, data: dict) -> None:
          or limits.per_chat_burst < 1, "rate_limits values must be positive", "rate_limits"),
         (config.callback_expiry <= 0, "hooks.callback_expiry must be a positive number of "
          "seconds", "hooks"),
+        # a chat's handler holds its conversation in memory until it idles out: pruned
+        # before that, the conversation would come back with the chat's next update
+        (config.retention.forget_conversations_after is not None
+         and config.retention.forget_conversations_after <= config.idle_timeout,
+         f"retention.forget_conversations_after must be longer than delegates.idle_timeout "
+         f"({config.idle_timeout:.0f} s)", "retention"),
         (config.hook_public_url is not None and not _is_base_url(config.hook_public_url),
          "hooks.public_url must be an http:// or https:// URL with no query or fragment "
          "(e.g. https://pi.example.org/bot)", "hooks"),

@@ -306,3 +306,16 @@ def test_detaching_keeps_the_early_signal_handlers():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+# -- retention: forgetting faster than a chat's handler lets go ----------------------------
+
+def test_forgetting_conversations_sooner_than_handlers_idle_out_is_refused(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("retention: {forget_conversations_after: 60}\n")   # 60 s, not 60 d
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "forget_conversations_after must be longer than delegates.idle_timeout (300 s)" \
+        in str(info.value)
+    path.write_text("delegates: {idle_timeout: 30}\nretention: {forget_conversations_after: 1m}\n")
+    assert load_config(str(path)).retention.forget_conversations_after == 60
