@@ -64,9 +64,12 @@ class Notifier:
     def send(self, *fields: str) -> None:
         if not self.enabled:
             return
+        # one assignment per line: a newline inside a field (STATUS= carries the Bot API's
+        # error description) would read as assignments of its own (WATCHDOG=1, MAINPID=…)
+        message = "\n".join(" ".join(field.splitlines()) for field in fields)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(fields).encode(), self.address)
+                sock.sendto(message.encode(), self.address)
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)
 

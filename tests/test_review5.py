@@ -6,6 +6,7 @@ import errno
 import os
 import shlex
 import signal
+import socket
 import sqlite3
 import stat
 import time
@@ -15,6 +16,7 @@ import pytest
 from chatdaemon import app, cli, dbfile, errors, status
 from chatdaemon.config import load_config
 from chatdaemon.daemon import (
+    Notifier,
     PidFile,
     check_distinct_files,
     detached_signal_map,
@@ -319,3 +321,17 @@ def test_forgetting_conversations_sooner_than_handlers_idle_out_is_refused(tmp_p
         in str(info.value)
     path.write_text("delegates: {idle_timeout: 30}\nretention: {forget_conversations_after: 1m}\n")
     assert load_config(str(path)).retention.forget_conversations_after == 60
+
+
+# -- sd_notify: an error description cannot add assignments --------------------------------
+
+def test_a_newline_in_the_status_stays_inside_status(tmp_path):
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(address)
+        systemd.settimeout(5)
+        notifier = Notifier({"NOTIFY_SOCKET": address})
+        notifier.send("STATUS=polling; last error: 502 Bad Gateway\nWATCHDOG=1\r\nMAINPID=1")
+        lines = systemd.recv(4096).decode().split("\n")
+    assert len(lines) == 1 and lines[0].startswith("STATUS=polling; last error: 502")
+    assert "MAINPID=1" in lines[0]   # kept as text inside STATUS=, not as its own assignment
