@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,11 +265,20 @@ def _name(kind: type) -> str:
             list: "a list", tuple: "a list"}[kind]
 
 
+_TOKEN_PATH = re.compile(r"/bot\d+:")   # a method URL's /bot<token>/ part
+
+
 def check_api_url(config: Config, where: str | None = None) -> None:
     from .telegram import api_url_problem
     problem = api_url_problem(config.api_url)
     if problem:
         raise ConfigError(problem, where)
+    # a URL copied from a browser or a curl example: every call would then go to
+    # /bot<token>/bot<token>/… and be answered 404, reported as a rejected token
+    if _TOKEN_PATH.search(urllib.parse.urlsplit(config.api_url).path):
+        raise ConfigError("the Bot API URL must be the server's address (like "
+                          "https://api.telegram.org), without /bot<token>: the token is given "
+                          "on its own", where)
 
 
 def _validate(config: Config, data: dict) -> None:

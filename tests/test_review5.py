@@ -335,3 +335,20 @@ def test_a_newline_in_the_status_stays_inside_status(tmp_path):
         lines = systemd.recv(4096).decode().split("\n")
     assert len(lines) == 1 and lines[0].startswith("STATUS=polling; last error: 502")
     assert "MAINPID=1" in lines[0]   # kept as text inside STATUS=, not as its own assignment
+
+
+# -- api_url with the token in it ----------------------------------------------------------
+
+def test_an_api_url_with_the_token_in_its_path_is_named_without_the_token(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text(f"api_url: https://api.telegram.org/bot{TOKEN}/\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "without /bot<token>" in str(info.value)
+    assert TOKEN.split(":")[1] not in str(info.value)
+
+
+def test_an_api_url_with_a_proxy_path_is_fine(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("api_url: https://pi.example.org/telegram-bot-api\n")
+    assert load_config(str(path)).api_url == "https://pi.example.org/telegram-bot-api"
