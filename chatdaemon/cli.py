@@ -311,6 +311,7 @@ def _token_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
         scrub_argument(args.token)
     if args.token_file:
         given.append(("--token-file", _read_secret(args.token_file, "--token-file")))
+        _warn_if_shared(args.token_file)
     if os.environ.get("CHATDAEMON_TOKEN"):
         given.append(("$CHATDAEMON_TOKEN", os.environ["CHATDAEMON_TOKEN"]))
     credential = os.path.join(os.environ.get("CREDENTIALS_DIRECTORY", ""), "token")
@@ -319,6 +320,17 @@ def _token_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
         given.append(("the systemd credential",
                       _read_secret(credential, "the systemd credential")))
     return [(source, token.strip()) for source, token in given]
+
+
+def _warn_if_shared(path: str) -> None:
+    """Say so when other users of the machine can read the token file (as ssh does)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        print(f"chatdaemon: warning: {path} is readable by other users (mode {mode:04o}); "
+              f"chmod 600 it", file=sys.stderr)
 
 
 def _read_secret(path: str, what: str) -> str:

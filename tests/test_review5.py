@@ -352,3 +352,16 @@ def test_an_api_url_with_a_proxy_path_is_fine(tmp_path):
     path = tmp_path / "chatdaemon.yaml"
     path.write_text("api_url: https://pi.example.org/telegram-bot-api\n")
     assert load_config(str(path)).api_url == "https://pi.example.org/telegram-bot-api"
+
+
+def test_a_token_file_other_users_can_read_is_warned_about(tmp_path, capsys, no_token_sources):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o644)
+    args = cli.build_parser().parse_args(["run", "--token-file", str(token_file)])
+    assert cli.read_token(args) == TOKEN
+    err = capsys.readouterr().err
+    assert "readable by other users (mode 0644)" in err and TOKEN not in err
+    token_file.chmod(0o600)
+    assert cli.read_token(args) == TOKEN
+    assert capsys.readouterr().err == ""
