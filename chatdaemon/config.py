@@ -281,6 +281,22 @@ def check_api_url(config: Config, where: str | None = None) -> None:
                           "on its own", where)
 
 
+# The Bot API's update types (Update's optional fields); a misspelt one would make
+# Telegram send nothing of that kind, and the bot would stay silent without an error.
+UPDATE_TYPES = frozenset({
+    "message", "edited_message", "channel_post", "edited_channel_post", "business_connection",
+    "business_message", "edited_business_message", "deleted_business_messages",
+    "message_reaction", "message_reaction_count", "inline_query", "chosen_inline_result",
+    "callback_query", "shipping_query", "pre_checkout_query", "purchased_paid_media", "poll",
+    "poll_answer", "my_chat_member", "chat_member", "chat_join_request", "chat_boost",
+    "removed_chat_boost"})
+
+
+def _unknown_update_types(config: Config) -> list:
+    return [kind for kind in config.allowed_updates
+            if not isinstance(kind, str) or kind not in UPDATE_TYPES]
+
+
 def _validate(config: Config, data: dict) -> None:
     where = data.key_where if isinstance(data, yamlfile.Mapping) else {}
     problems = yamlfile.Problems()
@@ -293,6 +309,9 @@ def _validate(config: Config, data: dict) -> None:
          "delegates.update_timeout, yield_after and yield_seconds must be positive", "delegates"),
         (not 0 <= config.poll_timeout <= 50, "polling.timeout must be between 0 and 50 seconds",
          "polling"),
+        (bool(_unknown_update_types(config)),
+         f"polling.allowed_updates: {', '.join(map(repr, _unknown_update_types(config)))} is "
+         f"no Bot API update type (they are {', '.join(sorted(UPDATE_TYPES))})", "polling"),
         (config.handoff_timeout < 1, "handoff_timeout must be at least 1 second",
          "handoff_timeout"),
         (config.stop_timeout < 0, "stop_timeout must be a number of seconds, 0 or more",

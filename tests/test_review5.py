@@ -365,3 +365,26 @@ def test_a_token_file_other_users_can_read_is_warned_about(tmp_path, capsys, no_
     token_file.chmod(0o600)
     assert cli.read_token(args) == TOKEN
     assert capsys.readouterr().err == ""
+
+
+# -- allowed_updates: a misspelt type would silence the bot --------------------------------
+
+def test_a_misspelt_update_type_is_named(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("polling: {allowed_updates: [mesage, callback_query, 7]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "'mesage', 7 is no Bot API update type" in str(info.value)
+
+
+def test_every_update_type_the_inbox_routes_by_chat_is_allowed(tmp_path):
+    path = tmp_path / "chatdaemon.yaml"
+    path.write_text("polling: {allowed_updates: [message, chat_member, message_reaction,"
+                    " poll_answer, inline_query]}\n")
+    assert "chat_member" in load_config(str(path)).allowed_updates
+
+
+def test_the_update_types_cover_the_inbox_and_the_defaults():
+    from chatdaemon import config, inbox
+    assert set(inbox._CHAT_KINDS) <= config.UPDATE_TYPES
+    assert set(inbox.DEFAULT_ALLOWED_UPDATES) <= config.UPDATE_TYPES
