@@ -388,3 +388,16 @@ def test_the_update_types_cover_the_inbox_and_the_defaults():
     from chatdaemon import config, inbox
     assert set(inbox._CHAT_KINDS) <= config.UPDATE_TYPES
     assert set(inbox.DEFAULT_ALLOWED_UPDATES) <= config.UPDATE_TYPES
+
+
+def test_status_survives_a_schedule_beyond_the_calendar(tmp_path):
+    path = str(tmp_path / "bot.sqlite3")
+    store = Store(path, owner="123456")
+    with store.writing() as db:   # `every: 99999999999999d` in a YAML bot comes to this
+        db.execute("INSERT INTO schedules(chat_id, name, every, next_at) VALUES (1, 'x', ?, ?)",
+                   (8.6e18, 8.6e18))
+    store.close()
+    assert cli.main(["status", "--db", path]) == 0
+    assert cli.main(["status", "--db", path, "--json"]) == 0
+    read = status.read_status(status.open_read_only(path))
+    assert read["next_schedule"]["next_at"] == "beyond the year 9999"
