@@ -401,3 +401,24 @@ def test_status_survives_a_schedule_beyond_the_calendar(tmp_path):
     assert cli.main(["status", "--db", path, "--json"]) == 0
     read = status.read_status(status.open_read_only(path))
     assert read["next_schedule"]["next_at"] == "beyond the year 9999"
+
+
+# -- init into a place it cannot write ------------------------------------------------------
+
+def test_init_where_a_file_stands_says_so_without_a_traceback(tmp_path, capsys):
+    taken = tmp_path / "mybot"
+    taken.write_text("a file, not a directory\n")
+    assert cli.main(["init", str(taken)]) == errors.EXIT_CONFIG
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_init_that_fails_half_way_leaves_nothing_to_refuse_next_time(tmp_path, capsys):
+    blocked = tmp_path / "etc"
+    blocked.write_text("")   # the config's directory cannot be made: a file is there
+    target = tmp_path / "mybot"
+    assert cli.main(["init", str(target), "--config", str(blocked / "mybot.yaml")]) \
+        == errors.EXIT_CONFIG
+    assert not list(target.rglob("*.yaml"))   # the bot written first was taken back
+    capsys.readouterr()
+    assert cli.main(["init", str(target), "--config", str(tmp_path / "mybot.yaml")]) == 0
+    assert (target / "bot" / "bot.yaml").exists() and (tmp_path / "mybot.yaml").exists()
