@@ -400,6 +400,7 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
         "database's lock file": f"{os.path.realpath(config.database)}.lock",
         **{f"database's {name[-3:]} file": name for name in companions(config.database)},
         "config": args.config or ""})
+    log_file.check()
     existed = os.path.exists(config.database)
     _check_database_now(config.database, existed, owner_of_token(token))
     _check_token_now(token, config.api_url)

@@ -363,6 +363,19 @@ class LogFile:
     def open(self) -> int:
         return open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "log file")
 
+    def check(self) -> None:
+        """Fail now, in the foreground, if the daemon could not open it (creates nothing)."""
+        try:
+            os.close(open_regular(self.path, os.O_WRONLY | os.O_APPEND, "log file"))
+        except FileNotFoundError:
+            parent = os.path.dirname(self.path)
+            if not os.path.isdir(parent):
+                raise ConfigError(f"cannot create log file {self.path}: its directory does "
+                                  "not exist") from None
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"cannot create log file {self.path}: {parent} is not "
+                                  "writable") from None
+
     def reopen(self) -> None:
         """Point stdout and stderr at a fresh open of the path (logrotate moved the old file)."""
         try:

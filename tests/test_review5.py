@@ -16,6 +16,7 @@ import pytest
 from chatdaemon import app, cli, dbfile, errors, status
 from chatdaemon.config import load_config
 from chatdaemon.daemon import (
+    LogFile,
     Notifier,
     PidFile,
     check_distinct_files,
@@ -422,3 +423,13 @@ def test_init_that_fails_half_way_leaves_nothing_to_refuse_next_time(tmp_path, c
     capsys.readouterr()
     assert cli.main(["init", str(target), "--config", str(tmp_path / "mybot.yaml")]) == 0
     assert (target / "bot" / "bot.yaml").exists() and (tmp_path / "mybot.yaml").exists()
+
+
+def test_a_log_file_in_a_missing_directory_is_refused_before_detaching(tmp_path):
+    log_file = LogFile(str(tmp_path / "nodir" / "bot.log"))
+    with pytest.raises(ConfigError) as info:
+        log_file.check()
+    assert "its directory does not exist" in str(info.value)
+    assert not (tmp_path / "nodir").exists()
+    LogFile(str(tmp_path / "bot.log")).check()   # a new file in a directory that exists
+    assert not (tmp_path / "bot.log").exists()    # checked, not created
