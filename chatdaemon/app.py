@@ -12,6 +12,7 @@ what is pending, starts the hook server and the poller, and supervises until sto
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -187,8 +188,7 @@ class Daemon:
             return HookServer(self._hook_door(), address)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {address[0]}:{address[1]} for hooks and /healthz: "
-                              f"{exc.strerror} (another bot on this machine? give each bot its own "
-                              "hooks.port in its config)") from None
+                              f"{exc.strerror} ({listen_hint(exc.errno, address[1])})") from None
 
     def _hook_door(self):
         """All the hook server may do with the daemon (it never sees the Daemon itself)."""
@@ -339,10 +339,16 @@ class Daemon:
             return
         if not self._hook_server_serves(bot):
             return
-        for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout"):
+        # what the poller, the hook server and the store were built with: a change waits
+        # for a restart, and says so (a silently ignored change reads as a broken setting)
+        for name in ("database", "api_url", "hook_bind", "hook_port", "poll_timeout",
+                     "allowed_updates", "conflict_grace"):
             if getattr(config, name) != getattr(self.config, name):
                 log.warning("reload: %s changed; that takes effect only after a restart", name)
                 config = config.replace(**{name: getattr(self.config, name)})
+        if config.log_level != self.config.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
+            log.warning("reload: log level now %s", config.log_level.upper())
         self._wire_callbacks(bot, config)
         self.config, self.bot = config, bot
         self.delegator.swap(bot, **delegate_limits(config))
@@ -395,6 +401,17 @@ class Daemon:
             "last_poll_age": (time.monotonic() - poller.last_poll) if poller.last_poll else None,
             "last_error": poller.last_error,
         }
+
+
+def listen_hint(number: int | None, port: int) -> str:
+    """What to do about a hook server that cannot bind, by the error's errno."""
+    if number == errno.EACCES and 0 < port < 1024:
+        return "ports below 1024 need root: give hooks.port 1024 or more"
+    if number == errno.EADDRNOTAVAIL:
+        return "no interface of this machine has that address: check hooks.bind"
+    if number == errno.EADDRINUSE:
+        return "another bot on this machine? give each bot its own hooks.port in its config"
+    return "check hooks.bind and hooks.port in the config"
 
 
 def delegate_limits(config: Config) -> dict:

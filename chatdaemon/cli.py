@@ -29,7 +29,8 @@ Examples:
 
 EXIT_STATUSES = """\
 exit statuses: 0 stopped cleanly, 1 unexpected error, 2 usage,
-  75 another process polls with this token or uses this database, 76 a webhook is set,
+  75 another process polls with this token or uses this database, or the database is
+  busy or its disk full for now (a restart may succeed), 76 a webhook is set,
   78 bad token or config, or a database of another bot, another version or application
 """
 
@@ -234,28 +235,102 @@ def people_of(config):
 
 
 def read_token(args: argparse.Namespace) -> str:
-    """The token from the first source that has one; never echoed anywhere."""
-    if args.token:
-        token = args.token
-    elif args.token_file:
-        token = _read_secret(args.token_file, "--token-file")
-    elif os.environ.get("CHATDAEMON_TOKEN"):
-        token = os.environ["CHATDAEMON_TOKEN"]
-    elif os.environ.get("CREDENTIALS_DIRECTORY"):
-        token = _read_secret(os.path.join(os.environ["CREDENTIALS_DIRECTORY"], "token"),
-                             "the systemd credential")
-    else:
+    """The token from the first source that has one; never echoed anywhere.
+
+    Two sources that give different tokens are refused (a service's credential and a
+    stale $CHATDAEMON_TOKEN, say): which one wins would otherwise depend on their order.
+    """
+    given = _token_sources(args)
+    # a handler's subprocesses inherit the environment: the token leaves it once read
+    scrub_environment("CHATDAEMON_TOKEN")
+    if not given:
         raise ConfigError("no bot token: pass TOKEN, --token-file FILE, set $CHATDAEMON_TOKEN, "
                           "or use a systemd credential named `token` (try `chatdaemon chat` "
                           "to talk to the bot without one)")
-    # a handler's subprocesses inherit the environment: the token leaves it once read
-    os.environ.pop("CHATDAEMON_TOKEN", None)
     from .telegram import looks_like_token
-    token = token.strip()
+    (source, token), *others = given
+    differing = [name for name, other in others if other != token]
+    if differing:
+        raise ConfigError(f"two different bot tokens: from {source} and from "
+                          f"{' and '.join(differing)}; give the token one way only")
     if not looks_like_token(token):
-        raise ConfigError("that does not look like a bot token (expected digits, a colon, "
-                          "then letters, digits, - or _, as @BotFather gives it)")
+        raise ConfigError(f"the token from {source} does not look like a bot token (expected "
+                          "digits, a colon, then letters, digits, - or _, as @BotFather gives it)")
     return token
+
+
+def scrub_environment(name: str) -> None:
+    """Remove `name` from the environment, and overwrite its value where the kernel keeps
+    showing it: /proc/PID/environ reads the environment the process started with, which
+    unsetenv leaves as it was (readable by the same user for the daemon's whole life)."""
+    if name not in os.environ:
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        address = libc.getenv(name.encode())
+        if address:   # the value's bytes in place (the start-up block, or setenv's copy)
+            ctypes.memset(address, ord("x"), len(ctypes.string_at(address)))
+    except (OSError, AttributeError):
+        pass   # not glibc-like: the environment variable is still removed below
+    os.environ.pop(name, None)
+
+
+ARG_START_FIELD = 48   # /proc/PID/stat: where the process's argument strings begin (proc(5))
+
+
+def scrub_argument(secret: str) -> None:
+    """Overwrite `secret` where `ps` and /proc/PID/cmdline read the command line (the
+    process's own argument memory, written through /proc/self/mem). Until this runs, and
+    on systems without /proc, the token shows there: prefer the other sources."""
+    needle = secret.encode()
+    try:
+        with open("/proc/self/stat", "rb") as stat_file:
+            # the fields after the ")" that ends the command name start at field 3
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        arg_start = int(fields[ARG_START_FIELD - 3])
+        with open("/proc/self/cmdline", "rb") as cmdline_file:
+            cmdline = cmdline_file.read()
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            found = cmdline.find(needle)
+            while needle and found >= 0:
+                memory.seek(arg_start + found)
+                memory.write(b"x" * len(needle))
+                found = cmdline.find(needle, found + len(needle))
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def _token_sources(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(source, stripped token) of each source that gives one, in order of precedence."""
+    given = []
+    if args.token:
+        given.append(("the TOKEN argument", args.token))
+        scrub_argument(args.token)
+    if args.token_file:
+        given.append(("--token-file", _read_secret(args.token_file, "--token-file")))
+        _warn_if_shared(args.token_file)
+    if os.environ.get("CHATDAEMON_TOKEN"):
+        given.append(("$CHATDAEMON_TOKEN", os.environ["CHATDAEMON_TOKEN"]))
+    credential = os.path.join(os.environ.get("CREDENTIALS_DIRECTORY", ""), "token")
+    # read when it is the only source (a clear error if it cannot be), else only if it exists
+    if os.environ.get("CREDENTIALS_DIRECTORY") and (not given or os.path.isfile(credential)):
+        given.append(("the systemd credential",
+                      _read_secret(credential, "the systemd credential")))
+    return [(source, token.strip()) for source, token in given]
+
+
+def _warn_if_shared(path: str) -> None:
+    """Say so when other users of the machine can read the token file (as ssh does)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        print(f"chatdaemon: warning: {path} is readable by other users (mode {mode:04o}); "
+              f"chmod 600 it", file=sys.stderr)
 
 
 def _read_secret(path: str, what: str) -> str:
@@ -299,8 +374,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int:
     """--daemon: check in the foreground, detach, and exit with how the daemon's start went."""
     from .app import App, Events
-    from .daemon import LogFile, PidFile, StartReport, removing_new_database, run_detached
-    from .dbfile import owner_of_token
+    from .daemon import (
+        LogFile,
+        PidFile,
+        StartReport,
+        check_distinct_files,
+        removing_new_database,
+        run_detached,
+    )
+    from .dbfile import companions, owner_of_token
     from .logs import configure
     from .telegram import TelegramClient
     from .transfer import FileAPI  # handlers may upload and download files
@@ -311,11 +393,17 @@ def _run_daemon(args: argparse.Namespace, token: str, config, bot, early) -> int
     pidfile.check_free()
     config = config.replace(database=os.path.abspath(config.database),
                             handlers=os.path.abspath(config.handlers))
+    log_file = LogFile(args.log_file or os.path.join(os.path.dirname(config.database),
+                                                     "chatdaemon.log"))
+    check_distinct_files(pidfile.path, log_file.path, {
+        "database": config.database,
+        "database's lock file": f"{os.path.realpath(config.database)}.lock",
+        **{f"database's {name[-3:]} file": name for name in companions(config.database)},
+        "config": args.config or ""})
+    log_file.check()
     existed = os.path.exists(config.database)
     _check_database_now(config.database, existed, owner_of_token(token))
     _check_token_now(token, config.api_url)
-    log_file = LogFile(args.log_file or os.path.join(os.path.dirname(config.database),
-                                                     "chatdaemon.log"))
     args.handlers, args.db = config.handlers, config.database
     if args.config:
         args.config = os.path.abspath(args.config)
@@ -467,7 +555,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     written = write_starter(args.directory, args.example, args.config)
     for path in written:
         print(f"wrote {path}")
-    config = written[-1]
+    import shlex
+    config = shlex.quote(str(written[-1]))   # a path with spaces is pasted back into a shell
     print(f"next: chatdaemon chat --config {config}    (talk to it, no token needed)\n"
           f"      chatdaemon check --config {config}   (what it will do)")
     return EXIT_OK

@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,11 +265,36 @@ def _name(kind: type) -> str:
             list: "a list", tuple: "a list"}[kind]
 
 
+_TOKEN_PATH = re.compile(r"/bot\d+:")   # a method URL's /bot<token>/ part
+
+
 def check_api_url(config: Config, where: str | None = None) -> None:
     from .telegram import api_url_problem
     problem = api_url_problem(config.api_url)
     if problem:
         raise ConfigError(problem, where)
+    # a URL copied from a browser or a curl example: every call would then go to
+    # /bot<token>/bot<token>/… and be answered 404, reported as a rejected token
+    if _TOKEN_PATH.search(urllib.parse.urlsplit(config.api_url).path):
+        raise ConfigError("the Bot API URL must be the server's address (like "
+                          "https://api.telegram.org), without /bot<token>: the token is given "
+                          "on its own", where)
+
+
+# The Bot API's update types (Update's optional fields); a misspelt one would make
+# Telegram send nothing of that kind, and the bot would stay silent without an error.
+UPDATE_TYPES = frozenset({
+    "message", "edited_message", "channel_post", "edited_channel_post", "business_connection",
+    "business_message", "edited_business_message", "deleted_business_messages",
+    "message_reaction", "message_reaction_count", "inline_query", "chosen_inline_result",
+    "callback_query", "shipping_query", "pre_checkout_query", "purchased_paid_media", "poll",
+    "poll_answer", "my_chat_member", "chat_member", "chat_join_request", "chat_boost",
+    "removed_chat_boost"})
+
+
+def _unknown_update_types(config: Config) -> list:
+    return [kind for kind in config.allowed_updates
+            if not isinstance(kind, str) or kind not in UPDATE_TYPES]
 
 
 def _validate(config: Config, data: dict) -> None:
@@ -282,14 +309,30 @@ def _validate(config: Config, data: dict) -> None:
          "delegates.update_timeout, yield_after and yield_seconds must be positive", "delegates"),
         (not 0 <= config.poll_timeout <= 50, "polling.timeout must be between 0 and 50 seconds",
          "polling"),
+        (bool(_unknown_update_types(config)),
+         f"polling.allowed_updates: {', '.join(map(repr, _unknown_update_types(config)))} is "
+         f"no Bot API update type (they are {', '.join(sorted(UPDATE_TYPES))})", "polling"),
         (config.handoff_timeout < 1, "handoff_timeout must be at least 1 second",
          "handoff_timeout"),
+        (config.stop_timeout < 0, "stop_timeout must be a number of seconds, 0 or more",
+         "stop_timeout"),
+        (config.conflict_grace is not None and config.conflict_grace < 0,
+         "polling.conflict_grace must be a number of seconds, 0 or more", "polling"),
+        # a port outside this range is no OSError at bind but an OverflowError (a traceback)
+        (config.hook_port is not None and not 0 <= config.hook_port <= 65535,
+         "hooks.port must be between 0 (off) and 65535", "hooks"),
         (config.log_level.upper() not in _LOG_LEVELS,
          f"log_level must be one of {', '.join(sorted(_LOG_LEVELS))}", "log_level"),
         (min(limits.per_second, limits.per_chat_per_second, limits.per_group_per_minute) <= 0
          or limits.per_chat_burst < 1, "rate_limits values must be positive", "rate_limits"),
         (config.callback_expiry <= 0, "hooks.callback_expiry must be a positive number of "
          "seconds", "hooks"),
+        # a chat's handler holds its conversation in memory until it idles out: pruned
+        # before that, the conversation would come back with the chat's next update
+        (config.retention.forget_conversations_after is not None
+         and config.retention.forget_conversations_after <= config.idle_timeout,
+         f"retention.forget_conversations_after must be longer than delegates.idle_timeout "
+         f"({config.idle_timeout:.0f} s)", "retention"),
         (config.hook_public_url is not None and not _is_base_url(config.hook_public_url),
          "hooks.public_url must be an http:// or https:// URL with no query or fragment "
          "(e.g. https://pi.example.org/bot)", "hooks"),

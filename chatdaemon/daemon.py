@@ -64,9 +64,12 @@ class Notifier:
     def send(self, *fields: str) -> None:
         if not self.enabled:
             return
+        # one assignment per line: a newline inside a field (STATUS= carries the Bot API's
+        # error description) would read as assignments of its own (WATCHDOG=1, MAINPID=…)
+        message = "\n".join(" ".join(field.splitlines()) for field in fields)
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto("\n".join(fields).encode(), self.address)
+                sock.sendto(message.encode(), self.address)
         except OSError as exc:
             log.debug("sd_notify failed: %s", exc)
 
@@ -228,6 +231,30 @@ def open_regular(path: str, flags: int, what: str, mode: int = 0o600) -> int:
     return fd
 
 
+PIDFILE_MAX = 32   # bytes: a pid, a newline, some padding; a larger file is not a pidfile
+
+
+def _holds_a_pid_or_nothing(fd: int) -> bool:
+    """Whether the open file is empty or holds just a number (the only files a pidfile's
+    start may truncate: never the database, a config or any other file named by mistake)."""
+    if os.fstat(fd).st_size > PIDFILE_MAX:
+        return False
+    text = os.pread(fd, PIDFILE_MAX + 1, 0).decode("ascii", "replace").strip()
+    return not text or text.isdigit()
+
+
+def check_distinct_files(pidfile: str, log_file: str, kept: dict[str, str]) -> None:
+    """Refuse a pidfile or log file that is one of the files in `kept` (what → path: the
+    database, its companions, the config) or each other: truncated or appended to, the
+    file would be lost."""
+    seen = {os.path.realpath(path): what for what, path in kept.items() if path}
+    for what, path in (("pidfile", pidfile), ("log file", log_file)):
+        real = os.path.realpath(path)
+        if real in seen:
+            raise ConfigError(f"refusing {what} {path}: it is the {seen[real]}")
+        seen[real] = what
+
+
 def _pid_in(fd: int) -> int | None:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() and int(text) > 1 else None
@@ -269,8 +296,14 @@ class PidFile:
         try:
             if _is_locked(fd):
                 raise AlreadyRunning(self.path, _pid_in(fd))
+            self._refuse_other_content(fd)
         finally:
             os.close(fd)
+
+    def _refuse_other_content(self, fd: int) -> None:
+        if not _holds_a_pid_or_nothing(fd):
+            raise ConfigError(f"refusing pidfile {self.path}: the file exists and holds more "
+                              "than a pid (another file given as --pidfile?)")
 
     def acquire(self) -> None:
         fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, "pidfile", 0o644)
@@ -281,6 +314,11 @@ class PidFile:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise AlreadyRunning(self.path, holder) from None
+            raise
+        try:
+            self._refuse_other_content(fd)   # truncated below: only ever a pidfile
+        except ConfigError:
+            os.close(fd)
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -324,6 +362,19 @@ class LogFile:
 
     def open(self) -> int:
         return open_regular(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, "log file")
+
+    def check(self) -> None:
+        """Fail now, in the foreground, if the daemon could not open it (creates nothing)."""
+        try:
+            os.close(open_regular(self.path, os.O_WRONLY | os.O_APPEND, "log file"))
+        except FileNotFoundError:
+            parent = os.path.dirname(self.path)
+            if not os.path.isdir(parent):
+                raise ConfigError(f"cannot create log file {self.path}: its directory does "
+                                  "not exist") from None
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"cannot create log file {self.path}: {parent} is not "
+                                  "writable") from None
 
     def reopen(self) -> None:
         """Point stdout and stderr at a fresh open of the path (logrotate moved the old file)."""
@@ -441,7 +492,8 @@ def run_detached(pidfile: PidFile, log_file: LogFile, working_directory: str,
         log_stream = os.fdopen(log_file.open(), "a", buffering=1)
         context = daemon.DaemonContext(
             umask=0o077, working_directory=working_directory, pidfile=pidfile,
-            stdout=log_stream, stderr=log_stream, detach_process=True, files_preserve=[write_end])
+            stdout=log_stream, stderr=log_stream, detach_process=True, files_preserve=[write_end],
+            signal_map=detached_signal_map())
         with context:
             detached = True
             main(report)
@@ -462,6 +514,15 @@ def run_detached(pidfile: PidFile, log_file: LogFile, working_directory: str,
         os._exit(status)
 
 
+def detached_signal_map() -> dict[int, object]:
+    """python-daemon's signal map, but SIGTERM and SIGHUP keep the handlers they have (the
+    CLI's EarlySignals): its default makes SIGTERM raise SystemExit, so a `stop` between
+    detaching and the daemon taking its signals over ended it as an unexpected error."""
+    from daemon.daemon import make_default_signal_map
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    return {**make_default_signal_map(), **kept}
+
+
 def _log_in_child(text: str) -> None:
     from .logs import redact
     try:
@@ -471,7 +532,25 @@ def _log_in_child(text: str) -> None:
 
 
 def remove_new_database(path: str) -> bool:
-    """Remove a database a refused start created, if nothing was stored in it; say if it did."""
+    """Remove a database a refused start created, if nothing was stored in it; say if it did.
+
+    Only under the database's own lock: a start refused because another process holds the
+    file (two starts at once on a new path) must leave that process's database alone.
+    """
+    from .dbfile import FileLock
+    from .errors import DatabaseInUse, UnusableDatabase
+    lock = FileLock(path)
+    try:
+        lock.acquire()
+    except (DatabaseInUse, UnusableDatabase):
+        return False
+    try:
+        return _remove_if_empty(path)
+    finally:
+        lock.release()
+
+
+def _remove_if_empty(path: str) -> bool:
     try:
         uri = f"{Path(path).resolve().as_uri()}?mode=ro"
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
@@ -482,7 +561,7 @@ def remove_new_database(path: str) -> bool:
         return False
     if stored:
         return False
-    lock = os.path.realpath(path) + ".lock"  # released already: the refused Store closed
+    lock = os.path.realpath(path) + ".lock"  # held by the caller: unlinked before its release
     for name in [path + suffix for suffix in ("", "-wal", "-shm", "-journal")] + [lock]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)

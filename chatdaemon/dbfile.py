@@ -20,13 +20,15 @@ import sqlite3
 import stat
 from collections.abc import Sequence
 
-from .errors import DatabaseInUse, OtherBotsDatabase, UnusableDatabase
+from .errors import DatabaseInUse, DatabaseUnavailable, OtherBotsDatabase, UnusableDatabase
 
 # The owner recorded by `chatdaemon chat`, which has no token (errors.py names it so too).
 TERMINAL = "terminal"
 OWNER_KEY = "bot"
 
 _CREATED = re.compile(r"CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.I)
+# SQLite's errors (their extended names start so) that end by themselves
+_PASSING = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_NOMEM")
 _DROPPED = re.compile(r"DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(\w+)", re.I)
 
 
@@ -110,8 +112,15 @@ def _read_pid(fd: int) -> int | None:
 
 # -- only the owner reads it -------------------------------------------------------------
 
+SQLITE_HEADER = b"SQLite format 3\0"   # the first 16 bytes of every SQLite database
+
+
 def make_private(database: str, paths: Sequence[str]) -> None:
-    """Tighten each existing file in `paths` to 0600; refuse the database if one can't be."""
+    """Tighten each existing file in `paths` to 0600; refuse the database if one can't be.
+
+    A database path holding another kind of file (a YAML or a JPEG given as --db) keeps
+    its mode: SQLite refuses it next, and a refused start changes nothing in it.
+    """
     for path in paths:
         try:
             mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -119,7 +128,7 @@ def make_private(database: str, paths: Sequence[str]) -> None:
             continue
         except OSError as exc:
             raise UnusableDatabase(database, f"cannot inspect {path}: {exc.strerror}") from None
-        if mode & 0o077 == 0:
+        if mode & 0o077 == 0 or (path == database and not _empty_or_sqlite(path)):
             continue
         try:
             os.chmod(path, 0o600)
@@ -127,6 +136,15 @@ def make_private(database: str, paths: Sequence[str]) -> None:
             raise UnusableDatabase(
                 database, f"{path} is readable by others (mode {mode:04o}) and cannot be made "
                           f"private: {exc.strerror}") from None
+
+
+def _empty_or_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError:
+        return True   # unreadable here: chmod decides, and SQLite says why after
+    return not head or head == SQLITE_HEADER
 
 
 class PrivateUmask:
@@ -191,4 +209,8 @@ def unreadable(database: str, exc: sqlite3.DatabaseError) -> UnusableDatabase:
     name = getattr(exc, "sqlite_errorname", "")
     if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
         return UnusableDatabase(database, f"is damaged or not an SQLite database ({exc})")
+    # a cause that passes (a backup holding the write lock, a full disk) must not end in
+    # 78, which a service manager never restarts: the bot would stay down for good
+    if name.startswith(_PASSING):
+        return DatabaseUnavailable(database, f"cannot be opened for now: {exc}", name)
     return UnusableDatabase(database, f"cannot be opened: {exc}")

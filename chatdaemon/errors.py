@@ -6,7 +6,9 @@
     │   ├── BadToken       exit 78      Telegram answered 401/404 to the token
     │   └── UnusableDatabase exit 78    newer schema, another application's or a damaged file,
     │       │                           or files that cannot be made private (carries path, reason)
-    │       └── OtherBotsDatabase exit 78  the database records another bot (carries both ids)
+    │       ├── OtherBotsDatabase exit 78  the database records another bot (carries both ids)
+    │       └── DatabaseUnavailable exit 75  busy (another SQLite writer), disk full or an I/O
+    │                                   error at start: it may pass, so a supervisor retries
     ├── Conflict           exit 75      another getUpdates poller holds the token
     ├── DatabaseInUse      exit 75      another process holds the database's lock (carries its pid)
     ├── WebhookActive      exit 76      a webhook is set, so getUpdates is refused
@@ -297,6 +299,17 @@ class OtherBotsDatabase(UnusableDatabase):
         self.wanted = wanted
         super().__init__(path, f"belongs to {_owner(recorded)}, not to {_owner(wanted)} "
                                "(give each bot its own --db)")
+
+
+class DatabaseUnavailable(UnusableDatabase):
+    """SQLite could not open the database for now (busy, disk full, an I/O error); `code`
+    is SQLite's error name. Not 78: a restart once the cause has passed is the fix."""
+
+    exit_status = EXIT_CONFLICT
+
+    def __init__(self, path: str, reason: str, code: str):
+        self.code = code
+        super().__init__(path, reason)
 
 
 class DatabaseInUse(ChatdaemonError):

@@ -51,10 +51,25 @@ def write_starter(directory: str, example: str | None = None, config: str | None
     existing = [str(path) for path in files if path.exists() or path.is_symlink()]
     if existing:
         raise ConfigError(f"refusing to overwrite {', '.join(existing)}")
-    for path, text in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_new(path, text)
+    _write_all(files)
     return list(files)
+
+
+def _write_all(files: dict[Path, str]) -> None:
+    """Write every file or none: one that cannot be written (no permission, a file where a
+    directory goes) takes back those written before it, so `init` can simply run again."""
+    written: list[Path] = []
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_new(path, text)
+            written.append(path)
+    except (OSError, ConfigError) as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"cannot write {exc.filename or path}: {exc.strerror}") from None
 
 
 def examples() -> list[str]:

@@ -23,6 +23,8 @@ from .errors import ConfigError
 from .inbox import decode_payload
 from .store import LOCAL_BASE
 
+FAR_FUTURE = "beyond the year 9999"
+FAR_PAST = "before the year 1"
 LATEST = 5          # quarantined and rejected updates shown by `status`
 NAME_WIDTH = 40     # a chat's name is cut to this many characters
 
@@ -169,7 +171,12 @@ def _printable(text: str) -> str:
 def _when(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+    try:
+        return datetime.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        # a schedule every 10^12 days (or a clock once set wildly wrong) lies past the
+        # calendar: said so, rather than ending `status` in a traceback
+        return FAR_FUTURE if epoch > 0 else FAR_PAST
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -219,7 +226,11 @@ def _count(value: int | None, what: str) -> str:
 def _ago(iso: str | None) -> str:
     if iso is None:
         return "never"
+    if iso in (FAR_FUTURE, FAR_PAST):
+        return iso
     seconds = time.time() - datetime.datetime.fromisoformat(iso).timestamp()
+    if seconds < -60:   # stored before the clock was set back (or while it ran ahead)
+        return f"{iso} ({_duration(-seconds)} in the future: the clock was set back since)"
     return f"{iso} ({_duration(seconds)} ago)"
 
 
