@@ -11,8 +11,10 @@ parse_mode "HTML" (any case): no cut falls inside a tag or an entity such as ``&
 Tags still open at a cut are closed at the end of the part, innermost first, and reopened
 with their original text (attributes included) at the start of the next part; the limit
 counts those added tags. Every tag name is handled the same way (Telegram has no void
-tags). A single tag too long for any part, or nesting too deep to close and reopen within
-the limit, raises ValueError instead of producing broken markup.
+tags). Markup no part can hold — a single tag too long for any part (a link to a huge URL),
+or nesting too deep to close and reopen within the limit — is dropped, the longest tags
+first, each with its closing tag: their text goes out without that formatting (logged as
+a warning) rather than the whole answer failing or going out as broken markup.
 
 parse_mode "MarkdownV2" or "Markdown": no cut separates a backslash from the character it
 escapes. Entities (``*bold*``, code blocks, links) are not tracked, so one that spans a cut
@@ -22,9 +24,12 @@ keeps most entities whole.
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from bisect import bisect_left
+
+log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096
 
@@ -61,18 +66,88 @@ def split_text(text: str, parse_mode: str | None = None, limit: int = TELEGRAM_L
     """Split `text` into parts of at most `limit` UTF-16 units each, in order.
 
     Text that fits is returned as ``[text]``, the very same string. Raises ValueError when
-    `limit` is not positive, when the text has nothing visible to send, or (HTML) when a
-    tag or the nesting of open tags cannot fit in a part.
+    `limit` is not positive or when the text has nothing visible to send. HTML markup that
+    cannot fit in a part is dropped (see the module's docstring).
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
     if utf16_len(text) <= limit:
         return [text]
     mode = (parse_mode or "").lower()
-    parts = _Splitter(text, limit, html=mode == "html", markdown=mode in ("markdown", "markdownv2")).split()
+    if mode == "html":
+        return _split_html(text, limit)
+    parts = _Splitter(text, limit, html=False, markdown=mode in ("markdown", "markdownv2")).split()
+    return _visible(parts)
+
+
+def _visible(parts: list[str]) -> list[str]:
     if not parts:
         raise ValueError("text has no visible content to send")
     return parts
+
+
+def _split_html(text: str, limit: int) -> list[str]:
+    """Split HTML, dropping the markup that no part can hold until the rest splits."""
+    text = _drop_tags(text, _oversized(_scan_tags(text), limit), limit)
+    while True:  # each pass drops at least one tag, so the passes are bounded by the tags
+        try:
+            return _visible(_Splitter(text, limit, html=True, markdown=False).split())
+        except _MarkupTooLong as stuck:
+            text = _drop_tags(text, stuck.starts, limit)
+
+
+def _oversized(tags: list[_Tag], limit: int) -> list[int]:
+    """Starts of the tags that no part can hold with their closing tag."""
+    return [start for start, end, name, _ in tags if end - start + len(_closer(name)) >= limit]
+
+
+def _drop_tags(text: str, starts: list[int], limit: int) -> str:
+    """`text` without the tags at `starts`, nor the closing tags that pair with them."""
+    if not starts:
+        return text
+    tags = _scan_tags(text)
+    index = {tag[0]: k for k, tag in enumerate(tags)}
+    dropped = set()
+    for start in starts:
+        k = index[start]
+        dropped.add(k)
+        if not tags[k][3]:
+            pair = _closing_pair(tags, k)
+            if pair is not None:
+                dropped.add(pair)
+    first = tags[index[starts[0]]]
+    log.warning("%d HTML tag(s), the first <%s> at offset %d, cannot fit in a message part of %d "
+                "UTF-16 units; their text is sent without that markup", len(starts), first[2],
+                first[0], limit)
+    pieces, cursor = [], 0
+    for k in sorted(dropped):
+        pieces.append(text[cursor:tags[k][0]])
+        cursor = tags[k][1]
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+def _closing_pair(tags: list[_Tag], k: int) -> int | None:
+    """Index of the closing tag that closes the opening tag tags[k], as the splitter pairs them."""
+    name, depth = tags[k][2], 0
+    for j in range(k + 1, len(tags)):
+        if tags[j][2] != name:
+            continue
+        if not tags[j][3]:
+            depth += 1
+        elif depth == 0:
+            return j
+        else:
+            depth -= 1
+    return None
+
+
+class _MarkupTooLong(ValueError):
+    """The open tags at a position cannot fit in a part: `starts` are the ones to drop."""
+
+    def __init__(self, message: str, starts: list[int]):
+        super().__init__(message)
+        self.starts = starts
 
 
 def _scan_tags(text: str) -> list[_Tag]:
@@ -356,15 +431,19 @@ class _Splitter:
         return (len(before) - len(before.rstrip("\\"))) % 2 == 1
 
     def _stuck(self, pos: int) -> ValueError:
+        """Why no part can start at `pos`: the open tags there, longest first, to drop."""
         tag = self._tag_at(pos)
-        for start, end, name, _ in [*self.stack, *([tag] if tag else [])]:
-            units = utf16_len(self.text[start:end])
-            if units + len(_closer(name)) >= self.limit:
-                return ValueError(f"HTML tag at offset {start} is {units} UTF-16 units long "
-                                  f"and cannot fit in a part of at most {self.limit} units")
-        if self.stack:
-            overhead = utf16_len(self._openers() + self._closers())
-            return ValueError(f"{len(self.stack)} nested HTML tags open at offset {pos} take "
-                              f"{overhead} UTF-16 units to close and reopen, leaving too little room "
-                              f"within {self.limit}")
-        return ValueError(f"cannot split the text at offset {pos} within {self.limit} UTF-16 units")
+        held = [*self.stack, *([tag] if tag is not None and not tag[3] else [])]
+        if not held:
+            return ValueError(f"cannot split the text at offset {pos} within {self.limit} UTF-16 units")
+        held.sort(key=lambda t: t[1] - t[0], reverse=True)
+        overhead = sum(utf16_len(self.text[start:end]) + len(_closer(name))
+                       for start, end, name, _ in held)
+        starts = []
+        for start, end, name, _ in held:  # until the rest takes at most half a part
+            if overhead <= self.limit // 2:
+                break
+            starts.append(start)
+            overhead -= utf16_len(self.text[start:end]) + len(_closer(name))
+        return _MarkupTooLong(f"{len(held)} HTML tags open at offset {pos} leave too little room "
+                              f"within {self.limit} UTF-16 units", starts or [held[0][0]])
