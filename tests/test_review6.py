@@ -1,0 +1,147 @@
+"""Hostile handlers, telepot programs and answers, in-process.
+
+Each test shows one behaviour that a bot author, a user or Telegram could trip over: a long
+HTML answer whose single tag cannot fit in a message, a handler that raises SystemExit or
+KeyboardInterrupt, and the like.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from chatdaemon.ratelimit import Limits, RateLimiter
+from chatdaemon.sender import Sender
+from chatdaemon.testing import TestBot
+from chatdaemon.textsplit import split_text, utf16_len
+
+HUGE_URL = "https://example.com/?q=" + "x" * 5000
+ERROR_TEXT = "That did not work."
+
+
+# -- a long HTML answer with markup no part can hold ----------------------------------------------
+
+def test_a_link_longer_than_a_message_goes_out_as_its_text():
+    text = "Intro. " * 600 + f'<a href="{HUGE_URL}">the report</a>, then <b>bold</b> words.'
+    parts = split_text(text, "HTML")
+    assert all(utf16_len(part) <= 4096 for part in parts)
+    joined = "".join(parts)
+    assert HUGE_URL not in joined and "</a>" not in joined
+    assert "the report" in joined
+    assert "<b>bold</b>" in joined   # the markup that fits is kept
+
+
+def test_an_overlong_tag_inside_others_leaves_them_balanced():
+    text = ("<b>bold <i>" + f'<a href="{HUGE_URL}">link</a>' + " still italic</i></b> "
+            + "word " * 900)
+    parts = split_text(text, "HTML")
+    assert all(utf16_len(part) <= 4096 for part in parts)
+    assert parts[0].startswith("<b>bold <i>link still italic</i></b> word")
+
+
+def test_two_overlong_links_of_the_same_name_each_drop_their_own_closing_tag():
+    text = (f'<a href="{HUGE_URL}">one</a> and <a href="https://example.com/">two</a> and '
+            f'<a href="{HUGE_URL}">three</a> ' + "word " * 900)
+    joined = "".join(split_text(text, "HTML"))
+    assert joined.startswith('one and <a href="https://example.com/">two</a> and three word')
+
+
+def test_nesting_too_deep_keeps_the_outer_tags_that_fit():
+    text = "<b>" + '<i class="x">' * 400 + "y" * 6000 + "</i>" * 400 + "</b>"
+    parts = split_text(text, "HTML")
+    assert len(parts) > 1 and all(utf16_len(part) <= 4096 for part in parts)
+    assert all(part.startswith("<b>") and part.endswith("</b>") for part in parts)
+    assert sum(part.count("y") for part in parts) == 6000
+
+
+def test_the_sender_sends_a_long_answer_with_an_overlong_link():
+    sent: list[dict] = []
+
+    class API:
+        def call(self, method, params=None, timeout=None):
+            sent.append(dict(params))
+            return {"message_id": len(sent)}
+
+    clock = lambda: 0.0  # noqa: E731 - the limiter is off; time never matters
+    sender = Sender(API(), RateLimiter(Limits(enabled=False), clock), threading.Event())
+    text = "Intro. " * 600 + f'<a href="{HUGE_URL}">the report</a>'
+    sender.call("sendMessage", {"chat_id": 1, "text": text, "parse_mode": "HTML"})
+    assert len(sent) == 2
+    assert all(call["parse_mode"] == "HTML" and utf16_len(call["text"]) <= 4096 for call in sent)
+    assert sent[-1]["text"].endswith("the report")
+
+
+# -- handlers that raise what is not an Exception -------------------------------------------------
+
+EXITING_HANDLER = '''
+import sys
+from chatdaemon.chathandler import ChatHandler
+
+
+class Custom(BaseException):
+    pass
+
+
+class Exiting(ChatHandler):
+    refuse_once = False   # the next handler made refuses to start
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.seen = 0
+        if Exiting.refuse_once:
+            Exiting.refuse_once = False
+            raise SystemExit("not today")
+
+    def on_chat_message(self, msg):
+        text = msg["text"]
+        if text == "exit":
+            sys.exit(2)
+        if text == "interrupt":
+            raise KeyboardInterrupt
+        if text == "generator":
+            raise GeneratorExit
+        if text == "custom":
+            raise Custom("mine")
+        if text == "refuse":
+            Exiting.refuse_once = True
+            self.close()
+        self.seen += 1
+        self.sender.sendMessage(f"echo {text} ({self.seen} seen)")
+
+    def on_close(self, reason):
+        if reason == "idle":
+            raise SystemExit(3)
+'''
+
+
+@pytest.fixture
+def exiting_bot(tmp_path):
+    (tmp_path / "bot.yaml").write_text(f"python: exiting:Exiting\nerror_text: {ERROR_TEXT}\n")
+    (tmp_path / "exiting.py").write_text(EXITING_HANDLER)
+    return TestBot(str(tmp_path))
+
+
+@pytest.mark.parametrize("word", ["exit", "interrupt", "generator", "custom"])
+def test_a_handler_raising_a_base_exception_answers_the_error_text_and_goes_on(exiting_bot, word):
+    exiting_bot.send(word)
+    assert exiting_bot.pop() == ERROR_TEXT
+    exiting_bot.send("next")
+    assert exiting_bot.pop() == "echo next (1 seen)"   # the failed handler ended, as on any error
+
+
+def test_a_constructor_raising_system_exit_fails_the_update_only(exiting_bot):
+    exiting_bot.send("refuse")   # closes; the next handler's constructor raises SystemExit
+    exiting_bot.send("one")
+    assert exiting_bot.pop() == ERROR_TEXT
+    exiting_bot.send("two")
+    assert exiting_bot.pop().startswith("echo two")
+
+
+def test_on_close_raising_system_exit_is_logged_not_fatal(exiting_bot, caplog):
+    exiting_bot.send("hello")
+    exiting_bot.pop()
+    exiting_bot.idle()
+    assert "SystemExit(3)" in caplog.text
+    exiting_bot.send("again")
+    assert exiting_bot.pop().startswith("echo again")
