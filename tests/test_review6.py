@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 
 import pytest
+from test_telepot import Recorder, delegation_for, text
 
 from chatdaemon.ratelimit import Limits, RateLimiter
 from chatdaemon.sender import Sender
+from chatdaemon.telepot_compat.runtime import Runtime
 from chatdaemon.testing import TestBot
 from chatdaemon.textsplit import split_text, utf16_len
 
@@ -145,3 +147,22 @@ def test_on_close_raising_system_exit_is_logged_not_fatal(exiting_bot, caplog):
     assert "SystemExit(3)" in caplog.text
     exiting_bot.send("again")
     assert exiting_bot.pop().startswith("echo again")
+
+
+# -- telepot programs -----------------------------------------------------------------------------
+
+@pytest.fixture
+def runtime():
+    return Runtime("http://127.0.0.1:9")  # never called in these tests
+
+
+def test_a_telepot_handler_failing_mid_conversation_is_replaced_by_a_new_one(runtime):
+    Recorder.events = []
+    chat = delegation_for(runtime, Recorder)
+    chat.deliver(text("a"))
+    with pytest.raises(RuntimeError, match="boom"):
+        chat.deliver(text("boom"))
+    chat.deliver(text("b"))
+    assert Recorder.events == [
+        ("open", 7, "a"), ("message", "a", 1), ("message", "boom", 2), ("close", "RuntimeError"),
+        ("open", 7, "b"), ("message", "b", 1)]   # not the closed handler's third message

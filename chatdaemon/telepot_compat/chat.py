@@ -135,15 +135,17 @@ class Delegation:
 
     def _deliver_to(self, key: tuple, factory: Any, msg: dict, seed: Any) -> None:
         job = self.jobs.get(key)
-        if job is not None:
-            alive = job.deliver(msg)
-        else:
-            job = self.jobs[key] = self._make_job(factory, msg, seed)
-            try:
+        try:
+            if job is not None:
+                alive = job.deliver(msg)
+            else:
+                job = self.jobs[key] = self._make_job(factory, msg, seed)
                 alive = job.start(msg, seed)
-            except BaseException:
-                self.jobs.pop(key, None)
-                raise
+        except BaseException:
+            # a handler that failed was closed (on_close ran): the seed's next message
+            # opens a new one, as telepot's delegate thread ended with the error
+            self.jobs.pop(key, None)
+            raise
         if not alive:
             self.jobs.pop(key, None)
 
