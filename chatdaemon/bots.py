@@ -8,6 +8,7 @@ and every load (a reload) runs the files as they are now.
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import importlib.machinery
@@ -120,7 +121,8 @@ def contain(call: Callable[..., T], *args: Any) -> T:
 class Contained:
     """A chat's handler as the update transaction sees it, whatever the bot's code raises.
 
-    Invariant: only Exceptions leave handler code. The transaction answers those with the
+    Invariant: only Exceptions leave handler code, and handler code never changes the
+    update as the inbox holds it. The transaction answers those with the
     error text and marks the update done; a SystemExit or KeyboardInterrupt would instead
     end the chat's thread silently and leave its updates waiting behind a dead handler.
     """
@@ -133,10 +135,12 @@ class Contained:
         return self.inner.ends_on_error
 
     def start(self, payload: dict) -> bool:
-        return contain(self.inner.start, payload)
+        return contain(self.inner.start, copy.deepcopy(payload))
 
     def on_update(self, kind: str, payload: dict) -> None:
-        contain(self.inner.on_update, kind, payload)
+        # the handler gets its own copy: the update as it came still answers a button press
+        # and words the error text, whatever the handler did to its message
+        contain(self.inner.on_update, kind, copy.deepcopy(payload))
 
     def end(self, reason: BaseException) -> None:
         contain(self.inner.end, reason)

@@ -166,3 +166,32 @@ def test_a_telepot_handler_failing_mid_conversation_is_replaced_by_a_new_one(run
     assert Recorder.events == [
         ("open", 7, "a"), ("message", "a", 1), ("message", "boom", 2), ("close", "RuntimeError"),
         ("open", 7, "b"), ("message", "b", 1)]   # not the closed handler's third message
+
+
+# -- handlers that change the update they were given ----------------------------------------------
+
+MUTATING_HANDLER = '''
+from chatdaemon.chathandler import ChatHandler
+
+
+class Mutating(ChatHandler):
+    def on_chat_message(self, msg):
+        msg.clear()
+        raise ValueError("failed after clearing its message")
+
+    def on_callback_query(self, query):
+        query["id"] = "not-the-query"
+        raise ValueError("failed after changing its query")
+'''
+
+
+def test_a_handler_changing_its_update_still_gets_the_press_answered(tmp_path):
+    (tmp_path / "bot.yaml").write_text(f"python: mutating:Mutating\nerror_text: {ERROR_TEXT}\n")
+    (tmp_path / "mutating.py").write_text(MUTATING_HANDLER)
+    bot = TestBot(str(tmp_path))
+    bot.send("hello")
+    assert bot.pop() == ERROR_TEXT
+    bot.press("choice")
+    assert bot.pop() == ERROR_TEXT
+    answers = [call.params for call in bot.calls if call.method == "answerCallbackQuery"]
+    assert answers == [{"callback_query_id": "query-2"}]   # the press as Telegram sent it
