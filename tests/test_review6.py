@@ -195,3 +195,54 @@ def test_a_handler_changing_its_update_still_gets_the_press_answered(tmp_path):
     assert bot.pop() == ERROR_TEXT
     answers = [call.params for call in bot.calls if call.method == "answerCallbackQuery"]
     assert answers == [{"callback_query_id": "query-2"}]   # the press as Telegram sent it
+
+
+# -- long answers formatted with entities ---------------------------------------------------------
+
+class RecordingAPI:
+    def __init__(self):
+        self.calls: list[tuple[str, dict]] = []
+
+    def call(self, method, params=None, timeout=None):
+        self.calls.append((method, dict(params or {})))
+        return {"message_id": len(self.calls)}
+
+
+def recording_sender() -> tuple[Sender, RecordingAPI]:
+    api = RecordingAPI()
+    limiter = RateLimiter(Limits(enabled=False), lambda: 0.0)
+    return Sender(api, limiter, threading.Event()), api
+
+
+def entity_text(text: str, entity: dict) -> str:
+    """The text an entity covers, counted in UTF-16 units as Telegram counts it."""
+    units = text.encode("utf-16-le")
+    start, end = 2 * entity["offset"], 2 * (entity["offset"] + entity["length"])
+    return units[start:end].decode("utf-16-le")
+
+
+def test_a_long_text_with_entities_gives_each_part_its_own_entities():
+    first = "😀 " + "a" * 2990 + " BOLD1"                  # 😀 counts 2 UTF-16 units
+    second = "BOLD2 " + "b" * 3000 + " end"
+    text = first + "\n\n" + second
+    bold_start = utf16_len(first) - 5
+    entities = [{"type": "bold", "offset": bold_start, "length": 5 + 2 + 5},   # spans the cut
+                {"type": "italic", "offset": utf16_len(text) - 3, "length": 3}]
+    sender, api = recording_sender()
+    sender.call("sendMessage", {"chat_id": 1, "text": text, "entities": entities})
+    (_, one), (_, two) = api.calls
+    assert one["text"] == first and two["text"] == second
+    assert [entity_text(one["text"], e) for e in one["entities"]] == ["BOLD1"]
+    assert [entity_text(two["text"], e) for e in two["entities"]] == ["BOLD2", "end"]
+    assert entities[0]["offset"] == bold_start   # the caller's list is left as it was
+
+
+def test_a_long_caption_with_entities_keeps_them_on_the_text_sent_after():
+    caption = "Look: " + "c" * 1100
+    sender, api = recording_sender()
+    sender.call("sendPhoto", {"chat_id": 1, "photo": "file-id", "caption": caption,
+                              "caption_entities": [{"type": "bold", "offset": 0, "length": 4}]})
+    (photo_method, photo), (text_method, text) = api.calls
+    assert photo_method == "sendPhoto" and "caption_entities" not in photo
+    assert text_method == "sendMessage" and text["text"] == caption
+    assert text["entities"] == [{"type": "bold", "offset": 0, "length": 4}]
