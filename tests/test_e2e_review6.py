@@ -7,10 +7,12 @@ is the only sequencing used.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, TOKEN_SECRET
+from conftest import HANDLERS, TOKEN, TOKEN_SECRET
 from test_e2e_telepot import TelepotDaemon, run_to_end, undone
 
 from chatdaemon.textsplit import utf16_len
@@ -202,3 +204,24 @@ def test_programs_asking_for_updates_of_no_chat_are_refused_at_start_naming_the_
     assert f"failed before starting its message loop (line {line}): Unsupported: " in result.stderr
     assert named in result.stderr
     assert TOKEN_SECRET not in result.stderr + result.stdout
+
+
+# -- chatdaemon chat with hostile input -----------------------------------------------------------
+
+def test_chat_answers_bytes_that_are_not_utf8_and_refuses_a_chat_id_too_big(tmp_path):
+    from test_e2e_examples import chat_env
+
+    lines = b"hello\n\xff\xfe bad bytes\n/as 99999999999999999999999999\nafter\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "chatdaemon", "chat", "--handlers", str(HANDLERS / "counter")],
+        input=lines, capture_output=True, timeout=50, cwd=str(tmp_path), env=chat_env())
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert out.splitlines() == [
+        "you: hello", "bot: 1",
+        "you: \ufffd\ufffd bad bytes", "bot: 2",   # one U+FFFD for each byte that is not UTF-8
+        "you: /as 99999999999999999999999999",
+        "(not switched: 99999999999999999999999999 cannot be a chat id "
+        "(at most 9223372036854775807 either side of 0))",
+        "you: after", "bot: 3"]
+    assert "poller failed" not in result.stderr.decode()
