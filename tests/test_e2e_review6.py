@@ -196,6 +196,7 @@ while 1:
      3, "telepot.delegate.per_inline_from_id is not provided"),
     ("import sys\nimport telepot\n\nanswerer = telepot.helper.Answerer(None)\n",
      4, "telepot.helper.Answerer is not provided"),
+    ("import sys\nfrom telepot.helper import Router\n", 2, "telepot.helper.Router is not provided"),
 ])
 def test_programs_asking_for_updates_of_no_chat_are_refused_at_start_naming_the_call(
         telegram, tmp_path, source, line, named):

@@ -45,6 +45,9 @@ NOT_PROVIDED = {
     "CallbackQueryCoordinator": "button presses go to the chat they were pressed in",
     "StandardEventScheduler": "timed events are not provided; the daemon's idle timeout is",
     "StandardEventMixin": "timed events are not provided; the daemon's idle timeout is",
+    "Router": "telepot.routing is not provided; pass message_loop a {flavor: function} table",
+    "DefaultRouterMixin": "telepot.routing is not provided; define on_chat_message, "
+                          "on_callback_query, … on the handler",
 }
 
 
