@@ -11,10 +11,11 @@ parse_mode "HTML" (any case): no cut falls inside a tag or an entity such as ``&
 Tags still open at a cut are closed at the end of the part, innermost first, and reopened
 with their original text (attributes included) at the start of the next part; the limit
 counts those added tags. Every tag name is handled the same way (Telegram has no void
-tags). Markup no part can hold — a single tag too long for any part (a link to a huge URL),
-or nesting too deep to close and reopen within the limit — is dropped, the longest tags
-first, each with its closing tag: their text goes out without that formatting (logged as
-a warning) rather than the whole answer failing or going out as broken markup.
+tags). Markup too heavy to carry — a single tag too long for any part (a link to a huge
+URL), or tags open at once that would take more than MARKUP_SHARE of a part to close and
+reopen — is dropped, the longest tags first, each with its closing tag: their text goes
+out without that formatting (logged as a warning) rather than the whole answer failing,
+going out as broken markup, or going out as a message per few words.
 
 parse_mode "MarkdownV2" or "Markdown": no cut separates a backslash from the character it
 escapes. Entities (``*bold*``, code blocks, links) are not tracked, so one that spans a cut
@@ -24,14 +25,17 @@ keeps most entities whole.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import unicodedata
 from bisect import bisect_left
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096
+MARKUP_SHARE = 0.75   # the most of a part the tags open at its start may take to reopen and close
 
 _NO_BREAK = "\u00a0\u2007\u202f"
 _BREAKABLE = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c not in _NO_BREAK)
@@ -88,43 +92,83 @@ def _visible(parts: list[str]) -> list[str]:
 
 def _split_html(text: str, limit: int) -> list[str]:
     """Split HTML, dropping the markup that no part can hold until the rest splits."""
-    text = _drop_tags(text, _oversized(_scan_tags(text), limit), limit)
+    tags = _scan_tags(text)
+    text = _remove_tags(text, tags, _heavy_markup(text, tags, limit), limit)
     while True:  # each pass drops at least one tag, so the passes are bounded by the tags
         try:
             return _visible(_Splitter(text, limit, html=True, markdown=False).split())
         except _MarkupTooLong as stuck:
-            text = _drop_tags(text, stuck.starts, limit)
+            tags = _scan_tags(text)
+            text = _remove_tags(text, tags, _with_pairs(tags, stuck.starts), limit)
 
 
-def _oversized(tags: list[_Tag], limit: int) -> list[int]:
-    """Starts of the tags that no part can hold with their closing tag."""
-    return [start for start, end, name, _ in tags if end - start + len(_closer(name)) >= limit]
+@dataclass
+class _Open:
+    """An opening tag on the stack `_heavy_markup` keeps."""
+
+    index: int
+    units: int   # to reopen it and to close it
+    name: str
+    dropped: bool = False
+    closed: bool = False
 
 
-def _drop_tags(text: str, starts: list[int], limit: int) -> str:
-    """`text` without the tags at `starts`, nor the closing tags that pair with them."""
-    if not starts:
-        return text
-    tags = _scan_tags(text)
+def _heavy_markup(text: str, tags: list[_Tag], limit: int) -> set[int]:
+    """Indices of the tags to drop (opening tags, with the closing tags that pair with them)
+    so that, wherever a part starts, the tags open there take at most MARKUP_SHARE of it to
+    reopen and close. Heaviest first, in one pass over the tags.
+
+    The stack keeps dropped tags too, so that a closing tag still pairs with the tag the
+    splitter would pair it with; `heaviest` holds them by weight, skipping any no longer open.
+    """
+    budget = int(limit * MARKUP_SHARE)
+    stack: list[_Open] = []
+    heaviest: list[tuple[int, int, _Open]] = []
+    overhead = 0
+    drop: set[int] = set()
+    for k, (start, end, name, closing) in enumerate(tags):
+        if closing:
+            opened = _close_on(stack, name)
+            if opened is not None and opened.dropped:
+                drop.add(k)
+            elif opened is not None:
+                overhead -= opened.units
+            continue
+        entry = _Open(k, utf16_len(text[start:end]) + len(_closer(name)), name)
+        stack.append(entry)
+        heapq.heappush(heaviest, (-entry.units, k, entry))
+        overhead += entry.units
+        while overhead > budget:
+            _, _, entry = heapq.heappop(heaviest)
+            if not (entry.dropped or entry.closed):
+                entry.dropped = True
+                overhead -= entry.units
+                drop.add(entry.index)
+    return drop
+
+
+def _close_on(stack: list[_Open], name: str) -> _Open | None:
+    """Close the latest `name` on the stack, as the splitter does; that tag, or None."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i].name == name:
+            entry = stack.pop(i)
+            entry.closed = True
+            return entry
+    return None
+
+
+def _with_pairs(tags: list[_Tag], starts: list[int]) -> set[int]:
+    """Indices of the tags at `starts`, and of the closing tags that pair with them."""
     index = {tag[0]: k for k, tag in enumerate(tags)}
-    dropped = set()
+    drop = set()
     for start in starts:
         k = index[start]
-        dropped.add(k)
+        drop.add(k)
         if not tags[k][3]:
             pair = _closing_pair(tags, k)
             if pair is not None:
-                dropped.add(pair)
-    first = tags[index[starts[0]]]
-    log.warning("%d HTML tag(s), the first <%s> at offset %d, cannot fit in a message part of %d "
-                "UTF-16 units; their text is sent without that markup", len(starts), first[2],
-                first[0], limit)
-    pieces, cursor = [], 0
-    for k in sorted(dropped):
-        pieces.append(text[cursor:tags[k][0]])
-        cursor = tags[k][1]
-    pieces.append(text[cursor:])
-    return "".join(pieces)
+                drop.add(pair)
+    return drop
 
 
 def _closing_pair(tags: list[_Tag], k: int) -> int | None:
@@ -140,6 +184,22 @@ def _closing_pair(tags: list[_Tag], k: int) -> int | None:
         else:
             depth -= 1
     return None
+
+
+def _remove_tags(text: str, tags: list[_Tag], drop: set[int], limit: int) -> str:
+    """`text` without the tags whose indices are in `drop`, logged as one warning."""
+    if not drop:
+        return text
+    first = tags[min(drop)]
+    log.warning("%d HTML tag(s), the first <%s> at offset %d, cannot fit in a message part of "
+                "%d UTF-16 units; their text is sent without that markup",
+                sum(not tags[k][3] for k in drop), first[2], first[0], limit)
+    pieces, cursor = [], 0
+    for k in sorted(drop):
+        pieces.append(text[cursor:tags[k][0]])
+        cursor = tags[k][1]
+    pieces.append(text[cursor:])
+    return "".join(pieces)
 
 
 class _MarkupTooLong(ValueError):

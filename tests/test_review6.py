@@ -8,6 +8,7 @@ KeyboardInterrupt, and the like.
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from test_telepot import Recorder, delegation_for, text
@@ -246,3 +247,20 @@ def test_a_long_caption_with_entities_keeps_them_on_the_text_sent_after():
     assert photo_method == "sendPhoto" and "caption_entities" not in photo
     assert text_method == "sendMessage" and text["text"] == caption
     assert text["entities"] == [{"type": "bold", "offset": 0, "length": 4}]
+
+
+def test_tags_too_heavy_to_reopen_in_every_part_are_dropped_not_repeated():
+    block = "".join(f'<span class="{c * 1300}">' for c in "wxy") + "word " * 900 + "</span>" * 3
+    text = block * 10   # each part would reopen 3,900 units of tags around ~150 of text
+    parts = split_text(text, "HTML")
+    assert len(parts) <= 50   # 40 here, the words alone take 11; with every tag reopened, 350
+    assert sum(part.count("word") for part in parts) == 9000
+
+
+def test_deep_nesting_splits_in_linear_time():
+    text = "<b>" * 20000 + "x" * 5000 + "</b>" * 20000
+    started = time.perf_counter()
+    parts = split_text(text, "HTML")   # dropped tags are paired in one pass, not one scan each
+    assert time.perf_counter() - started < 3.0   # 0.05 s here; a scan per dropped tag took 14 s
+    assert all(utf16_len(part) <= 4096 for part in parts)
+    assert sum(part.count("x") for part in parts) == 5000
