@@ -18,9 +18,10 @@ out without that formatting (logged as a warning) rather than the whole answer f
 going out as broken markup, or going out as a message per few words.
 
 parse_mode "MarkdownV2" or "Markdown": no cut separates a backslash from the character it
-escapes. Entities (``*bold*``, code blocks, links) are not tracked, so one that spans a cut
-is split across two parts and may be rejected; cuts prefer paragraph and line breaks, which
-keeps most entities whole.
+escapes, nor falls inside a link ``[text](url)``; a link too long for any part goes out as
+its text (logged as a warning). Other entities (``*bold*``, code blocks) are not tracked,
+so one that spans a cut is split across two parts and may be rejected; cuts prefer
+paragraph and line breaks, which keeps most entities whole.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _BLANK_RUN = re.compile(r"\s*")
 _MASK = "\x00"
 _VISIBLE = re.compile(r"[^\s\x00]")
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9_-]*)(?:\"[^<>\"]*\"|'[^<>']*'|[^<>])*+>")
+_MD_LINK = re.compile(r"(?<!\\)\[((?:[^\[\]\\]|\\.)*)\]\((?:[^()\\\s]|\\.)*\)")
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);")
 _ENTITY_SPAN = 32
 _GRAPHEME_SPAN = 32
@@ -80,8 +82,26 @@ def split_text(text: str, parse_mode: str | None = None, limit: int = TELEGRAM_L
     mode = (parse_mode or "").lower()
     if mode == "html":
         return _split_html(text, limit)
-    parts = _Splitter(text, limit, html=False, markdown=mode in ("markdown", "markdownv2")).split()
-    return _visible(parts)
+    markdown = mode in ("markdown", "markdownv2")
+    if markdown:
+        text = _unlink_long(text, limit)
+    return _visible(_Splitter(text, limit, html=False, markdown=markdown).split())
+
+
+def _unlink_long(text: str, limit: int) -> str:
+    """`text` with each Markdown link longer than `limit` replaced by its text."""
+    long = [link for link in _MD_LINK.finditer(text) if utf16_len(link.group()) > limit]
+    if not long:
+        return text
+    log.warning("%d Markdown link(s), the first at offset %d, cannot fit in a message part of %d "
+                "UTF-16 units; their text is sent without the link", len(long), long[0].start(),
+                limit)
+    pieces, cursor = [], 0
+    for link in long:
+        pieces += [text[cursor:link.start()], link.group(1)]
+        cursor = link.end()
+    pieces.append(text[cursor:])
+    return "".join(pieces)
 
 
 def _visible(parts: list[str]) -> list[str]:
@@ -299,6 +319,8 @@ class _Splitter:
         self.tags = _scan_tags(text) if html else []
         self.masked = _mask_tags(text) if self.tags else text
         self.starts = [tag[0] for tag in self.tags]
+        self.links = [(m.start(), m.end()) for m in _MD_LINK.finditer(text)] if markdown else []
+        self.link_starts = [link[0] for link in self.links]
         self.narrow = utf16_len(text) == len(text)
         self.stack: list[_Tag] = []
         self.next_tag = 0
@@ -466,8 +488,14 @@ class _Splitter:
             if inside is None:
                 inside = self._entity_around(cut)
             return inside
-        if self.markdown and self._escaped(cut):
-            return cut - 1
+        if self.markdown:
+            return cut - 1 if self._escaped(cut) else self._link_around(cut)
+        return None
+
+    def _link_around(self, cut: int) -> int | None:
+        k = bisect_left(self.link_starts, cut) - 1
+        if k >= 0 and self.links[k][1] > cut:
+            return self.links[k][0]
         return None
 
     def _tag_around(self, cut: int) -> int | None:

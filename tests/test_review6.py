@@ -264,3 +264,21 @@ def test_deep_nesting_splits_in_linear_time():
     assert time.perf_counter() - started < 3.0   # 0.05 s here; a scan per dropped tag took 14 s
     assert all(utf16_len(part) <= 4096 for part in parts)
     assert sum(part.count("x") for part in parts) == 5000
+
+
+# -- long Markdown answers with links -------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["MarkdownV2", "Markdown"])
+def test_a_markdown_link_longer_than_a_message_goes_out_as_its_text(mode):
+    text = "word " * 700 + f"[the report]({HUGE_URL}) tail " + "more " * 200
+    parts = split_text(text, mode)
+    assert all(utf16_len(part) <= 4096 for part in parts)
+    joined = " ".join(parts)
+    assert "the report tail" in joined and HUGE_URL not in joined
+
+
+def test_a_markdown_cut_never_falls_inside_a_link():
+    text = "a" * 4088 + " [x y z](https://example.com/page) tail " + "b " * 100
+    parts = split_text(text, "MarkdownV2")
+    assert parts[0] == "a" * 4088
+    assert parts[1].startswith("[x y z](https://example.com/page) tail")
