@@ -226,3 +226,11 @@ def test_chat_answers_bytes_that_are_not_utf8_and_refuses_a_chat_id_too_big(tmp_
         "(at most 9223372036854775807 either side of 0))",
         "you: after", "bot: 3"]
     assert "poller failed" not in result.stderr.decode()
+
+
+def test_a_program_whose_get_me_finds_the_token_rejected_exits_78(telegram, tmp_path):
+    source = ("import sys\nimport telepot\n\nbot = telepot.Bot(sys.argv[1])\nprint(bot.getMe())\n"
+              "bot.message_loop(print)\n")
+    result = run_to_end(tmp_path, telegram, source, "123:" + "A" * 35)   # not the double's token
+    assert result.returncode == 78, result.stderr   # systemd's RestartPreventExitStatus
+    assert "Telegram rejected the bot token (401" in result.stderr
