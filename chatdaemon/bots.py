@@ -8,6 +8,7 @@ and every load (a reload) runs the files as they are now.
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
 import importlib.machinery
@@ -17,8 +18,9 @@ import os
 import sys
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import yamlfile
 from .chathandler import DEFAULT_ERROR_TEXT, BotSender, ChatHandler, SeedTuple
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 DEFINITION_KEYS = {"python", "error_text", "env", "handlers", "tree", "fallback", "schedules", "hooks",
                    "session_timeout", "conversation"}
 PACKAGE = "chatdaemon_bots"
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,7 +68,7 @@ class Bot:
             return self.definitions.conversation == "per_user"
         return self.handler_class is not None and self.handler_class.per_user
 
-    def create_handler(self, context: Any, conversation: Any, sender: Any) -> Desk:
+    def create_handler(self, context: Any, conversation: Any, sender: Any) -> Contained:
         """The chat's handler; `context` is the update transaction (a ChatContext)."""
         handler: ChatHandler
         if self.pipeline is not None:
@@ -73,8 +76,8 @@ class Bot:
             handler = PipelineHandler(context, conversation, sender, self.pipeline)
         else:
             assert self.handler_class is not None   # load_bot gives a bot a pipeline or a class
-            handler = construct(self.handler_class, context, conversation, sender)
-        return Desk(handler, context, conversation, sender, self.people)
+            handler = contain(construct, self.handler_class, context, conversation, sender)
+        return Contained(Desk(handler, context, conversation, sender, self.people))
 
     def describe(self) -> list[str]:
         """What `chatdaemon check` prints about this bot."""
@@ -93,6 +96,60 @@ class Bot:
             lines.append(f"  hook {hook.name}: POST /hooks/{hook.name} → chats {hook.describe_recipients()} "
                          f"(at most {hook.rate_limit}/min)")
         return lines
+
+
+class HandlerExited(Exception):
+    """Handler code raised a BaseException that is not an Exception (SystemExit from
+    sys.exit(), KeyboardInterrupt, GeneratorExit, …); `raised` is what it raised."""
+
+    def __init__(self, raised: BaseException):
+        self.raised = raised
+        super().__init__(f"the handler raised {type(raised).__name__}({raised!s}); a bot's "
+                         "handler cannot end the daemon, so this update failed instead")
+
+
+def contain(call: Callable[..., T], *args: Any) -> T:
+    """call(*args), with a BaseException that is not an Exception raised as HandlerExited."""
+    try:
+        return call(*args)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HandlerExited(exc) from exc
+
+
+class Contained:
+    """A chat's handler as the update transaction sees it, whatever the bot's code raises.
+
+    Invariant: only Exceptions leave handler code, and handler code never changes the
+    update as the inbox holds it. The transaction answers those with the
+    error text and marks the update done; a SystemExit or KeyboardInterrupt would instead
+    end the chat's thread silently and leave its updates waiting behind a dead handler.
+    """
+
+    def __init__(self, inner: Desk):
+        self.inner = inner
+
+    @property
+    def ends_on_error(self) -> bool:
+        return self.inner.ends_on_error
+
+    def start(self, payload: dict) -> bool:
+        return contain(self.inner.start, copy.deepcopy(payload))
+
+    def on_update(self, kind: str, payload: dict) -> None:
+        # the handler gets its own copy: the update as it came still answers a button press
+        # and words the error text, whatever the handler did to its message
+        contain(self.inner.on_update, kind, copy.deepcopy(payload))
+
+    def end(self, reason: BaseException) -> None:
+        contain(self.inner.end, reason)
+
+    def takes(self, kind: str, payload: dict) -> bool:
+        return contain(self.inner.takes, kind, payload)
+
+    def waiting(self) -> None:
+        contain(self.inner.waiting)
 
 
 def describe_life_cycle(cls: type[ChatHandler]) -> str:

@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import BadToken, NetworkError, RetryAfter, ShuttingDown, TelegramError
 from .ratelimit import RateLimiter
@@ -51,6 +51,34 @@ def caption_units(caption: str, parse_mode: str | None) -> int:
     if (parse_mode or "").upper() == "HTML":
         caption = html.unescape(_HTML_TAG.sub("", caption))
     return utf16_len(caption)
+
+
+def entity_shares(text: str, parts: list[str], params: dict) -> list[dict]:
+    """For each part of a split `text`, the `entities` parameter that part needs: the
+    entities it overlaps, cut to it, their offsets counted from its start (UTF-16 units).
+    Empty dicts when there are no entities to share out (none, or markup instead); with
+    no parse_mode the parts are pieces of `text`, which places them."""
+    entities = params.get("entities")
+    if params.get("parse_mode") or not _are_entities(entities):
+        return [{} for _ in parts]
+    shares, cursor = [], 0
+    for part in parts:
+        found = text.find(part, cursor)   # found: with no parse_mode, parts are pieces of text
+        start = utf16_len(text[:found])
+        end = start + utf16_len(part)
+        cursor = found + len(part)
+        shares.append({"entities": [
+            {**entity, "offset": max(entity["offset"], start) - start,
+             "length": min(entity["offset"] + entity["length"], end) - max(entity["offset"], start)}
+            for entity in entities
+            if entity["offset"] < end and entity["offset"] + entity["length"] > start]})
+    return shares
+
+
+def _are_entities(value: object) -> TypeGuard[list[dict]]:
+    return isinstance(value, list) and all(
+        isinstance(entity, dict) and isinstance(entity.get("offset"), int)
+        and isinstance(entity.get("length"), int) for entity in value)
 
 
 def is_flood_limited(method: str) -> bool:
@@ -98,9 +126,10 @@ class Sender:
         if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > MAX_TEXT:
             parts = split_text(text, params.get("parse_mode"))
             markup = params.pop("reply_markup", None)
-            for part in parts[:-1]:
-                send(method, {**params, "text": part})
-            last = {**params, "text": parts[-1]}
+            shares = entity_shares(text, parts, params)
+            for part, share in zip(parts[:-1], shares, strict=False):
+                send(method, {**params, "text": part, **share})
+            last = {**params, "text": parts[-1], **shares[-1]}
             if markup is not None:
                 last["reply_markup"] = markup  # the keyboard goes with the last part only
             return send(method, last)
@@ -113,12 +142,15 @@ class Sender:
         long text) carrying the keyboard; the text message's result is returned."""
         caption = params.pop("caption")
         parse_mode = params.pop("parse_mode", None)
+        entities = params.pop("caption_entities", None)
         markup = params.pop("reply_markup", None)
         self._call_until_answered(method, params, on_migrate=on_migrate, check=check)
         follow = {key: params[key] for key in FOLLOWING if key in params}  # chat_id: migrated
         follow["text"] = caption
         if parse_mode is not None:
             follow["parse_mode"] = parse_mode
+        if entities is not None:
+            follow["entities"] = entities   # the caption's formatting, now the text's
         if markup is not None:
             follow["reply_markup"] = markup
         return self.call("sendMessage", follow, on_migrate=on_migrate, check=check)

@@ -23,6 +23,7 @@ from .local import LocalTelegram
 log = logging.getLogger(__name__)
 
 FIRST_USER_ID = 1001
+MAX_CHAT_ID = 2 ** 63 - 1   # a chat id is a signed 64-bit number; the inbox refuses others
 ANSWER_TIMEOUT = 60.0
 SETTLE_SECONDS = 2.0   # after an answer, how long messages it set off (to operators) may take
 SILENCE = "(no answer: the bot sent nothing)"
@@ -41,6 +42,9 @@ class Users:
         self.current = self.switch("You")
 
     def switch(self, name: str) -> dict:
+        """Type as `name` from now on; ValueError for a number no chat id can be."""
+        if name.lstrip("-").isdigit() and not -MAX_CHAT_ID <= int(name) <= MAX_CHAT_ID:
+            raise ValueError(f"{name} cannot be a chat id (at most {MAX_CHAT_ID} either side of 0)")
         if name not in self.by_name:
             user_id = int(name) if name.lstrip("-").isdigit() else \
                 FIRST_USER_ID + sum(not n.lstrip("-").isdigit() for n in self.by_name)
@@ -107,8 +111,12 @@ class Terminal:
         """/as NAME: switch who types; True when the line was that command."""
         if not line.startswith("/as "):
             return False
-        with self.lock:
-            user = self.users.switch(line[4:].strip() or "You")
+        try:
+            with self.lock:
+                user = self.users.switch(line[4:].strip() or "You")
+        except ValueError as exc:
+            self._print(f"(not switched: {exc})")
+            return True
         self._print(f"(you are {user['first_name']} now, chat {user['id']})")
         return True
 
@@ -158,7 +166,7 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO, err: TextIO | Non
             line = stdin.readline()
             if not line:
                 break
-            line = line.rstrip("\n")
+            line = readable(line.rstrip("\n"))
             if not line.strip():
                 continue
             if not interactive:
@@ -177,6 +185,18 @@ def chat(config: Config, bot: Bot, stdin: TextIO, out: TextIO, err: TextIO | Non
         runner.join(config.stop_timeout + 5)
     if app.failure:
         raise app.failure
+
+
+def readable(line: str) -> str:
+    """`line` as text Telegram could have sent: bytes that were not UTF-8 (read from a pipe,
+    they arrive as lone surrogates) become U+FFFD, as the inbox cannot store them."""
+    if line.isascii():
+        return line
+    try:
+        raw = line.encode("utf-8", "surrogateescape")   # the bytes as read
+    except UnicodeEncodeError:
+        raw = line.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
 
 
 def _run(app: App, settled: threading.Event) -> None:

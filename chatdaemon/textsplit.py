@@ -11,22 +11,32 @@ parse_mode "HTML" (any case): no cut falls inside a tag or an entity such as ``&
 Tags still open at a cut are closed at the end of the part, innermost first, and reopened
 with their original text (attributes included) at the start of the next part; the limit
 counts those added tags. Every tag name is handled the same way (Telegram has no void
-tags). A single tag too long for any part, or nesting too deep to close and reopen within
-the limit, raises ValueError instead of producing broken markup.
+tags). Markup too heavy to carry — a single tag too long for any part (a link to a huge
+URL), or tags open at once that would take more than MARKUP_SHARE of a part to close and
+reopen — is dropped, the longest tags first, each with its closing tag: their text goes
+out without that formatting (logged as a warning) rather than the whole answer failing,
+going out as broken markup, or going out as a message per few words.
 
 parse_mode "MarkdownV2" or "Markdown": no cut separates a backslash from the character it
-escapes. Entities (``*bold*``, code blocks, links) are not tracked, so one that spans a cut
-is split across two parts and may be rejected; cuts prefer paragraph and line breaks, which
-keeps most entities whole.
+escapes, nor falls inside a link ``[text](url)``; a link too long for any part goes out as
+its text (logged as a warning). Other entities (``*bold*``, code blocks) are not tracked,
+so one that spans a cut is split across two parts and may be rejected; cuts prefer
+paragraph and line breaks, which keeps most entities whole.
 """
 
 from __future__ import annotations
 
+import heapq
+import logging
 import re
 import unicodedata
 from bisect import bisect_left
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096
+MARKUP_SHARE = 0.75   # the most of a part the tags open at its start may take to reopen and close
 
 _NO_BREAK = "\u00a0\u2007\u202f"
 _BREAKABLE = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c not in _NO_BREAK)
@@ -40,6 +50,7 @@ _BLANK_RUN = re.compile(r"\s*")
 _MASK = "\x00"
 _VISIBLE = re.compile(r"[^\s\x00]")
 _TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9_-]*)(?:\"[^<>\"]*\"|'[^<>']*'|[^<>])*+>")
+_MD_LINK = re.compile(r"(?<!\\)\[((?:[^\[\]\\]|\\.)*)\]\((?:[^()\\\s]|\\.)*\)")
 _ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9A-Fa-f]+|[A-Za-z][A-Za-z0-9]*);")
 _ENTITY_SPAN = 32
 _GRAPHEME_SPAN = 32
@@ -61,18 +72,162 @@ def split_text(text: str, parse_mode: str | None = None, limit: int = TELEGRAM_L
     """Split `text` into parts of at most `limit` UTF-16 units each, in order.
 
     Text that fits is returned as ``[text]``, the very same string. Raises ValueError when
-    `limit` is not positive, when the text has nothing visible to send, or (HTML) when a
-    tag or the nesting of open tags cannot fit in a part.
+    `limit` is not positive or when the text has nothing visible to send. HTML markup that
+    cannot fit in a part is dropped (see the module's docstring).
     """
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
     if utf16_len(text) <= limit:
         return [text]
     mode = (parse_mode or "").lower()
-    parts = _Splitter(text, limit, html=mode == "html", markdown=mode in ("markdown", "markdownv2")).split()
+    if mode == "html":
+        return _split_html(text, limit)
+    markdown = mode in ("markdown", "markdownv2")
+    if markdown:
+        text = _unlink_long(text, limit)
+    return _visible(_Splitter(text, limit, html=False, markdown=markdown).split())
+
+
+def _unlink_long(text: str, limit: int) -> str:
+    """`text` with each Markdown link longer than `limit` replaced by its text."""
+    long = [link for link in _MD_LINK.finditer(text) if utf16_len(link.group()) > limit]
+    if not long:
+        return text
+    log.warning("%d Markdown link(s), the first at offset %d, cannot fit in a message part of %d "
+                "UTF-16 units; their text is sent without the link", len(long), long[0].start(),
+                limit)
+    pieces, cursor = [], 0
+    for link in long:
+        pieces += [text[cursor:link.start()], link.group(1)]
+        cursor = link.end()
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+def _visible(parts: list[str]) -> list[str]:
     if not parts:
         raise ValueError("text has no visible content to send")
     return parts
+
+
+def _split_html(text: str, limit: int) -> list[str]:
+    """Split HTML, dropping the markup that no part can hold until the rest splits."""
+    tags = _scan_tags(text)
+    text = _remove_tags(text, tags, _heavy_markup(text, tags, limit), limit)
+    while True:  # each pass drops at least one tag, so the passes are bounded by the tags
+        try:
+            return _visible(_Splitter(text, limit, html=True, markdown=False).split())
+        except _MarkupTooLong as stuck:
+            tags = _scan_tags(text)
+            text = _remove_tags(text, tags, _with_pairs(tags, stuck.starts), limit)
+
+
+@dataclass
+class _Open:
+    """An opening tag on the stack `_heavy_markup` keeps."""
+
+    index: int
+    units: int   # to reopen it and to close it
+    name: str
+    dropped: bool = False
+    closed: bool = False
+
+
+def _heavy_markup(text: str, tags: list[_Tag], limit: int) -> set[int]:
+    """Indices of the tags to drop (opening tags, with the closing tags that pair with them)
+    so that, wherever a part starts, the tags open there take at most MARKUP_SHARE of it to
+    reopen and close. Heaviest first, in one pass over the tags.
+
+    The stack keeps dropped tags too, so that a closing tag still pairs with the tag the
+    splitter would pair it with; `heaviest` holds them by weight, skipping any no longer open.
+    """
+    budget = int(limit * MARKUP_SHARE)
+    stack: list[_Open] = []
+    heaviest: list[tuple[int, int, _Open]] = []
+    overhead = 0
+    drop: set[int] = set()
+    for k, (start, end, name, closing) in enumerate(tags):
+        if closing:
+            opened = _close_on(stack, name)
+            if opened is not None and opened.dropped:
+                drop.add(k)
+            elif opened is not None:
+                overhead -= opened.units
+            continue
+        entry = _Open(k, utf16_len(text[start:end]) + len(_closer(name)), name)
+        stack.append(entry)
+        heapq.heappush(heaviest, (-entry.units, k, entry))
+        overhead += entry.units
+        while overhead > budget:
+            _, _, entry = heapq.heappop(heaviest)
+            if not (entry.dropped or entry.closed):
+                entry.dropped = True
+                overhead -= entry.units
+                drop.add(entry.index)
+    return drop
+
+
+def _close_on(stack: list[_Open], name: str) -> _Open | None:
+    """Close the latest `name` on the stack, as the splitter does; that tag, or None."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i].name == name:
+            entry = stack.pop(i)
+            entry.closed = True
+            return entry
+    return None
+
+
+def _with_pairs(tags: list[_Tag], starts: list[int]) -> set[int]:
+    """Indices of the tags at `starts`, and of the closing tags that pair with them."""
+    index = {tag[0]: k for k, tag in enumerate(tags)}
+    drop = set()
+    for start in starts:
+        k = index[start]
+        drop.add(k)
+        if not tags[k][3]:
+            pair = _closing_pair(tags, k)
+            if pair is not None:
+                drop.add(pair)
+    return drop
+
+
+def _closing_pair(tags: list[_Tag], k: int) -> int | None:
+    """Index of the closing tag that closes the opening tag tags[k], as the splitter pairs them."""
+    name, depth = tags[k][2], 0
+    for j in range(k + 1, len(tags)):
+        if tags[j][2] != name:
+            continue
+        if not tags[j][3]:
+            depth += 1
+        elif depth == 0:
+            return j
+        else:
+            depth -= 1
+    return None
+
+
+def _remove_tags(text: str, tags: list[_Tag], drop: set[int], limit: int) -> str:
+    """`text` without the tags whose indices are in `drop`, logged as one warning."""
+    if not drop:
+        return text
+    first = tags[min(drop)]
+    log.warning("%d HTML tag(s), the first <%s> at offset %d, cannot fit in a message part of "
+                "%d UTF-16 units; their text is sent without that markup",
+                sum(not tags[k][3] for k in drop), first[2], first[0], limit)
+    pieces, cursor = [], 0
+    for k in sorted(drop):
+        pieces.append(text[cursor:tags[k][0]])
+        cursor = tags[k][1]
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+class _MarkupTooLong(ValueError):
+    """The open tags at a position cannot fit in a part: `starts` are the ones to drop."""
+
+    def __init__(self, message: str, starts: list[int]):
+        super().__init__(message)
+        self.starts = starts
 
 
 def _scan_tags(text: str) -> list[_Tag]:
@@ -164,6 +319,8 @@ class _Splitter:
         self.tags = _scan_tags(text) if html else []
         self.masked = _mask_tags(text) if self.tags else text
         self.starts = [tag[0] for tag in self.tags]
+        self.links = [(m.start(), m.end()) for m in _MD_LINK.finditer(text)] if markdown else []
+        self.link_starts = [link[0] for link in self.links]
         self.narrow = utf16_len(text) == len(text)
         self.stack: list[_Tag] = []
         self.next_tag = 0
@@ -331,8 +488,14 @@ class _Splitter:
             if inside is None:
                 inside = self._entity_around(cut)
             return inside
-        if self.markdown and self._escaped(cut):
-            return cut - 1
+        if self.markdown:
+            return cut - 1 if self._escaped(cut) else self._link_around(cut)
+        return None
+
+    def _link_around(self, cut: int) -> int | None:
+        k = bisect_left(self.link_starts, cut) - 1
+        if k >= 0 and self.links[k][1] > cut:
+            return self.links[k][0]
         return None
 
     def _tag_around(self, cut: int) -> int | None:
@@ -356,15 +519,19 @@ class _Splitter:
         return (len(before) - len(before.rstrip("\\"))) % 2 == 1
 
     def _stuck(self, pos: int) -> ValueError:
+        """Why no part can start at `pos`: the open tags there, longest first, to drop."""
         tag = self._tag_at(pos)
-        for start, end, name, _ in [*self.stack, *([tag] if tag else [])]:
-            units = utf16_len(self.text[start:end])
-            if units + len(_closer(name)) >= self.limit:
-                return ValueError(f"HTML tag at offset {start} is {units} UTF-16 units long "
-                                  f"and cannot fit in a part of at most {self.limit} units")
-        if self.stack:
-            overhead = utf16_len(self._openers() + self._closers())
-            return ValueError(f"{len(self.stack)} nested HTML tags open at offset {pos} take "
-                              f"{overhead} UTF-16 units to close and reopen, leaving too little room "
-                              f"within {self.limit}")
-        return ValueError(f"cannot split the text at offset {pos} within {self.limit} UTF-16 units")
+        held = [*self.stack, *([tag] if tag is not None and not tag[3] else [])]
+        if not held:
+            return ValueError(f"cannot split the text at offset {pos} within {self.limit} UTF-16 units")
+        held.sort(key=lambda t: t[1] - t[0], reverse=True)
+        overhead = sum(utf16_len(self.text[start:end]) + len(_closer(name))
+                       for start, end, name, _ in held)
+        starts = []
+        for start, end, name, _ in held:  # until the rest takes at most half a part
+            if overhead <= self.limit // 2:
+                break
+            starts.append(start)
+            overhead -= utf16_len(self.text[start:end]) + len(_closer(name))
+        return _MarkupTooLong(f"{len(held)} HTML tags open at offset {pos} leave too little room "
+                              f"within {self.limit} UTF-16 units", starts or [held[0][0]])

@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 TELEPOT_KINDS = frozenset({"message", "edited_message", "channel_post", "edited_channel_post",
                            "callback_query"})
 NORMAL_ENDS = (exception.StopListening, exception.IdleTerminate)
+# Updates that belong to no chat: the daemon stores them and marks them done unhandled, so
+# a program that asks for them is refused at start-up rather than left waiting in silence.
+CHATLESS = ("inline_query", "chosen_inline_result", "shipping_query", "pre_checkout_query")
+
+
+def refuse_chatless(kinds: Any, where: str) -> None:
+    """Unsupported naming `where` when `kinds` (flavors, update types) holds a chat-less one."""
+    asked = [kind for kind in CHATLESS if kind in kinds]
+    if asked:
+        raise exception.Unsupported(
+            f"{where}: {', '.join(asked)} belong to no chat, and `chatdaemon telepot` delivers "
+            "only chat messages and button presses; remove them from the program")
 
 
 class SeedTuple(tuple):
@@ -46,6 +58,8 @@ def route_for(bot: Any, callback: Any) -> Any:
             raise exception.Unsupported("message_loop() needs a handler: message_loop(handle)")
     if not (callable(callback) or isinstance(callback, dict)):
         raise TypeError("the message loop's handler must be a function or a {flavor: function} dict")
+    if isinstance(callback, dict):
+        refuse_chatless(callback, "the message loop's handler table")
     return FunctionRoute(callback)
 
 
@@ -135,15 +149,17 @@ class Delegation:
 
     def _deliver_to(self, key: tuple, factory: Any, msg: dict, seed: Any) -> None:
         job = self.jobs.get(key)
-        if job is not None:
-            alive = job.deliver(msg)
-        else:
-            job = self.jobs[key] = self._make_job(factory, msg, seed)
-            try:
+        try:
+            if job is not None:
+                alive = job.deliver(msg)
+            else:
+                job = self.jobs[key] = self._make_job(factory, msg, seed)
                 alive = job.start(msg, seed)
-            except BaseException:
-                self.jobs.pop(key, None)
-                raise
+        except BaseException:
+            # a handler that failed was closed (on_close ran): the seed's next message
+            # opens a new one, as telepot's delegate thread ended with the error
+            self.jobs.pop(key, None)
+            raise
         if not alive:
             self.jobs.pop(key, None)
 

@@ -12,10 +12,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .exception import BadFlavor
+from .exception import BadFlavor, Unsupported
 from .telepot import flavor
 
 Seeder = Callable[[dict], Any]
+
+# telepot's seeders and wrappers for updates that belong to no chat, or that need a
+# message's origin tracked across chats: a program using one learns why at start-up.
+NOT_PROVIDED = {
+    "per_inline_from_id": "inline queries belong to no chat",
+    "per_inline_from_id_in": "inline queries belong to no chat",
+    "per_inline_from_id_except": "inline queries belong to no chat",
+    "per_invoice_payload": "shipping and pre-checkout queries belong to no chat",
+    "per_callback_query_origin": "button presses go to the chat they were pressed in",
+    "intercept_callback_query_origin": "button presses go to the chat they were pressed in",
+    "per_event_source_id": "timed events are not provided; the daemon's idle timeout is",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in NOT_PROVIDED:
+        raise Unsupported(f"telepot.delegate.{name} is not provided by `chatdaemon telepot`: "
+                          f"{NOT_PROVIDED[name]}")
+    raise AttributeError(f"module 'telepot.delegate' has no attribute {name!r}")
 
 
 

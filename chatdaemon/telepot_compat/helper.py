@@ -33,6 +33,30 @@ EDITOR_METHODS = frozenset({
     "editMessageText", "editMessageCaption", "editMessageReplyMarkup", "deleteMessage",
     "editMessageLiveLocation", "stopMessageLiveLocation"})
 
+# telepot's helpers for updates that belong to no chat, or for its own event scheduling:
+# a program using one learns why at start-up rather than meeting an AttributeError.
+NOT_PROVIDED = {
+    "Answerer": "inline queries belong to no chat",
+    "AnswererMixin": "inline queries belong to no chat",
+    "InlineUserHandler": "inline queries belong to no chat",
+    "InvoiceHandler": "shipping and pre-checkout queries belong to no chat",
+    "CallbackQueryOriginHandler": "button presses go to the chat they were pressed in",
+    "InterceptCallbackQueryMixin": "button presses go to the chat they were pressed in",
+    "CallbackQueryCoordinator": "button presses go to the chat they were pressed in",
+    "StandardEventScheduler": "timed events are not provided; the daemon's idle timeout is",
+    "StandardEventMixin": "timed events are not provided; the daemon's idle timeout is",
+    "Router": "telepot.routing is not provided; pass message_loop a {flavor: function} table",
+    "DefaultRouterMixin": "telepot.routing is not provided; define on_chat_message, "
+                          "on_callback_query, … on the handler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in NOT_PROVIDED:
+        raise exception.Unsupported(f"telepot.helper.{name} is not provided by `chatdaemon "
+                                    f"telepot`: {NOT_PROVIDED[name]}")
+    raise AttributeError(f"module 'telepot.helper' has no attribute {name!r}")
+
 
 class _Bound:
     """Bot methods with their first argument filled in."""

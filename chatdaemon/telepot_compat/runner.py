@@ -16,7 +16,7 @@ import threading
 import traceback
 from dataclasses import replace
 
-from ..errors import ChatdaemonError, ConfigError
+from ..errors import BadToken, ChatdaemonError, ConfigError, is_bad_token
 from ..telegram import looks_like_token
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def wait_for_loop(program: ProgramThread, runtime) -> str:
     runtime.wait_settled()
     if runtime.route is None:
         program.join()
+        refused_token(program.error)
         if program.error is not None:
             where = traceback.extract_tb(program.error.__traceback__)
             frames = [frame for frame in where if frame.filename == program.script]
@@ -89,6 +90,14 @@ def wait_for_loop(program: ProgramThread, runtime) -> str:
         raise ConfigError("the token the program gave telepot.Bot does not look like a bot token "
                           "(digits, a colon, then letters, digits, - or _)")
     return token
+
+
+def refused_token(error: BaseException | None) -> None:
+    """BadToken (exit 78, no restart under systemd) when the program's own call found the
+    token rejected before its loop: a 401 on any call, or a 404 on getMe."""
+    if error is not None and is_bad_token(error) \
+            and (error.status == 401 or error.method == "getMe"):
+        raise BadToken.from_error(error)
 
 
 def program_config(config, runtime):

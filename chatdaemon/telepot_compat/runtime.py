@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import errors
 from ..telegram import MAX_CONNECTIONS, TelegramClient
 from . import exception
-from .chat import route_for
+from .chat import refuse_chatless, route_for
 from .transport import FileAPI
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class Runtime:
     def start_loop(self, bot: Any, callback: Any, allowed_updates: Any, block: bool) -> None:
         """The program's message loop starts: remember where updates go, wake the daemon."""
         route = route_for(bot, callback)
+        if allowed_updates is not None:
+            refuse_chatless(allowed_updates, "allowed_updates")
         with self._lock:
             if self.route is not None:
                 raise exception.Unsupported("the message loop is already running")
