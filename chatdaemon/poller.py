@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -217,8 +218,16 @@ class Poller:
             return
         self.policy.succeeded()
         unhandled = [row.update_id for row in rows if not self.handles(row)]
-        new = self.store.add_updates(rows, done=unhandled, rejected=[
-            (rejection.reason, rejection.payload_text()) for rejection in rejections])
+        try:
+            new = self.store.add_updates(rows, done=unhandled, rejected=[
+                (rejection.reason, rejection.payload_text()) for rejection in rejections])
+        except sqlite3.OperationalError as exc:
+            # a full disk, a card remounted read-only, a writer outside holding the lock: the
+            # batch is not on disk, so it is not acknowledged and Telegram keeps it (24 h)
+            self._note(f"the inbox cannot store {len(updates)} update(s) ({exc}); they stay "
+                       "with Telegram and are fetched again")
+            self._wait(self.policy.backoff())
+            return
         self._log_stored(new, unhandled, rejections)
         self.received += len(new)
         # Only now, with the batch on disk, may the next call acknowledge it; every update
