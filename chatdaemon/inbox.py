@@ -17,6 +17,7 @@ import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Rows the daemon makes itself (hook notifications, schedule ticks) take ids from here up,
 # far above Telegram's update ids, so they share the inbox's order and guarantees.
@@ -63,6 +64,32 @@ def encode_payload(update: dict) -> bytes:
     deflate = zlib.compressobj(2, zlib.DEFLATED, PAYLOAD_WINDOW_BITS, 1, zlib.Z_DEFAULT_STRATEGY,
                                PAYLOAD_DICTIONARY)
     return DEFLATED + deflate.compress(text) + deflate.flush()
+
+
+def without_lone_surrogates(value: Any) -> Any:
+    """A copy of a JSON value whose strings (keys too) have U+FFFD for each lone surrogate.
+
+    JSON may escape half of a pair ("\\ud83d" alone): Python reads it, UTF-8 cannot hold it,
+    so such an update could never be stored. Walked one container at a time (no recursion).
+    """
+    def copied(child: Any) -> Any:
+        if isinstance(child, str):
+            return child.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return {} if isinstance(child, dict) else [] if isinstance(child, list) else child
+
+    top = copied(value)
+    todo = [(value, top)] if isinstance(value, dict | list) else []
+    while todo:
+        source, target = todo.pop()
+        for key, child in (source.items() if isinstance(source, dict) else enumerate(source)):
+            new = copied(child)
+            if isinstance(target, dict):
+                target[copied(key)] = new
+            else:
+                target.append(new)
+            if isinstance(child, dict | list):
+                todo.append((child, new))
+    return top
 
 
 def decode_payload(stored: str | bytes) -> dict:

@@ -29,7 +29,7 @@ from .errors import (
     WebhookActive,
     is_bad_token,
 )
-from .inbox import Rejection, parse_update, usable_update_id
+from .inbox import Rejection, parse_update, usable_update_id, without_lone_surrogates
 from .retry import RetryPolicy
 from .store import InboxRow, Store
 from .telegram import BotAPI
@@ -166,6 +166,22 @@ class Poller:
                 self._step(STORE_BUDGET)
                 self._store(updates)
 
+    def _add(self, updates: list) -> tuple[list[InboxRow], list[int], list[Rejection]]:
+        """Store a batch in one durable commit: (the new rows, the ids no chat handles, the
+        rejections)."""
+        rows: list[InboxRow] = []
+        rejections: list[Rejection] = []
+        for update in updates:
+            parsed = parse_update(update)
+            if isinstance(parsed, InboxRow):
+                rows.append(parsed)
+            else:
+                rejections.append(parsed)
+        unhandled = [row.update_id for row in rows if not self.handles(row)]
+        new = self.store.add_updates(rows, done=unhandled, rejected=[
+            (rejection.reason, rejection.payload_text()) for rejection in rejections])
+        return new, unhandled, rejections
+
     def _step(self, bound: float) -> None:
         """The loop promises to finish its next step within `bound` seconds (see `alive`)."""
         self.busy_until = time.monotonic() + bound + STEP_SLACK
@@ -200,27 +216,24 @@ class Poller:
         return updates
 
     def _store(self, updates: list) -> None:
-        rows: list[InboxRow] = []
-        rejections: list[Rejection] = []
-        for update in updates:
-            parsed = parse_update(update)
-            if isinstance(parsed, InboxRow):
-                rows.append(parsed)
-            else:
-                rejections.append(parsed)
         last_id = _last_usable_id(updates)
         if last_id is None:
             # Nothing in the batch can be acknowledged: storing it would store it again on
             # every poll. Leave it with Telegram, say why, and back off (1 s, 2 s, … 30 s).
+            reasons = {parsed.reason for parsed in map(parse_update, updates)
+                       if isinstance(parsed, Rejection)}
             self._note(f"{len(updates)} update(s) without a usable update_id, so none can be "
-                       f"acknowledged: {'; '.join(sorted({r.reason for r in rejections}))}")
+                       f"acknowledged: {'; '.join(sorted(reasons))}")
             self._wait(self.policy.backoff())
             return
         self.policy.succeeded()
-        unhandled = [row.update_id for row in rows if not self.handles(row)]
         try:
-            new = self.store.add_updates(rows, done=unhandled, rejected=[
-                (rejection.reason, rejection.payload_text()) for rejection in rejections])
+            try:
+                new, unhandled, rejections = self._add(updates)
+            except UnicodeEncodeError:
+                # a lone surrogate (half of an emoji, "\ud83d" alone in the JSON) is no text
+                # UTF-8 can hold: the batch is stored and answered with U+FFFD in its place
+                new, unhandled, rejections = self._add(list(map(without_lone_surrogates, updates)))
         except sqlite3.OperationalError as exc:
             # a full disk, a card remounted read-only, a writer outside holding the lock: the
             # batch is not on disk, so it is not acknowledged and Telegram keeps it (24 h)
@@ -307,7 +320,12 @@ class Poller:
             self._wait(policy.delay(exc))
             return
         head = exc.head.decode("utf-8", "replace")
-        self.store.add_rejected([(f"update {update_id}: {exc.description}", head)])
+        try:
+            self.store.add_rejected([(f"update {update_id}: {exc.description}", head)])
+        except sqlite3.OperationalError as error:   # as in _store: not kept, not acknowledged
+            self._note(f"the inbox cannot keep update {update_id} ({error}); fetched again")
+            self._wait(policy.backoff())
+            return
         self.rejected += 1
         log.warning("rejected update %s: %s (its first %d bytes kept in the rejected table)",
                     update_id, exc.description, len(exc.head))

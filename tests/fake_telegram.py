@@ -888,7 +888,10 @@ def _field(key: str, value: Any) -> Any:
 
 def _reply(request: BaseHTTPRequestHandler, status: int, body: dict) -> None:
     """Headers and body in one write (no Nagle delay on kept-alive connections)."""
-    data = json.dumps(body, ensure_ascii=False).encode()
+    try:
+        data = json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:   # a lone surrogate: escaped (\ud800), as Telegram's JSON has it
+        data = json.dumps(body).encode()
     close = "Connection: close\r\n" if request.close_connection else ""
     head = (f"HTTP/1.1 {status} {_phrase(status)}\r\nServer: fake-telegram\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n{close}\r\n")
