@@ -17,6 +17,7 @@ ends: `close()`, an error, the idle timeout, an eviction or a reload — each en
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -90,6 +91,9 @@ class ChatContext(Protocol):
     def check_current(self) -> None:
         """Raise Abandoned when the update was given up: its handler may no longer send."""
 
+    def waiting(self, paced: bool) -> contextlib.AbstractContextManager[None]:
+        """Entered around a send's wait for Telegram (`paced`: its flood limits' pace)."""
+
     def refused(self) -> None:
         """Telegram rejected the token on a send: this update must not be marked done."""
 
@@ -135,7 +139,8 @@ class BotSender:
         if method == "answerCallbackQuery":
             context.callback_answered(bound.get("callback_query_id"))
         try:
-            return self._sender.call(method, bound, check=context.check_current)
+            return self._sender.call(method, bound, check=context.check_current,
+                                     waiting=context.waiting)
         except BadToken:
             context.refused()  # even if the handler swallows it, the update stays pending
             raise
@@ -204,7 +209,7 @@ class ChatSender:
             return self._sender.call(method, params)
         try:
             return self._sender.call(method, params, on_migrate=context.migrated,
-                                     check=context.check_current)
+                                     check=context.check_current, waiting=context.waiting)
         except BadToken:
             context.refused()  # even if the handler swallows it, the update stays pending
             raise

@@ -229,6 +229,18 @@ class Delegator:
         of a moment ago, and a thread it gives up that had just finished is refused its commit."""
         delegate.busy_update = update_id
         delegate.busy_since = self._clock() if busy else None
+        delegate.busy_for = None
+
+    def pause_deadline(self, delegate: Delegate) -> None:
+        """Stop the update's deadline, keeping its time so far (as set_busy: own thread only)."""
+        if delegate.busy_since is not None:
+            delegate.busy_for = self._clock() - delegate.busy_since
+            delegate.busy_since = None
+
+    def resume_deadline(self, delegate: Delegate) -> None:
+        if delegate.busy_for is not None:
+            delegate.busy_since = self._clock() - delegate.busy_for
+            delegate.busy_for = None
 
     def update_done(self, delegate: Delegate) -> bool:
         """Count a handled update; True when the delegate should yield its slot to a waiting chat."""
@@ -366,6 +378,7 @@ class Delegate(threading.Thread):
         self.abandoned = False
         self.busy_since: float | None = None
         self.busy_update: int | None = None
+        self.busy_for: float | None = None   # the update's time so far while its deadline waits
         self.served = 0
         self.since = 0.0
 
@@ -454,6 +467,14 @@ class Delegate(threading.Thread):
 
     def handled(self) -> None:
         self.delegator.set_busy(self, None, False)
+
+    def pause(self) -> None:
+        if threading.current_thread() is self:   # a sender kept and used by another thread
+            self.delegator.pause_deadline(self)   # leaves this delegate's deadline alone
+
+    def resume(self) -> None:
+        if threading.current_thread() is self:
+            self.delegator.resume_deadline(self)
 
     def wait_for_work(self, timeout: float | None) -> str | None:
         return self.delegator.wait_for_work(self, timeout, may_yield=False)

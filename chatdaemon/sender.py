@@ -18,13 +18,14 @@ later call, so no update is marked done for a reply that could not go out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any, TypeAlias, TypeGuard
 
 from .errors import BadToken, NetworkError, RetryAfter, ShuttingDown, TelegramError
 from .ratelimit import RateLimiter
@@ -33,6 +34,10 @@ from .telegram import BotAPI
 from .textsplit import split_text, utf16_len
 
 log = logging.getLogger(__name__)
+
+# entered around each wait for Telegram; its argument says whether the wait is the flood
+# limits' pace (else a 429's retry_after or a retry after an error)
+Waiting: TypeAlias = Callable[[bool], contextlib.AbstractContextManager[None]]
 
 MAX_TEXT = 4096
 MAX_CAPTION = 1024   # a caption's limit, counted after its markup is parsed
@@ -107,22 +112,24 @@ class Sender:
 
     def call(self, method: str, params: dict | None = None, *,
              on_migrate: Callable[[int, int], None] | None = None,
-             check: Callable[[], None] | None = None) -> Any:
+             check: Callable[[], None] | None = None,
+             waiting: Waiting | None = None) -> Any:
         """Call `method`; a sendMessage too long for one message goes out in parts.
 
         Returns Telegram's result (for split text, the last part's message). `on_migrate`
         hears of a group's move to a supergroup found by this call (the update that sent it
         moves the conversation in its own commit); `check` runs before every attempt and may
-        raise to cancel it.
+        raise to cancel it; `waiting(paced)` is entered around each wait for Telegram (paced:
+        its flood limits' pace, else a 429 or a retry after an error).
         """
         params = dict(params or {})
         text = params.get("text")
         send = functools.partial(self._call_until_answered,
-                                 on_migrate=on_migrate, check=check)
+                                 on_migrate=on_migrate, check=check, waiting=waiting)
         caption = params.get("caption")
         if method in CAPTIONED and isinstance(caption, str) \
                 and caption_units(caption, params.get("parse_mode")) > MAX_CAPTION:
-            return self._caption_after(method, params, on_migrate, check)
+            return self._caption_after(method, params, on_migrate, check, waiting)
         if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > MAX_TEXT:
             parts = split_text(text, params.get("parse_mode"))
             markup = params.pop("reply_markup", None)
@@ -137,14 +144,15 @@ class Sender:
 
     def _caption_after(self, method: str, params: dict,
                        on_migrate: Callable[[int, int], None] | None,
-                       check: Callable[[], None] | None) -> Any:
+                       check: Callable[[], None] | None, waiting: Waiting | None) -> Any:
         """The media without its caption, then the caption as a text message (split as any
         long text) carrying the keyboard; the text message's result is returned."""
         caption = params.pop("caption")
         parse_mode = params.pop("parse_mode", None)
         entities = params.pop("caption_entities", None)
         markup = params.pop("reply_markup", None)
-        self._call_until_answered(method, params, on_migrate=on_migrate, check=check)
+        self._call_until_answered(method, params, on_migrate=on_migrate, check=check,
+                                  waiting=waiting)
         follow = {key: params[key] for key in FOLLOWING if key in params}  # chat_id: migrated
         follow["text"] = caption
         if parse_mode is not None:
@@ -153,11 +161,13 @@ class Sender:
             follow["entities"] = entities   # the caption's formatting, now the text's
         if markup is not None:
             follow["reply_markup"] = markup
-        return self.call("sendMessage", follow, on_migrate=on_migrate, check=check)
+        return self.call("sendMessage", follow, on_migrate=on_migrate, check=check,
+                         waiting=waiting)
 
     def _call_until_answered(self, method: str, params: dict,
                              on_migrate: Callable[[int, int], None] | None = None,
-                             check: Callable[[], None] | None = None) -> Any:
+                             check: Callable[[], None] | None = None,
+                             waiting: Waiting | None = None) -> Any:
         policy = RetryPolicy(first=FIRST_SEND_BACKOFF, cap=self._max_backoff)
         limited = is_flood_limited(method)
         while True:
@@ -165,7 +175,7 @@ class Sender:
             if limited:
                 # Stopping while waiting for a slot leaves the update undone: it replays,
                 # and since nothing was sent yet, nothing is sent twice.
-                self._sleep(self.limiter.reserve(chat_id))
+                self._sleep(self.limiter.reserve(chat_id), waiting, paced=True)
             self._check_allowed(method, check)
             try:
                 result = self.api.call(method, params)
@@ -174,14 +184,14 @@ class Sender:
                         and chat_id is not None:
                     self._migrate(chat_id, exc.migrate_to_chat_id, params, on_migrate)
                     continue
-                self._wait_after(method, exc, policy, chat_id, limited)
+                self._wait_after(method, exc, policy, chat_id, limited, waiting)
                 continue
             if limited:
                 self._count("sent")
             return result
 
     def _wait_after(self, method: str, exc: TelegramError | NetworkError, policy: RetryPolicy,
-                    chat_id: int | None, limited: bool) -> None:
+                    chat_id: int | None, limited: bool, waiting: Waiting | None) -> None:
         """Wait as the retry policy says after a failed call, or raise where retrying cannot help."""
         if isinstance(exc, TelegramError) and not isinstance(exc, RetryAfter) \
                 and exc.status < 500 and exc.status != REVOKED:
@@ -198,12 +208,12 @@ class Sender:
             log.warning("%s: Telegram asks to wait %.0f s (429)", method, wait)
             self.limiter.pause(chat_id, wait)   # that scope waits: this chat, or every send
             if not limited:
-                self._sleep(wait)   # a call the limiter does not hold waits here itself
+                self._sleep(wait, waiting)   # a call the limiter does not hold waits here itself
             self._give_up_if_stopping()
             return
         self._count("retries")
         log.warning("%s failed (%s); retrying in %.1f s", method, exc, wait)
-        self._sleep(wait)
+        self._sleep(wait, waiting)
 
     @property
     def stats(self) -> dict:
@@ -228,8 +238,12 @@ class Sender:
         if on_migrate is not None:
             on_migrate(chat_id, new_chat_id)
 
-    def _sleep(self, seconds: float) -> None:
-        if seconds > 0 and self._wait(seconds):
+    def _sleep(self, seconds: float, waiting: Waiting | None = None, paced: bool = False) -> None:
+        if seconds <= 0:
+            return
+        with waiting(paced) if waiting is not None else contextlib.nullcontext():
+            stopping = self._wait(seconds)
+        if stopping:
             raise ShuttingDown()
 
     def _give_up_if_stopping(self) -> None:

@@ -96,6 +96,12 @@ class _Slot:
     def handled(self) -> None:
         pass
 
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
     def wait_for_work(self, timeout: float | None) -> str | None:
         return "idle"  # listener.wait(): no update will come while the handler waits
 

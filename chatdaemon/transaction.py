@@ -51,6 +51,10 @@ from .store import Conversation, InboxRow, Store
 log = logging.getLogger(__name__)
 
 QUARANTINE_AFTER = 3        # cut-short attempts (crash, kill, hang) before an update is set aside
+# waiting for Telegram's flood limits' pace does not count toward the update's deadline up to
+# this much per update (600 messages at one a second): a handler that sends for ever is still
+# cut short; waits while Telegram fails (a retry, a 429) never count
+PACE_EXCUSED = 600.0
 MAX_COMMIT_BACKOFF = 30.0   # a commit that fails (disk full) is retried at least this often
 REPLY_KINDS = ("message", "callback_query",   # updates whose user expects an answer
                "callback")                    # (a result posted back: the user waits for it)
@@ -96,6 +100,12 @@ class Slot(Protocol):
 
     def handled(self) -> None:
         """Handler code returned: the deadline stops."""
+
+    def pause(self) -> None:
+        """A send waits for Telegram: the deadline stops, keeping the time spent so far."""
+
+    def resume(self) -> None:
+        """The wait is over: the deadline runs on from where it stopped."""
 
     def wait_for_work(self, timeout: float | None) -> str | None:
         """Block until an update is announced (None), or say why not ('stop', 'idle')."""
@@ -164,6 +174,7 @@ class UpdateTransaction:
         self._answered: set[str] = set()
         self._moved_to: int | None = None
         self._refused = False        # a send of this transaction met a rejected token
+        self._paced = 0.0            # seconds of the update in hand spent on Telegram's pace
         self.moved_on = False        # the caller's list of pending rows is stale (listener.wait
                                      # took later rows, or a commit's other writes changed them)
         # the handler: made on the first update, dropped when it ends (see _end_handler)
@@ -194,6 +205,7 @@ class UpdateTransaction:
         Raises ShuttingDown, Abandoned or BadToken with the update rolled back and pending.
         """
         self.moved_on = False
+        self._paced = 0.0
         try:
             if row.attempts >= self._quarantine_after:
                 self._quarantine(row)
@@ -475,6 +487,24 @@ class UpdateTransaction:
         if self._slot.abandoned:
             raise Abandoned(self.chat_id)
 
+    @contextlib.contextmanager
+    def waiting(self, paced: bool) -> Iterator[None]:
+        """A send waits for Telegram: that is no time of the handler's, so the update's
+        deadline stops meanwhile (see PACE_EXCUSED). Without this, an outage of a few minutes
+        during a send had the update given up three times and quarantined, and a handler
+        sending a minute's worth of messages was given up and run again (sending twice)."""
+        if paced and self._paced >= PACE_EXCUSED:
+            yield
+            return
+        began = time.monotonic()
+        self._slot.pause()
+        try:
+            yield
+        finally:
+            self._slot.resume()
+            if paced:
+                self._paced += time.monotonic() - began
+
     def refused(self) -> None:
         self._refused = True
 
@@ -584,7 +614,7 @@ class UpdateTransaction:
             return
         try:  # best effort: the update itself is done either way
             self.sender.call("answerCallbackQuery", {"callback_query_id": query_id},
-                             check=self.check_current)
+                             check=self.check_current, waiting=self.waiting)
         except Abandoned:
             raise
         except BadToken:
@@ -599,7 +629,8 @@ class UpdateTransaction:
             return
         try:
             self.sender.call("sendMessage", {"chat_id": self.chat_id, "text": text},
-                             on_migrate=self.migrated, check=self.check_current)
+                             on_migrate=self.migrated, check=self.check_current,
+                             waiting=self.waiting)
         except Abandoned:
             raise
         except BadToken:

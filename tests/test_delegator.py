@@ -25,7 +25,7 @@ class FakeSender:
         self.revoke_after: int | None = None
         self.changed = threading.Condition(self.lock)
 
-    def call(self, method, params=None, *, on_migrate=None, check=None):
+    def call(self, method, params=None, *, on_migrate=None, check=None, waiting=None):
         if check is not None:
             check()
         params = dict(params or {})

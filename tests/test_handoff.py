@@ -39,7 +39,7 @@ class Sends:
         self.token_rejected = False
         self._ids = itertools.count(1)
 
-    def call(self, method, params=None, *, on_migrate=None, check=None):
+    def call(self, method, params=None, *, on_migrate=None, check=None, waiting=None):
         if check is not None:
             check()
         record = {"method": method, **dict(params or {}), "message_id": next(self._ids)}
@@ -59,6 +59,12 @@ class Slot:
         pass
 
     def handled(self):
+        pass
+
+    def pause(self):
+        pass
+
+    def resume(self):
         pass
 
     def wait_for_work(self, timeout):

@@ -27,7 +27,7 @@ class FakeSender:
         self.fail_next: Exception | None = None
         self.migrate_to: int | None = None
 
-    def call(self, method, params=None, *, on_migrate=None, check=None):
+    def call(self, method, params=None, *, on_migrate=None, check=None, waiting=None):
         if check is not None:
             check()
         params = dict(params or {})

@@ -1,0 +1,108 @@
+"""The update deadline stops while a send waits for Telegram and runs on from where it
+stopped; the flood limits' pace is excused only up to PACE_EXCUSED per update."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from types import SimpleNamespace
+
+from test_delegator import FakeSender, message, start, store
+
+from chatdaemon import ChatHandler
+from chatdaemon import transaction as transaction_module
+from chatdaemon.transaction import UpdateTransaction
+
+__all__ = ["store"]   # a fixture, used by name
+
+
+class WaitingSender(FakeSender):
+    """Each send first waits for Telegram (`during_wait` runs inside that wait)."""
+
+    def __init__(self, during_wait):
+        super().__init__()
+        self.during_wait = during_wait
+
+    def call(self, method, params=None, *, on_migrate=None, check=None, waiting=None):
+        with waiting(False) if waiting is not None else contextlib.nullcontext():
+            self.during_wait()
+        return super().call(method, params, on_migrate=on_migrate, check=check)
+
+
+def run_one(store, handler_class, during_wait):
+    now = [0.0]
+    seen: dict[str, int] = {}
+    sender = WaitingSender(lambda: during_wait(now, seen, delegator))
+    made: list = []
+    delegator = start(made, store, sender, handler_class, update_timeout=60,
+                      clock=lambda: now[0])
+    handler_class.now, handler_class.seen, handler_class.delegator = now, seen, delegator
+    store.add_updates([message(1, 7, "go")])
+    delegator.notify([7])
+    try:
+        assert sender.wait_for(lambda sent: len(sent) == 1)
+        assert sender.wait_for(lambda sent: store.backlog() == 0)
+    finally:
+        for made_one in made:
+            made_one.stop(5)
+    return seen
+
+
+class SpendsThenSends(ChatHandler):
+    """40 s of its own, a send (the wait takes 1,000 s), then 10 s more of its own."""
+
+    def on_chat_message(self, msg):
+        self.now[0] += 40
+        self.sender.sendMessage("x")
+        self.now[0] += 10
+        self.seen.setdefault("after", self.delegator.abandon_overdue())
+
+
+def test_a_wait_for_telegram_is_no_time_of_the_handlers(store):
+    def wait_a_long_time(now, seen, delegator):
+        now[0] += 1000
+        seen.setdefault("during", delegator.abandon_overdue())
+
+    seen = run_one(store, SpendsThenSends, wait_a_long_time)
+    assert seen == {"during": 0, "after": 0}   # 1,050 s in all, 50 s of its own
+
+
+class SpendsPastTheDeadline(ChatHandler):
+    """40 s, a send, then 30 s: 70 s of its own, past the 60 s deadline."""
+
+    def on_chat_message(self, msg):
+        self.now[0] += 40
+        self.sender.sendMessage("x")
+        self.now[0] += 30
+        self.seen.setdefault("after", self.delegator.abandon_overdue())
+
+
+def test_the_time_before_the_wait_still_counts_after_it(store):
+    seen = run_one(store, SpendsPastTheDeadline, lambda now, seen, delegator: None)
+    assert seen == {"after": 1}   # its first run: given up at 70 s of its own
+
+
+class Slot:
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def pause(self):
+        self.calls.append("pause")
+
+    def resume(self):
+        self.calls.append("resume")
+
+
+def test_the_pace_is_excused_up_to_its_allowance_and_failures_always(monkeypatch):
+    monkeypatch.setattr(transaction_module, "PACE_EXCUSED", 0.05)
+    slot = Slot()
+    fake = SimpleNamespace(_paced=0.0, _slot=slot)
+    ready = threading.Event()
+    with UpdateTransaction.waiting(fake, True):
+        ready.wait(0.06)   # 60 ms of pace: the allowance is spent
+    with UpdateTransaction.waiting(fake, True):
+        pass               # not excused: the deadline runs
+    with UpdateTransaction.waiting(fake, False):
+        pass               # a retry after an error: always excused
+    assert slot.calls == ["pause", "resume", "pause", "resume"]
+    assert fake._paced >= 0.05
