@@ -22,6 +22,7 @@ no handler code is imported here, and handlers see it only as their `ChatContext
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import sqlite3
@@ -567,7 +568,8 @@ class UpdateTransaction:
                 self.moved_on = True
                 if self._taken_while_waiting(rows[0]):
                     continue
-                return self._payload_of(rows[0])
+                # the handler's own copy: the update as it came still answers a button press
+                return copy.deepcopy(self._payload_of(rows[0]))
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             reason = self._slot.wait_for_work(remaining)
             if reason == "stop":

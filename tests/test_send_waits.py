@@ -7,10 +7,11 @@ import contextlib
 import threading
 from types import SimpleNamespace
 
-from test_delegator import FakeSender, message, start, store
+from test_delegator import WAIT, FakeSender, message, start, store
 
 from chatdaemon import ChatHandler
 from chatdaemon import transaction as transaction_module
+from chatdaemon.inbox import to_row
 from chatdaemon.transaction import UpdateTransaction
 
 __all__ = ["store"]   # a fixture, used by name
@@ -106,3 +107,43 @@ def test_the_pace_is_excused_up_to_its_allowance_and_failures_always(monkeypatch
         pass               # a retry after an error: always excused
     assert slot.calls == ["pause", "resume", "pause", "resume"]
     assert fake._paced >= 0.05
+
+
+# -- listener.wait() hands out a copy too -------------------------------------------------------
+
+class QuerySender(FakeSender):
+    def __init__(self):
+        super().__init__()
+        self.answered: list[str] = []
+
+    def call(self, method, params=None, *, on_migrate=None, check=None, waiting=None):
+        if method == "answerCallbackQuery":
+            with self.lock:
+                self.answered.append(params["callback_query_id"])
+                self.changed.notify_all()
+            return True
+        return super().call(method, params, on_migrate=on_migrate, check=check)
+
+
+class WaitsThenSpoils(ChatHandler):
+    def on_chat_message(self, msg):
+        query = self.listener.wait(WAIT)
+        query["id"] = "not-the-query"
+        raise ValueError("failed after changing the press it waited for")
+
+
+def test_a_press_taken_by_listener_wait_and_changed_is_still_answered(store):
+    sender = QuerySender()
+    made: list = []
+    delegator = start(made, store, sender, WaitsThenSpoils)
+    press = {"update_id": 2, "callback_query": {
+        "id": "query-2", "data": "yes", "from": {"id": 7, "first_name": "Ann"},
+        "message": {"message_id": 1, "chat": {"id": 7, "type": "private"}}}}
+    store.add_updates([message(1, 7, "go"), to_row(press)])
+    delegator.notify([7])
+    try:
+        assert sender.wait_for(lambda sent: sender.answered)
+    finally:
+        for made_one in made:
+            made_one.stop(5)
+    assert sender.answered == ["query-2"]
