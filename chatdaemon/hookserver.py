@@ -138,6 +138,8 @@ class HookServer(ThreadingHTTPServer):
         self._stopping = False
         self._served = threading.Event()
         self._served.set()  # nothing to wait for until serve_forever runs
+        if ":" in address[0]:   # an IPv6 address (config and check print it as [::1]:PORT)
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request, client_address):

@@ -1,13 +1,16 @@
-"""`Expect: 100-continue` at the hook server: the client is told to send its body only once
-the request may go on (its key opens the hook, its callback token is live)."""
+"""The hook server's edges: `Expect: 100-continue` is answered only once the request may go
+on (its key opens the hook, its callback token is live), and an IPv6 bind address works."""
 
 from __future__ import annotations
 
 import socket
+import threading
+import urllib.request
 
+import pytest
 from test_review3 import AUTH, GOOD, daemon, exchange, hook_post, results, server, statuses
 
-from chatdaemon.hookserver import CALLBACK_PATH
+from chatdaemon.hookserver import CALLBACK_PATH, HookServer
 
 __all__ = ["daemon", "results", "server"]   # fixtures, used by name
 
@@ -67,3 +70,22 @@ def test_a_body_too_large_gets_413_without_being_asked_for(server, daemon):
     head = hook_post(f"{AUTH}{EXPECT}Content-Length: {10**7}\r\n")
     assert statuses(exchange(server, head, seconds=2.0)) == [413]
     assert daemon.queued == []
+
+
+def test_the_hook_server_binds_an_ipv6_address(daemon):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    srv = HookServer(daemon.door(), ("::1", 0), request_timeout=2.0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = srv.server_address[1]
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=4) as answer:
+            assert answer.status == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
