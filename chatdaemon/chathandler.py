@@ -22,6 +22,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
@@ -379,6 +380,8 @@ class ChatHandler:
         Takes effect with this update's commit. Ticks missed while the daemon was down are
         coalesced into one.
         """
+        if not math.isfinite(every):   # NaN would fail the commit; infinity never tick
+            raise ValueError(f"a schedule ticks every finite number of seconds, not {every}")
         if every < MIN_SCHEDULE_SECONDS:
             raise ValueError(f"a schedule ticks at most every {MIN_SCHEDULE_SECONDS} seconds")
         if "@" in name:   # NAME@USER_ID is how a group member's schedule is stored
