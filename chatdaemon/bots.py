@@ -8,7 +8,6 @@ and every load (a reload) runs the files as they are now.
 
 from __future__ import annotations
 
-import copy
 import glob
 import hashlib
 import importlib.machinery
@@ -27,6 +26,7 @@ from .chathandler import DEFAULT_ERROR_TEXT, BotSender, ChatHandler, SeedTuple
 from .definitions import Compiler, Definitions
 from .errors import ConfigError
 from .handoff import Desk, People
+from .inbox import copied
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -135,12 +135,12 @@ class Contained:
         return self.inner.ends_on_error
 
     def start(self, payload: dict) -> bool:
-        return contain(self.inner.start, copy.deepcopy(payload))
+        return contain(self.inner.start, copied(payload))
 
     def on_update(self, kind: str, payload: dict) -> None:
         # the handler gets its own copy: the update as it came still answers a button press
         # and words the error text, whatever the handler did to its message
-        contain(self.inner.on_update, kind, copy.deepcopy(payload))
+        contain(self.inner.on_update, kind, copied(payload))
 
     def end(self, reason: BaseException) -> None:
         contain(self.inner.end, reason)

@@ -22,7 +22,6 @@ no handler code is imported here, and handlers see it only as their `ChatContext
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import sqlite3
@@ -45,7 +44,7 @@ from .errors import (
     UpdateFailed,
     WaitTooLong,
 )
-from .inbox import payload_of
+from .inbox import copied, payload_of
 from .sender import Sender
 from .store import Conversation, InboxRow, Store
 
@@ -569,7 +568,7 @@ class UpdateTransaction:
                 if self._taken_while_waiting(rows[0]):
                     continue
                 # the handler's own copy: the update as it came still answers a button press
-                return copy.deepcopy(self._payload_of(rows[0]))
+                return copied(self._payload_of(rows[0]))
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             reason = self._slot.wait_for_work(remaining)
             if reason == "stop":
