@@ -17,14 +17,15 @@ import http.client
 import json
 import logging
 import mimetypes
+import os
 import queue
 import re
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -263,6 +264,10 @@ class TelegramClient:
 
 def _proxy_for(api_url: str) -> tuple[str, int] | None:
     """The proxy from the environment (HTTPS_PROXY, …) for the API URL, read once."""
+    if sys.platform not in ("darwin", "win32") \
+            and not any(name.lower().endswith("_proxy") for name in os.environ):
+        return None   # all getproxies() reads here; urllib.request alone is 1.1 MB resident
+    import urllib.request
     host = urllib.parse.urlsplit(api_url).hostname or ""
     if urllib.request.proxy_bypass(host):
         return None

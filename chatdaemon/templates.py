@@ -11,7 +11,6 @@ output (sandbox.py); past a bound it fails like any template error, naming the b
 from __future__ import annotations
 
 import datetime
-import difflib
 import re
 import urllib.parse
 from typing import Any
@@ -240,6 +239,7 @@ def _pattern_problem(key: Any, pattern: Any) -> str | None:
 
 
 def _hint(key: Any, names: Any) -> str:
+    import difflib  # only for a template that names something unknown
     close = difflib.get_close_matches(str(key), [str(name) for name in names], n=1)
     return f"; did you mean {close[0]}?" if close else ""
 
