@@ -85,7 +85,7 @@ class Delegator:
         self.stopping = False
         self.careful: Careful | None = None   # after a crash loop: rows started one at a time
         self._stats = {"handled": 0, "failed": 0, "quarantined": 0, "abandoned": 0,
-                       "peak_delegates": 0}
+                       "peak_delegates": 0, "refused_threads": 0}
 
     # -- called by the poller (after the inbox commit) and the app ---------------------------
 
@@ -172,12 +172,30 @@ class Delegator:
             self._waiting[chat_id] = None
             self._wake_one_idle()
 
-    def _start(self, chat_id: int) -> None:
+    def _start(self, chat_id: int) -> bool:
+        """Start a delegate for `chat_id`; False when the system refuses a thread (the unit's
+        TasksMax, memory): the chat then waits first in line for a slot a running delegate
+        frees, or for the next supervising round (abandon_overdue) to try again."""
         delegate = Delegate(self, chat_id, threading.Condition(self._lock))
         self._assign(delegate, chat_id)
         self._threads += 1
+        try:
+            delegate.start()
+        except RuntimeError as exc:   # "can't start new thread"
+            # the invariant: a chat in _live has a running thread; this one never ran
+            del self._live[chat_id]
+            self._threads -= 1
+            self._waiting[chat_id] = None
+            self._waiting.move_to_end(chat_id, last=False)
+            if not self._stats["refused_threads"]:
+                log.warning("the system refused a thread for chat %s (%s) with %d delegates "
+                            "running; its updates wait in the inbox for a free slot (a lower "
+                            "delegates.max, or the unit's TasksMax, settles it)",
+                            chat_id, exc, self._threads)
+            self._stats["refused_threads"] += 1
+            return False
         self._stats["peak_delegates"] = max(self._stats["peak_delegates"], self._threads)
-        delegate.start()
+        return True
 
     def _assign(self, delegate: Delegate, chat_id: int) -> None:
         self._live[chat_id] = delegate
@@ -203,9 +221,8 @@ class Delegator:
     def _fill_free_slots(self) -> None:
         while self._threads < self.limits.max_delegates:
             chat_id = self._take_waiting()
-            if chat_id is None:
+            if chat_id is None or not self._start(chat_id):
                 return
-            self._start(chat_id)
 
     def _release(self, chat_id: int) -> None:
         if self._held.pop(chat_id, False) and not self.stopping:

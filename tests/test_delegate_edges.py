@@ -1,5 +1,7 @@
-"""The update deadline stops while a send waits for Telegram and runs on from where it
-stopped; the flood limits' pace is excused only up to PACE_EXCUSED per update."""
+"""A delegate at its edges: the update deadline stops while a send waits for Telegram and
+runs on from where it stopped (the pace excused only up to PACE_EXCUSED per update); the
+update listener.wait() hands out is the handler's own copy; a thread the system refuses
+leaves its chat waiting, not lost."""
 
 from __future__ import annotations
 
@@ -147,3 +149,38 @@ def test_a_press_taken_by_listener_wait_and_changed_is_still_answered(store):
         for made_one in made:
             made_one.stop(5)
     assert sender.answered == ["query-2"]
+
+
+# -- a thread the system refuses -------------------------------------------------------------
+
+def test_a_thread_the_system_refuses_leaves_the_chat_waiting_not_lost(store, monkeypatch):
+    from test_delegator import Counter
+
+    from chatdaemon import delegator as delegator_module
+
+    real_start = delegator_module.Delegate.start
+    refusals = [3]   # the first three thread starts fail, as at the unit's TasksMax
+
+    def start_or_refuse(self):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(delegator_module.Delegate, "start", start_or_refuse)
+    sender = FakeSender()
+    made: list = []
+    delegator = start(made, store, sender, Counter, max_delegates=2)
+    store.add_updates([message(1, 7, "a"), message(2, 8, "b"), message(3, 9, "c")])
+    try:
+        delegator.notify([7, 8, 9])    # refused: no delegate runs, nothing is lost
+        assert sender.sent == []
+        for _ in range(3):              # what the supervising loop does every round
+            delegator.abandon_overdue()
+        assert sender.wait_for(lambda sent: len(sent) == 3), sender.sent
+    finally:
+        for made_one in made:
+            made_one.stop(5)
+    assert sorted(sender.sent) == [(7, "a:1"), (8, "b:1"), (9, "c:1")]
+    assert delegator.stats["refused_threads"] == 3
+    assert store.backlog() == 0
