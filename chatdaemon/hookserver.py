@@ -147,7 +147,11 @@ class HookServer(ThreadingHTTPServer):
         if not self.slots.take(client_address[0]):
             _refuse(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:   # no thread (TasksMax, memory): its slot is not lost with it
+            self.slots.give_back(client_address[0])
+            raise
 
     def process_request_thread(self, request, client_address):
         try:

@@ -89,3 +89,32 @@ def test_the_hook_server_binds_an_ipv6_address(daemon):
         srv.shutdown()
         srv.server_close()
         thread.join(5)
+
+
+def test_a_connection_whose_thread_the_system_refuses_gives_its_slot_back(daemon, monkeypatch):
+    srv = HookServer(daemon.door(), ("127.0.0.1", 0), request_timeout=2.0, max_per_client=2)
+    refusals = [5]
+    real_start = threading.Thread.start
+
+    def start_or_refuse(thread):
+        if thread.name.startswith("Thread") and refusals[0]:   # the server's request threads
+            refusals[0] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    thread = threading.Thread(target=srv.serve_forever, daemon=True, name="serving")
+    thread.start()
+    monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
+    try:
+        port = srv.server_address[1]
+        for _ in range(5):   # each refused: the connection is closed unanswered
+            with socket.create_connection(("127.0.0.1", port), timeout=4) as sock:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.recv(100)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=4) as answer:
+            assert answer.status == 200   # two slots per client, and none was lost
+    finally:
+        monkeypatch.undo()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
