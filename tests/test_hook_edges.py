@@ -1,5 +1,6 @@
 """The hook server's edges: `Expect: 100-continue` is answered only once the request may go
-on (its key opens the hook, its callback token is live), and an IPv6 bind address works."""
+on (its key opens the hook, its callback token is live), an IPv6 bind address works, and a
+connection whose thread the system refuses gives its slot back."""
 
 from __future__ import annotations
 
