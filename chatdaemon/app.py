@@ -315,7 +315,6 @@ class Daemon:
     def _prune(self) -> None:
         """Apply the retention settings; the database stays within its age and size."""
         pruned = self.store.apply_retention(self.config.retention)
-        release_freed_memory()
         expired = callbacks.prune(self.store)
         if expired:
             log.info("pruned %d expired callback URL(s)", expired)
@@ -326,6 +325,7 @@ class Daemon:
             log.warning("the database is %d KiB over retention.max_database_mb and holds nothing "
                         "more it may drop (unhandled updates, conversations, updates of the "
                         "last hour)", pruned.over_cap_bytes // 1024)
+        release_freed_memory()
 
     def _busy(self) -> bool:
         """Updates in flight or waiting (their deadlines need watching), or no poll yet."""
