@@ -1,5 +1,6 @@
-"""Modules a running bot never needs stay unimported (resident memory on a Pi): urllib.request
-without a *_proxy variable (1.1 MB), html's entity table (0.6 MB), difflib."""
+"""Resident memory on a Pi: modules a running bot never needs stay unimported (urllib.request
+without a *_proxy variable, 1.1 MB; html's entity table, 0.6 MB; difflib), and the daemon
+gives freed memory back once ready and after each prune."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 from conftest import HANDLERS, ROOT
+from test_app import WAIT, RecordingAPI, bot, build_daemon, config
 from test_footprint import load_in_fresh_process
+
+__all__ = ["bot", "config"]   # fixtures, used by name
 
 CLIENT = """
 import json, sys
@@ -42,10 +48,10 @@ def test_no_proxy_still_bypasses_it():
 
 
 def test_a_bot_loaded_as_run_loads_it_imports_no_html_difflib_or_urllib_request():
-    for bot in ("counter", "signup", "orders"):
-        loaded = load_in_fresh_process(HANDLERS / bot)
+    for name in ("counter", "signup", "orders"):
+        loaded = load_in_fresh_process(HANDLERS / name)
         assert loaded["error"] is None
-        assert {"html", "difflib"} & set(loaded["modules"]) == set(), bot
+        assert {"html", "difflib"} & set(loaded["modules"]) == set(), name
 
 
 MEMORY = """
@@ -69,3 +75,28 @@ def test_memory_freed_after_start_up_goes_back_to_the_system():
     if done != "True":
         pytest.skip("no malloc_trim in this C library")
     assert before - after > 30, f"RSS {before} MB before, {after} MB after"
+
+
+
+def test_the_daemon_gives_memory_back_once_ready_and_after_each_prune(config, bot, monkeypatch):
+    from chatdaemon import app as app_module
+    trims: list[str] = []
+    two = threading.Event()
+
+    def trim() -> bool:
+        trims.append("trim")
+        if len(trims) == 2:
+            two.set()
+        return True
+
+    monkeypatch.setattr(app_module, "release_freed_memory", trim)
+    daemon = build_daemon(config, bot, RecordingAPI(Path(config.database)))
+    runner = threading.Thread(target=daemon.run, name="test-daemon", daemon=True)
+    runner.start()
+    try:
+        assert two.wait(WAIT), trims   # the prune of the first round, and once ready
+        assert daemon.poller.polls >= 1
+    finally:
+        daemon.stop()
+        runner.join(WAIT)
+    assert len(trims) == 2   # the next prune is an hour away
