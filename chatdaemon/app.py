@@ -33,6 +33,7 @@ from .errors import (
     ShuttingDown,
     TelegramError,
 )
+from .memory import release_freed_memory
 from .poller import Poller
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
@@ -47,24 +48,6 @@ PRUNE_EVERY = 3600.0
 
 BUSY_TICK = 1.0     # seconds between supervising rounds while updates are in flight or before READY
 IDLE_TICK = 60.0    # at most this long between rounds when idle and nobody asks for more (STATUS=)
-
-
-def release_freed_memory() -> bool:
-    """Give the memory start-up (or pruning) used and freed back to the system; True if done.
-
-    Loading a bot parses YAML and compiles templates; the garbage is freed, but glibc keeps
-    the pages for the process. malloc_trim returns them (0.8 MB of an idle YAML bot's 33 MB
-    here). With another C library there is nothing to do.
-    """
-    import gc
-    gc.collect()
-    try:
-        import ctypes
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim(0)
-    return True
 
 
 @dataclass

@@ -351,9 +351,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     token = read_token(args)
     config, bot = _load_for_run(args)
     from .app import App, Events
-    from .daemon import Notifier, limit_malloc_arenas, removing_new_database
+    from .daemon import Notifier, removing_new_database
     from .dbfile import owner_of_token
     from .logs import configure
+    from .memory import limit_malloc_arenas
     from .telegram import TelegramClient
     from .transfer import FileAPI  # handlers may upload and download files
 

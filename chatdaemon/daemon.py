@@ -124,30 +124,6 @@ class Notifier:
         self.send("STOPPING=1", "STATUS=stopping")
 
 
-M_ARENA_MAX = -8    # glibc's mallopt() parameter number (malloc.h)
-MALLOC_ARENAS = 2   # as the systemd units set MALLOC_ARENA_MAX
-
-
-def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
-    """Cap glibc's malloc arenas at MALLOC_ARENAS for runs outside the units; True if done.
-
-    glibc gives each thread that allocates while another does an arena of its own (64 MiB
-    of address space on 64-bit): 64 chat threads took the daemon to 1 GB of VmSize, on a
-    32-bit Pi half of what it can address. Call it before any thread starts. A
-    MALLOC_ARENA_MAX in the environment (the units set it) is left to glibc; with another
-    C library there is nothing to do.
-    """
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    if "MALLOC_ARENA_MAX" in env:
-        return False
-    try:
-        import ctypes
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(M_ARENA_MAX, MALLOC_ARENAS) == 1
-
-
 def status_line(app: Daemon) -> str:
     status = app.status()
     age = status["last_poll_age"]

@@ -278,7 +278,7 @@ def test_the_units_limit_malloc_arenas(unit):
 
 
 def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise():
-    from chatdaemon.daemon import limit_malloc_arenas
+    from chatdaemon.memory import limit_malloc_arenas
     assert limit_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) is False  # glibc reads that one itself
     if "glibc" in " ".join(os.confstr("CS_GNU_LIBC_VERSION").split()[:1]):
         assert limit_malloc_arenas({}) is True

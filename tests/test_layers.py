@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "chatdaemon"
 
 LAYERS = {
     "Edge": {"telegram", "ratelimit", "sender", "textsplit", "errors", "retry", "transfer",
-             "arguments", "leanhttp"},
+             "arguments", "leanhttp", "memory"},
     "Store": {"store", "dbfile", "inbox", "conversations", "schedules", "handoffs", "privacy",
               "callbacks"},
     "Intake": {"poller"},

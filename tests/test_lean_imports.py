@@ -55,7 +55,7 @@ def test_a_bot_loaded_as_run_loads_it_imports_no_html_difflib_or_urllib_request(
 
 
 MEMORY = """
-from chatdaemon.app import release_freed_memory
+from chatdaemon.memory import release_freed_memory
 def rss():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) // 1024
