@@ -51,14 +51,16 @@ def run_one(store, handler_class, during_wait):
     return seen
 
 
-class SpendsThenSends(ChatHandler):
-    """40 s of its own, a send (the wait takes 1,000 s), then 10 s more of its own."""
-
-    def on_chat_message(self, msg):
-        self.now[0] += 40
-        self.sender.sendMessage("x")
-        self.now[0] += 10
-        self.seen.setdefault("after", self.delegator.abandon_overdue())
+def spending(before: float, after: float) -> type[ChatHandler]:
+    """A handler that spends `before` (fake) seconds of its own, sends, spends `after` more,
+    then notes whether the delegator gives it up."""
+    class Spends(ChatHandler):
+        def on_chat_message(self, msg):
+            self.now[0] += before
+            self.sender.sendMessage("x")
+            self.now[0] += after
+            self.seen.setdefault("after", self.delegator.abandon_overdue())
+    return Spends
 
 
 def test_a_wait_for_telegram_is_no_time_of_the_handlers(store):
@@ -66,22 +68,13 @@ def test_a_wait_for_telegram_is_no_time_of_the_handlers(store):
         now[0] += 1000
         seen.setdefault("during", delegator.abandon_overdue())
 
-    seen = run_one(store, SpendsThenSends, wait_a_long_time)
+    seen = run_one(store, spending(40, 10), wait_a_long_time)   # the send waits 1,000 s
     assert seen == {"during": 0, "after": 0}   # 1,050 s in all, 50 s of its own
 
 
-class SpendsPastTheDeadline(ChatHandler):
-    """40 s, a send, then 30 s: 70 s of its own, past the 60 s deadline."""
-
-    def on_chat_message(self, msg):
-        self.now[0] += 40
-        self.sender.sendMessage("x")
-        self.now[0] += 30
-        self.seen.setdefault("after", self.delegator.abandon_overdue())
-
-
 def test_the_time_before_the_wait_still_counts_after_it(store):
-    seen = run_one(store, SpendsPastTheDeadline, lambda now, seen, delegator: None)
+    # 40 s, a send, then 30 s: 70 s of its own, past the 60 s deadline
+    seen = run_one(store, spending(40, 30), lambda now, seen, delegator: None)
     assert seen == {"after": 1}   # its first run: given up at 70 s of its own
 
 

@@ -9,7 +9,17 @@ import threading
 import urllib.request
 
 import pytest
-from test_review3 import AUTH, GOOD, daemon, exchange, hook_post, results, server, statuses
+from test_review3 import (
+    AUTH,
+    GOOD,
+    daemon,
+    exchange,
+    hook_post,
+    results,
+    server,
+    serving,
+    statuses,
+)
 
 from chatdaemon.hookserver import CALLBACK_PATH, HookServer
 
@@ -38,31 +48,30 @@ def test_a_post_to_an_unknown_path_is_not_asked_for_its_body(server):
     assert statuses(answer) == [404]
 
 
-def test_a_post_with_the_right_key_is_asked_for_its_body_then_accepted(server, daemon):
-
+def continued(server, head: bytes) -> tuple[bytes, bytes]:
+    """Send a head that waits for "100 Continue", then the body once asked: (what came
+    before the body was sent, what came after)."""
     with socket.create_connection(server.server_address, timeout=4) as sock:
-        sock.sendall(head_only(AUTH))
+        sock.sendall(head)
         interim = sock.recv(65536)
-        assert statuses(interim) == [100]
         sock.sendall(GOOD)
         sock.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
+    return interim, answer
+
+
+def test_a_post_with_the_right_key_is_asked_for_its_body_then_accepted(server, daemon):
+    interim, answer = continued(server, head_only(AUTH))
+    assert statuses(interim) == [100]
     assert statuses(answer) == [202]
     assert len(daemon.queued) == 1
 
 
 def test_a_live_callback_is_asked_for_its_body_then_accepted(server, results):
-
-    with socket.create_connection(server.server_address, timeout=4) as sock:
-        sock.sendall(head_only("", path=CALLBACK_PATH + "tok" * 8))
-        assert statuses(sock.recv(65536)) == [100]
-        sock.sendall(GOOD)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    interim, answer = continued(server, head_only("", path=CALLBACK_PATH + "tok" * 8))
+    assert statuses(interim) == [100]
     assert statuses(answer) == [202]
     assert results.delivered == [("tok" * 8, {"msg": "hi"})]
 
@@ -79,17 +88,10 @@ def test_the_hook_server_binds_an_ipv6_address(daemon):
             probe.bind(("::1", 0))
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
-    srv = HookServer(daemon.door(), ("::1", 0), request_timeout=2.0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(HookServer(daemon.door(), ("::1", 0), request_timeout=2.0)) as srv:
         port = srv.server_address[1]
         with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=4) as answer:
             assert answer.status == 200
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
 
 
 def test_a_connection_whose_thread_the_system_refuses_gives_its_slot_back(daemon, monkeypatch):
@@ -103,19 +105,15 @@ def test_a_connection_whose_thread_the_system_refuses_gives_its_slot_back(daemon
             raise RuntimeError("can't start new thread")
         real_start(thread)
 
-    thread = threading.Thread(target=srv.serve_forever, daemon=True, name="serving")
-    thread.start()
-    monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
-    try:
-        port = srv.server_address[1]
-        for _ in range(5):   # each refused: the connection is closed unanswered
-            with socket.create_connection(("127.0.0.1", port), timeout=4) as sock:
-                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                sock.recv(100)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=4) as answer:
-            assert answer.status == 200   # two slots per client, and none was lost
-    finally:
-        monkeypatch.undo()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
+    with serving(srv):
+        monkeypatch.setattr(threading.Thread, "start", start_or_refuse)
+        try:
+            port = srv.server_address[1]
+            for _ in range(5):   # each refused: the connection is closed unanswered
+                with socket.create_connection(("127.0.0.1", port), timeout=4) as sock:
+                    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    sock.recv(100)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=4) as answer:
+                assert answer.status == 200   # two slots per client, and none was lost
+        finally:
+            monkeypatch.undo()

@@ -3,10 +3,12 @@ bodies at the hook server, and the handoff desk under spoofed names, floods and 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from test_handoff import BOT, OPERATOR, PERSON, Chats
@@ -49,13 +51,21 @@ def server(daemon, results):
     door = daemon.door()
     door = HookDoor(**{**door.__dict__, "find_callback": lambda token: token == "tok" * 8,
                        "deliver_callback": results.deliver})
-    srv = HookServer(door, ("127.0.0.1", 0), request_timeout=2.0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    with serving(HookServer(door, ("127.0.0.1", 0), request_timeout=2.0)) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def serving(srv: HookServer) -> Iterator[HookServer]:
+    """The server serving on a thread of its own until the block ends."""
+    thread = threading.Thread(target=srv.serve_forever, daemon=True, name="serving")
     thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
 
 
 def exchange(server, data: bytes, seconds: float = 4.0) -> bytes:
@@ -254,8 +264,9 @@ def test_one_person_cannot_flood_the_operators_with_notices(desk):
     assert "💬 P111 (@p111, chat 111):\nthanks" in desk.sender.to(OPERATOR)
 
 
-def test_a_person_who_blocked_the_bot_ends_the_handoff_and_the_operators_know(desk):
-    desk.say(PERSON, "human")
+@contextlib.contextmanager
+def person_blocked_the_bot(desk) -> Iterator[None]:
+    """Every send to PERSON is refused with Telegram's 403 until the block ends."""
     original = desk.sender.call
 
     def blocked(method, params=None, **kw):
@@ -263,28 +274,29 @@ def test_a_person_who_blocked_the_bot_ends_the_handoff_and_the_operators_know(de
             raise TelegramError(method, 403, "Forbidden: bot was blocked by the user")
         return original(method, params, **kw)
     desk.sender.call = blocked
-    desk.say(OPERATOR, f"/reply {PERSON} are you still there?")
-    assert any("did not reach" in text and "chat 111" in text
-               for text in desk.sender.to(OPERATOR))
-    assert desk.say(OPERATOR, "/unread") == ["Nobody is with a human right now."]
-    desk.sender.call = original
+    try:
+        yield
+    finally:
+        desk.sender.call = original
+
+
+def test_a_person_who_blocked_the_bot_ends_the_handoff_and_the_operators_know(desk):
+    desk.say(PERSON, "human")
+    with person_blocked_the_bot(desk):
+        desk.say(OPERATOR, f"/reply {PERSON} are you still there?")
+        assert any("did not reach" in text and "chat 111" in text
+                   for text in desk.sender.to(OPERATOR))
+        assert desk.say(OPERATOR, "/unread") == ["Nobody is with a human right now."]
 
 
 def test_done_for_a_person_who_blocked_the_bot_closes_the_handoff_all_the_same(desk):
     desk.say(PERSON, "human")
-    original = desk.sender.call
-
-    def blocked(method, params=None, **kw):
-        if (params or {}).get("chat_id") == PERSON:
-            raise TelegramError(method, 403, "Forbidden: bot was blocked by the user")
-        return original(method, params, **kw)
-    desk.sender.call = blocked
-    desk.say(OPERATOR, f"/done {PERSON}")
-    assert any("back with the bot (they blocked the bot" in text
-               for text in desk.sender.to(OPERATOR))
-    with desk.store.reading() as db:
-        assert db.execute("SELECT COUNT(*) FROM handoffs").fetchone() == (0,)
-    desk.sender.call = original
+    with person_blocked_the_bot(desk):
+        desk.say(OPERATOR, f"/done {PERSON}")
+        assert any("back with the bot (they blocked the bot" in text
+                   for text in desk.sender.to(OPERATOR))
+        with desk.store.reading() as db:
+            assert db.execute("SELECT COUNT(*) FROM handoffs").fetchone() == (0,)
 
 
 def test_an_operator_who_asks_for_a_human_is_answered_by_another(tmp_path):
