@@ -9,14 +9,14 @@ import socket
 import sqlite3
 import struct
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
 from conftest import CLIENT_READ_TIMEOUT
 from test_group_commit import finish_together, message, wait_until
+from test_sockets import Step, servers, timed_failure
 
-from chatdaemon.errors import Abandoned, BadAnswer, NetworkError
+from chatdaemon.errors import Abandoned, BadAnswer
 from chatdaemon.handoffs import queue_rows
 from chatdaemon.inbox import LOCAL_BASE, to_row
 from chatdaemon.privacy import forget_chat
@@ -28,11 +28,10 @@ READ_TIMEOUT = CLIENT_READ_TIMEOUT   # the `clients` fixture's
 SLACK = 2.5    # what a loaded machine may add to a timeout before the call returns
 WAIT = 10.0    # seconds any wait in these tests may take at most
 
+__all__ = ["servers"]   # a fixture, used by name
 
-# -- a server that does with each request what the test says ------------------------------------
 
-Step = Callable[[socket.socket], bool]   # answers one request; False: the connection is done
-
+# -- what the server (test_sockets.ScriptedServer) does with a request ---------------------------
 
 def answer(conn: socket.socket) -> bool:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -62,86 +61,6 @@ def head_then(body_part: bytes, then: str, stopped: threading.Event,
     return step
 
 
-class Server:
-    """A bare HTTP/1.1 server on 127.0.0.1: each request read in full gets the next step."""
-
-    def __init__(self, steps: list[Step]):
-        self.steps = list(steps)
-        self.requests: list[bytes] = []
-        self.changed = threading.Condition()
-        self.stopped = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
-        try:
-            with conn.makefile("rb") as reader:
-                while self._next(conn, reader):
-                    pass
-            conn.close()
-        except OSError:
-            pass
-
-    def _next(self, conn: socket.socket, reader) -> bool:
-        request_line = reader.readline(65536)
-        if not request_line:
-            return False
-        length = 0
-        while (line := reader.readline(65536)) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        reader.read(length)
-        with self.changed:
-            self.requests.append(request_line)
-            step = self.steps.pop(0) if self.steps else answer
-            self.changed.notify_all()
-        return step(conn)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-        self.listener.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-def servers():
-    made: list[Server] = []
-
-    def make(steps: list[Step]) -> Server:
-        made.append(Server(steps))
-        return made[-1]
-
-    yield make
-    for server in made:
-        server.close()
-
-
-def failure_of(call: Callable[[], object]) -> tuple[NetworkError, float]:
-    started = time.monotonic()
-    with pytest.raises(NetworkError) as info:
-        call()
-    return info.value, time.monotonic() - started
-
-
 def send(client: TelegramClient) -> object:
     return client.call("sendMessage", {"chat_id": 1, "text": "hi"})
 
@@ -155,10 +74,10 @@ def test_an_answer_stalling_in_its_body_is_no_answer_in_time_and_is_not_resent(
     part = b"5\r\n{\"ok\"\r\n" if chunked else ANSWER[:5]
     server = servers([answer] * warm)
     server.steps.append(head_then(part, "stall", server.stopped, chunked=chunked))
-    client = clients(server.url)
+    client = clients(server.url())
     if warm:
         send(client)
-    error, took = failure_of(lambda: send(client))
+    error, took = timed_failure(send, client)
     assert error.reason == "no answer in time"
     assert error.maybe_delivered is True
     assert took < READ_TIMEOUT + SLACK
@@ -174,10 +93,10 @@ def test_a_connection_reset_in_the_answers_body_is_maybe_delivered_and_never_res
     part = b"5\r\n{\"ok\"\r\n" if chunked else ANSWER[:5]
     server = servers([answer] * warm)
     server.steps.append(head_then(part, "reset", server.stopped, chunked=chunked))
-    client = clients(server.url)
+    client = clients(server.url())
     if warm:
         send(client)
-    error, _ = failure_of(lambda: send(client))
+    error, _ = timed_failure(send, client)
     assert error.maybe_delivered is True
     assert len(server.requests) == 1 + warm
 
@@ -188,8 +107,8 @@ def test_a_keep_alive_connection_reset_before_any_answer_is_still_tried_again_on
     def drop(conn: socket.socket) -> bool:
         reset(conn)
         return False
-    server = servers([answer, drop])
-    client = clients(server.url)
+    server = servers([answer, drop, answer])
+    client = clients(server.url())
     send(client)
     assert send(client) == {"message_id": 1}
     assert len(server.requests) == 3
@@ -205,7 +124,7 @@ def test_an_answer_over_the_cap_without_a_length_is_refused_after_the_cap(server
                 conn.sendall(chunk)
         return False
     server = servers([flood])
-    client = clients(server.url, read_timeout=5)
+    client = clients(server.url(), read_timeout=5)
     with pytest.raises(BadAnswer) as info:
         send(client)
     assert info.value.problem == BadAnswer.TOO_BIG
@@ -220,11 +139,11 @@ def test_plain_http_through_a_proxy_sends_the_absolute_url_and_times_out(
     proxy.steps.append(head_then(b"", "stall", proxy.stopped))
     for name in ("no_proxy", "NO_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url())
     client = clients("http://bot-api.invalid:8081")
     assert send(client) == {"message_id": 1}
     assert proxy.requests[0].startswith(b"POST http://bot-api.invalid:8081/bot")
-    error, took = failure_of(lambda: send(client))
+    error, took = timed_failure(send, client)
     assert (error.reason, error.maybe_delivered) == ("no answer in time", True)
     assert took < READ_TIMEOUT + SLACK
 
@@ -239,7 +158,7 @@ def test_signals_arriving_during_a_read_do_not_stretch_its_timeout(servers, clie
     thread calls the Bot API only at start-up (getMe), where a signal stops the daemon."""
     server = servers([])
     server.steps.append(head_then(b"", "stall", server.stopped))
-    client = clients(server.url)
+    client = clients(server.url())
     fired = []
 
     def tick(signum, frame) -> None:
@@ -250,7 +169,7 @@ def test_signals_arriving_during_a_read_do_not_stretch_its_timeout(servers, clie
     previous = signal.signal(signal.SIGALRM, tick)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)
-        error, took = failure_of(lambda: send(client))
+        error, took = timed_failure(send, client)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,16 @@ READ_TIMEOUT = CLIENT_READ_TIMEOUT   # the `clients` fixture's
 SLACK = 2.5   # what a loaded machine may add to a timeout before the call returns
 
 
+Step = Callable[[socket.socket], bool]   # answers one request; False: the connection is done
+
+
 class ScriptedServer:
     """A bare HTTP/1.1 server: each request read in full gets the next step of `steps`
-    ("answer" once they run out), optionally over TLS."""
+    ("answer" once they run out), optionally over TLS. A step is a word, or a Step that
+    answers the request itself."""
 
-    def __init__(self, steps: list[str] | None = None, context: ssl.SSLContext | None = None,
+    def __init__(self, steps: list[str | Step] | None = None,
+                 context: ssl.SSLContext | None = None,
                  delay: float = 0.0):
         self.steps = list(steps or [])
         self.context = context
@@ -85,6 +91,8 @@ class ScriptedServer:
             self.requests.append(request_line)
             step = self.steps.pop(0) if self.steps else "answer"
             self.changed.notify_all()
+        if callable(step):
+            return step(conn)
         if step in ("stall", "half"):
             if step == "half":
                 conn.sendall(b"HTTP/1.1 200")
