@@ -37,9 +37,11 @@ def begins(store: Store) -> list[str]:
     return seen
 
 
-def finish_together(store: Store, finishes: list[Callable[[], None]]) -> dict[int, BaseException]:
+def finish_together(store: Store, finishes: list[Callable[[], None]],
+                    in_order: bool = False) -> dict[int, BaseException]:
     """Run the finishes on threads of their own while this thread holds the store's lock, so
-    they all queue, then let them go; return each one's error by its index."""
+    they all queue, then let them go; return each one's error by its index. `in_order`:
+    each is queued before the next starts, so the queue holds them in the list's order."""
     errors: dict[int, BaseException] = {}
 
     def run(index: int, call: Callable[[], None]) -> None:
@@ -50,8 +52,10 @@ def finish_together(store: Store, finishes: list[Callable[[], None]]) -> dict[in
 
     threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(finishes)]
     with store._lock:
-        for thread in threads:
+        for index, thread in enumerate(threads):
             thread.start()
+            if in_order:
+                wait_until(lambda n=index + 1: len(store._finishing) == n)
         wait_until(lambda: len(store._finishing) == len(finishes))
     for thread in threads:
         thread.join(WAIT)
@@ -149,16 +153,7 @@ def test_a_group_commits_in_the_order_its_finishes_came(fresh_db):
     conversations = [fresh_db.load_conversation(chat) for chat in chats]
     calls = [lambda i=i, c=c: fresh_db.finish(i + 1, c, writes=[noting(i)])
              for i, c in enumerate(conversations)]
-    errors: dict[int, BaseException] = {}
-    with fresh_db._lock:
-        threads = []
-        for index, call in enumerate(calls):   # each queued before the next starts
-            thread = threading.Thread(target=call)
-            thread.start()
-            threads.append(thread)
-            wait_until(lambda n=index + 1: len(fresh_db._finishing) == n)
-    for thread in threads:
-        thread.join(WAIT)
+    errors = finish_together(fresh_db, calls, in_order=True)
     assert errors == {} and order == [0, 1, 2]
 
 
@@ -273,15 +268,7 @@ def test_a_finish_in_a_group_sees_what_the_ones_before_it_wrote(fresh_db):
 
     calls = [lambda i=i, c=c: fresh_db.finish(i + 1, c, writes=[look] if i == 1 else [])
              for i, c in enumerate(conversations)]
-    with fresh_db._lock:
-        threads = []
-        for index, call in enumerate(calls):   # each queued before the next starts
-            thread = threading.Thread(target=call)
-            thread.start()
-            threads.append(thread)
-            wait_until(lambda n=index + 1: len(fresh_db._finishing) == n)
-    for thread in threads:
-        thread.join(WAIT)
+    assert finish_together(fresh_db, calls, in_order=True) == {}
     # the first was written before the middle one ran, the last after it
     assert seen == [chats[0], chats[1]]
     assert fresh_db.backlog() == 0
