@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from test_media import RecordingAPI, make_sender
 from test_telepot import Recorder, delegation_for, text
 
 from chatdaemon.ratelimit import Limits, RateLimiter
@@ -200,19 +201,9 @@ def test_a_handler_changing_its_update_still_gets_the_press_answered(tmp_path):
 
 # -- long answers formatted with entities ---------------------------------------------------------
 
-class RecordingAPI:
-    def __init__(self):
-        self.calls: list[tuple[str, dict]] = []
-
-    def call(self, method, params=None, timeout=None):
-        self.calls.append((method, dict(params or {})))
-        return {"message_id": len(self.calls)}
-
-
 def recording_sender() -> tuple[Sender, RecordingAPI]:
     api = RecordingAPI()
-    limiter = RateLimiter(Limits(enabled=False), lambda: 0.0)
-    return Sender(api, limiter, threading.Event()), api
+    return make_sender(api), api
 
 
 def entity_text(text: str, entity: dict) -> str:
